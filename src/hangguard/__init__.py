@@ -1,0 +1,47 @@
+"""hangguard: concurrent async work that never hangs, with every timeout, failure,
+retry and cancellation visible in an OpenTelemetry trace.
+
+Importing hangguard has no side effects: it reads no environment variable, installs no
+tracer provider and starts nothing. Applications opt in to exporting with
+:func:`setup_tracing`.
+"""
+
+from ._config import Config, load_config
+from ._deadline import Deadline, DeadlineScope, current_deadline, deadline, remaining, split_budget
+from ._exceptions import (
+    ConfigError,
+    DeadlineExceeded,
+    HangguardError,
+    JoinTimeout,
+    McpCallError,
+    McpConnectError,
+    McpError,
+    McpToolError,
+)
+from ._version import __version__
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Deadline",
+    "DeadlineExceeded",
+    "DeadlineScope",
+    "HangguardError",
+    "JoinTimeout",
+    "McpCallError",
+    "McpConnectError",
+    "McpError",
+    "McpToolError",
+    "__version__",
+    "current_deadline",
+    "deadline",
+    "load_config",
+    "remaining",
+    "split_budget",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("hangguard._"):
+        _obj.__module__ = "hangguard"
+del _name, _obj

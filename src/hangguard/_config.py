@@ -1,0 +1,248 @@
+"""Configuration from the environment, read when first needed and never at import.
+
+Every variable hangguard reads is named here as a constant. Each getter parses its one
+variable on use (memoised on the raw string), so a bad value fails the call that needs
+it, with a :class:`ConfigError` naming the variable and the value, and never breaks
+``import hangguard`` or an unrelated feature. An explicit argument always beats the env.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TypeVar
+
+from ._exceptions import ConfigError
+
+__all__ = [
+    "ENV_BUDGETS",
+    "ENV_CANCEL_GRACE",
+    "ENV_DEFAULT_BUDGET",
+    "ENV_JOIN_TIMEOUT",
+    "ENV_MCP_CONNECT_TIMEOUT",
+    "ENV_MCP_TIMEOUT",
+    "ENV_RETRY_ATTEMPTS",
+    "ENV_SERIAL",
+    "ENV_VARS",
+    "Config",
+    "budgets",
+    "cancel_grace",
+    "default_budget",
+    "join_timeout",
+    "load_config",
+    "mcp_connect_timeout",
+    "mcp_timeout",
+    "op_budget",
+    "parse_duration",
+    "retry_attempts",
+    "serial",
+]
+
+ENV_DEFAULT_BUDGET = "HANGGUARD_DEFAULT_BUDGET"
+ENV_BUDGETS = "HANGGUARD_BUDGETS"
+ENV_JOIN_TIMEOUT = "HANGGUARD_JOIN_TIMEOUT"
+ENV_MCP_TIMEOUT = "HANGGUARD_MCP_TIMEOUT"
+ENV_MCP_CONNECT_TIMEOUT = "HANGGUARD_MCP_CONNECT_TIMEOUT"
+ENV_RETRY_ATTEMPTS = "HANGGUARD_RETRY_ATTEMPTS"
+ENV_CANCEL_GRACE = "HANGGUARD_CANCEL_GRACE"
+ENV_SERIAL = "HANGGUARD_SERIAL"
+
+#: Every variable, with its default as text and its meaning (the CLI and docs use this).
+ENV_VARS: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {
+        ENV_DEFAULT_BUDGET: ("none", "deadline applied to every guarded op"),
+        ENV_BUDGETS: ("none", "per-op budgets, e.g. CompanySegmentFactorOp=120,SearchOp=30s"),
+        ENV_JOIN_TIMEOUT: ("none", "join timeout when the call gives none"),
+        ENV_MCP_TIMEOUT: ("30", "timeout of one MCP call"),
+        ENV_MCP_CONNECT_TIMEOUT: ("10", "timeout of connecting to an MCP server (handshake too)"),
+        ENV_RETRY_ATTEMPTS: ("3", "default number of attempts of hangguard.retry"),
+        ENV_CANCEL_GRACE: ("1", "how long join waits for cancelled tasks to finish"),
+        ENV_SERIAL: ("0", "1: run submitted tasks one at a time, in submit order (debug mode)"),
+    }
+)
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|m|h)?\s*$")
+_NONE_WORDS = frozenset({"", "none", "off", "inf", "infinite"})
+
+
+def parse_duration(text: str, *, name: str, allow_none: bool = True) -> float:
+    """Parse ``2.5``, ``500ms``, ``30s``, ``2m`` or ``1h`` into seconds.
+
+    ``none``/``off``/``inf`` (and empty) mean no limit (``math.inf``) where allowed.
+    Raises :class:`ConfigError` naming ``name`` (the variable) and the value.
+    """
+    if allow_none and text.strip().lower() in _NONE_WORDS:
+        return math.inf
+    m = _DURATION.match(text)
+    if m is None:
+        raise ConfigError(
+            f"{name}={text!r} is not a duration: use seconds (2.5) or a unit (500ms, 30s, 2m, 1h)"
+            + (", or 'none'" if allow_none else ""),
+            name=name,
+            value=text,
+        )
+    seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if math.isinf(seconds) or math.isnan(seconds):
+        raise ConfigError(f"{name}={text!r} is not a finite duration", name=name, value=text)
+    return seconds
+
+
+def _parse_budgets(text: str) -> Mapping[str, float]:
+    out: dict[str, float] = {}
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        op, sep, value = item.partition("=")
+        op = op.strip()
+        if not sep or not op:
+            raise ConfigError(
+                f"{ENV_BUDGETS}={text!r}: entry {item!r} is not NAME=DURATION "
+                "(e.g. CompanySegmentFactorOp=120,SearchOp=30s)",
+                name=ENV_BUDGETS,
+                value=text,
+            )
+        if op in out:
+            raise ConfigError(
+                f"{ENV_BUDGETS}={text!r}: op {op!r} is given twice", name=ENV_BUDGETS, value=text
+            )
+        try:
+            out[op] = parse_duration(value, name=f"{ENV_BUDGETS}[{op}]")
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{ENV_BUDGETS}={text!r}: {exc}", name=ENV_BUDGETS, value=text
+            ) from None
+    return MappingProxyType(out)
+
+
+def _parse_attempts(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(
+            f"{ENV_RETRY_ATTEMPTS}={text!r} must be a whole number >= 1",
+            name=ENV_RETRY_ATTEMPTS,
+            value=text,
+        )
+    return value
+
+
+def _parse_bool(name: str) -> Callable[[str], bool]:
+    def parse(text: str) -> bool:
+        word = text.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("", "0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={text!r} must be 1 or 0", name=name, value=text)
+
+    return parse
+
+
+T = TypeVar("T")
+_memo: dict[tuple[str, str], object] = {}
+
+
+def _read(name: str, default: T, parse: Callable[[str], T]) -> T:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    key = (name, raw)
+    try:
+        return _memo[key]  # type: ignore[return-value]
+    except KeyError:
+        value = parse(raw)
+        if len(_memo) > 256:  # env values change rarely; keep the memo small anyway
+            _memo.clear()
+        _memo[key] = value
+        return value
+
+
+def _duration(name: str, *, allow_none: bool = True) -> Callable[[str], float]:
+    return lambda text: parse_duration(text, name=name, allow_none=allow_none)
+
+
+def default_budget() -> float:
+    """``HANGGUARD_DEFAULT_BUDGET`` in seconds (``math.inf`` when unset)."""
+    return _read(ENV_DEFAULT_BUDGET, math.inf, _duration(ENV_DEFAULT_BUDGET))
+
+
+_NO_BUDGETS: Mapping[str, float] = MappingProxyType({})
+
+
+def budgets() -> Mapping[str, float]:
+    """``HANGGUARD_BUDGETS`` as a read-only mapping of op name to seconds."""
+    return _read(ENV_BUDGETS, _NO_BUDGETS, _parse_budgets)
+
+
+def op_budget(op_name: str) -> float:
+    """The env budget of an op: its ``HANGGUARD_BUDGETS`` entry, else the default budget."""
+    budgets_ = budgets()
+    if op_name in budgets_:
+        return budgets_[op_name]
+    return default_budget()
+
+
+def join_timeout() -> float:
+    """``HANGGUARD_JOIN_TIMEOUT`` in seconds (``math.inf`` when unset)."""
+    return _read(ENV_JOIN_TIMEOUT, math.inf, _duration(ENV_JOIN_TIMEOUT))
+
+
+def mcp_timeout() -> float:
+    """``HANGGUARD_MCP_TIMEOUT`` in seconds (30 when unset)."""
+    return _read(ENV_MCP_TIMEOUT, 30.0, _duration(ENV_MCP_TIMEOUT))
+
+
+def mcp_connect_timeout() -> float:
+    """``HANGGUARD_MCP_CONNECT_TIMEOUT`` in seconds (10 when unset)."""
+    return _read(ENV_MCP_CONNECT_TIMEOUT, 10.0, _duration(ENV_MCP_CONNECT_TIMEOUT))
+
+
+def retry_attempts() -> int:
+    """``HANGGUARD_RETRY_ATTEMPTS`` (3 when unset)."""
+    return _read(ENV_RETRY_ATTEMPTS, 3, _parse_attempts)
+
+
+def cancel_grace() -> float:
+    """``HANGGUARD_CANCEL_GRACE`` in seconds (1 when unset)."""
+    return _read(ENV_CANCEL_GRACE, 1.0, _duration(ENV_CANCEL_GRACE, allow_none=False))
+
+
+def serial() -> bool:
+    """``HANGGUARD_SERIAL``: whether submitted tasks run one at a time (debug mode)."""
+    return _read(ENV_SERIAL, False, _parse_bool(ENV_SERIAL))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """A snapshot of the effective configuration (what ``hangguard config`` shows)."""
+
+    default_budget: float = math.inf
+    budgets: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    join_timeout: float = math.inf
+    mcp_timeout: float = 30.0
+    mcp_connect_timeout: float = 10.0
+    retry_attempts: int = 3
+    cancel_grace: float = 1.0
+    serial: bool = False
+
+
+def load_config() -> Config:
+    """Read every ``HANGGUARD_*`` variable now; raises :class:`ConfigError` on the first bad one."""
+    return Config(
+        default_budget=default_budget(),
+        budgets=budgets(),
+        join_timeout=join_timeout(),
+        mcp_timeout=mcp_timeout(),
+        mcp_connect_timeout=mcp_connect_timeout(),
+        retry_attempts=retry_attempts(),
+        cancel_grace=cancel_grace(),
+        serial=serial(),
+    )

@@ -1,0 +1,128 @@
+"""The exceptions hangguard raises.
+
+The hierarchy::
+
+    HangguardError
+    ├── DeadlineExceeded        (also builtin TimeoutError)
+    │   └── JoinTimeout         partial results + names of unfinished tasks
+    ├── ConfigError             (also ValueError) names the env var / parameter
+    └── McpError                names the server and the tool
+        ├── McpConnectError     cannot reach the server or finish the handshake
+        ├── McpCallError        a JSON-RPC error response, with ``.code``
+        └── McpToolError        the tool answered ``isError`` (when asked to raise)
+
+``DeadlineExceeded`` subclasses ``TimeoutError``, which is ``asyncio.TimeoutError``
+on Python 3.11+, so code written as ``except asyncio.TimeoutError`` keeps working.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = [
+    "ConfigError",
+    "DeadlineExceeded",
+    "HangguardError",
+    "JoinTimeout",
+    "McpCallError",
+    "McpConnectError",
+    "McpError",
+    "McpToolError",
+]
+
+
+class HangguardError(Exception):
+    """Base class of every error hangguard raises on its own account."""
+
+
+def _fmt_budget(budget: float) -> str:
+    return "no limit" if math.isinf(budget) else f"{budget:g}s"
+
+
+class DeadlineExceeded(HangguardError, TimeoutError):
+    """A deadline passed: the guarded work was cancelled.
+
+    ``deadline_name`` and ``budget`` say which deadline fired, so that a nested
+    call failing on its parent's budget is told apart from its own limit.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        deadline_name: str | None = None,
+        budget: float = math.inf,
+    ) -> None:
+        self.deadline_name = deadline_name
+        self.budget = budget
+        if message is None:
+            label = repr(deadline_name) if deadline_name else "(unnamed)"
+            message = f"deadline {label} exceeded (budget {_fmt_budget(budget)})"
+        super().__init__(message)
+
+
+class JoinTimeout(DeadlineExceeded):
+    """A task group's join ran out of time.
+
+    Every unfinished task was cancelled. ``results`` holds one entry per submitted
+    task, in submit order: the value of a task that finished, the exception of one
+    that failed, and a ``DeadlineExceeded`` for one that did not finish (so the
+    seed's ``[r for r in results if not isinstance(r, Exception)]`` keeps working).
+    ``pending`` names the tasks that did not finish.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        deadline_name: str | None = None,
+        budget: float = math.inf,
+        results: Sequence[object] = (),
+        pending: Sequence[str] = (),
+    ) -> None:
+        self.results = list(results)
+        self.pending = list(pending)
+        super().__init__(message, deadline_name=deadline_name, budget=budget)
+
+
+class ConfigError(HangguardError, ValueError):
+    """A configuration value is invalid; ``name`` is the env var or parameter at fault."""
+
+    def __init__(self, message: str, *, name: str, value: object = None) -> None:
+        self.name = name
+        self.value = value
+        super().__init__(message)
+
+
+class McpError(HangguardError):
+    """An MCP interaction failed; ``server`` and ``tool`` say where."""
+
+    def __init__(self, message: str, *, server: str = "", tool: str | None = None) -> None:
+        self.server = server
+        self.tool = tool
+        super().__init__(message)
+
+
+class McpConnectError(McpError):
+    """The MCP server could not be reached, or the handshake did not complete."""
+
+
+class McpCallError(McpError):
+    """The server answered a request with a JSON-RPC error; ``code`` is its code."""
+
+    def __init__(
+        self, message: str, *, code: int, server: str = "", tool: str | None = None
+    ) -> None:
+        self.code = code
+        super().__init__(message, server=server, tool=tool)
+
+
+class McpToolError(McpError):
+    """The tool ran and reported failure (``isError``); ``result`` is what it returned."""
+
+    def __init__(
+        self, message: str, *, result: object = None, server: str = "", tool: str | None = None
+    ) -> None:
+        self.result = result
+        super().__init__(message, server=server, tool=tool)

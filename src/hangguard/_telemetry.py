@@ -1,0 +1,155 @@
+"""Span helpers and the trace vocabulary: every span, attribute and event name hangguard emits.
+
+Only ``opentelemetry-api`` is used here. When no SDK is installed (the API's no-op or
+unresolved proxy provider), :func:`get_tracer` returns ``None`` and callers skip all span
+work, so untraced use costs close to nothing. docs/trace-schema.md is checked against
+the constants below by a test.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Final
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode, Tracer
+
+from ._version import __version__
+
+__all__ = [
+    "ATTR_CANCEL_CAUSE",
+    "ATTR_CANCEL_REASON",
+    "ATTR_DEADLINE_BUDGET_S",
+    "ATTR_DEADLINE_NAME",
+    "ATTR_ERROR_TYPE",
+    "ATTR_GROUP_CANCELLED",
+    "ATTR_GROUP_FAILED",
+    "ATTR_GROUP_LIMIT",
+    "ATTR_GROUP_NAME",
+    "ATTR_GROUP_SERIAL",
+    "ATTR_GROUP_SIZE",
+    "ATTR_GROUP_TIMED_OUT",
+    "ATTR_OP_NAME",
+    "ATTR_RETRY_ATTEMPT",
+    "ATTR_RETRY_SLEEP_S",
+    "ATTR_TASK_INDEX",
+    "ATTR_TASK_NAME",
+    "ATTR_TASK_STACK",
+    "ATTR_TIMEOUT_S",
+    "CANCEL_DEADLINE",
+    "CANCEL_PARENT",
+    "CANCEL_SIBLING_FAILED",
+    "CANCEL_TIMEOUT",
+    "EVENT_CANCELLED",
+    "EVENT_CANCEL_IGNORED",
+    "EVENT_DEADLINE_EXCEEDED",
+    "EVENT_RETRY",
+    "EVENT_RETRY_BUDGET_EXHAUSTED",
+    "EVENT_RETRY_BUDGET_REFUSED",
+    "SPAN_GROUP",
+    "SPAN_OP",
+    "SPAN_TASK",
+    "TRACER_NAME",
+    "error_type",
+    "get_tracer",
+    "record_deadline_exceeded",
+    "record_failure",
+]
+
+TRACER_NAME: Final = "hangguard"
+
+# Span names (``{}`` takes the group / task / op name).
+SPAN_OP: Final = "{}"
+SPAN_GROUP: Final = "group {}"
+SPAN_TASK: Final = "task {}"
+
+# Attributes.
+ATTR_OP_NAME: Final = "hangguard.op.name"
+ATTR_GROUP_NAME: Final = "hangguard.group.name"
+ATTR_GROUP_SIZE: Final = "hangguard.group.size"
+ATTR_GROUP_FAILED: Final = "hangguard.group.failed"
+ATTR_GROUP_CANCELLED: Final = "hangguard.group.cancelled"
+ATTR_GROUP_TIMED_OUT: Final = "hangguard.group.timed_out"
+ATTR_GROUP_LIMIT: Final = "hangguard.group.limit"
+ATTR_GROUP_SERIAL: Final = "hangguard.group.serial"
+ATTR_TIMEOUT_S: Final = "hangguard.timeout_s"
+ATTR_TASK_NAME: Final = "hangguard.task.name"
+ATTR_TASK_INDEX: Final = "hangguard.task.index"
+ATTR_TASK_STACK: Final = "hangguard.task.stack"
+ATTR_CANCEL_REASON: Final = "hangguard.cancel.reason"
+ATTR_CANCEL_CAUSE: Final = "hangguard.cancel.cause"
+ATTR_DEADLINE_NAME: Final = "hangguard.deadline.name"
+ATTR_DEADLINE_BUDGET_S: Final = "hangguard.deadline.budget_s"
+ATTR_RETRY_ATTEMPT: Final = "hangguard.retry.attempt"
+ATTR_RETRY_SLEEP_S: Final = "hangguard.retry.sleep_s"
+ATTR_ERROR_TYPE: Final = "error.type"
+
+# Values of hangguard.cancel.reason.
+CANCEL_SIBLING_FAILED: Final = "sibling_failed"
+CANCEL_TIMEOUT: Final = "timeout"
+CANCEL_DEADLINE: Final = "deadline"
+CANCEL_PARENT: Final = "parent_cancelled"
+
+# Events.
+EVENT_CANCELLED: Final = "hangguard.cancelled"
+EVENT_CANCEL_IGNORED: Final = "hangguard.cancel_ignored"
+EVENT_DEADLINE_EXCEEDED: Final = "hangguard.deadline_exceeded"
+EVENT_RETRY: Final = "hangguard.retry"
+EVENT_RETRY_BUDGET_EXHAUSTED: Final = "hangguard.retry.budget_exhausted"
+EVENT_RETRY_BUDGET_REFUSED: Final = "hangguard.retry.budget_refused"
+
+_tracers: dict[int, tuple[trace.TracerProvider, Tracer]] = {}
+
+
+def _is_noop(provider: trace.TracerProvider) -> bool:
+    if isinstance(provider, trace.NoOpTracerProvider):
+        return True
+    # The API's proxy stands in until an application installs a provider; until then
+    # every span it makes is a no-op.
+    return isinstance(provider, trace.ProxyTracerProvider) and (
+        getattr(trace, "_TRACER_PROVIDER", None) is None
+    )
+
+
+def get_tracer() -> Tracer | None:
+    """hangguard's tracer from the global provider, or ``None`` when nothing records."""
+    provider = trace.get_tracer_provider()
+    if _is_noop(provider):
+        return None
+    cached = _tracers.get(id(provider))
+    if cached is not None and cached[0] is provider:
+        return cached[1]
+    tracer = provider.get_tracer(TRACER_NAME, __version__)
+    _tracers[id(provider)] = (provider, tracer)
+    return tracer
+
+
+def error_type(exc: BaseException) -> str:
+    """The ``error.type`` value of an exception: its fully qualified class name."""
+    cls = type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def record_failure(span: Span, exc: BaseException, *, type_: str | None = None) -> None:
+    """Mark ``span`` failed by ``exc``: status ERROR, ``error.type``, the exception event."""
+    if not span.is_recording():
+        return
+    span.set_attribute(ATTR_ERROR_TYPE, type_ or error_type(exc))
+    span.record_exception(exc, escaped=True)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+
+def record_deadline_exceeded(name: str | None, budget: float) -> None:
+    """Note a deadline that fired on the current span (and in metrics)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(
+            EVENT_DEADLINE_EXCEEDED,
+            {ATTR_DEADLINE_NAME: name or "", ATTR_DEADLINE_BUDGET_S: budget},
+        )
+
+
+def format_stack(frames: list[traceback.FrameSummary]) -> str:
+    """A short, one-frame-a-line rendering of where a task was stuck."""
+    return "\n".join(f"{f.filename}:{f.lineno} in {f.name}" for f in frames)
