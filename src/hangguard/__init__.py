@@ -18,6 +18,7 @@ from ._exceptions import (
     McpError,
     McpToolError,
 )
+from ._group import TaskGroup
 from ._version import __version__
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "McpConnectError",
     "McpError",
     "McpToolError",
+    "TaskGroup",
     "__version__",
     "current_deadline",
     "deadline",

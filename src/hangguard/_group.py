@@ -1,0 +1,617 @@
+"""The guarded task group: submit coroutines, join them without ever hanging.
+
+It realises the seed's ``submit_async_task`` / ``join_async_task`` done right: results in
+submit order, the first failure raised as itself once every sibling is cancelled and
+finished, a join that always ends (its own timeout or the enclosing deadline, whichever
+is earlier, plus a bounded grace for tasks that ignore their cancellation), every
+failure logged once with its traceback, and every cancellation recorded with its cause.
+
+Untraced use (no SDK installed) adds one done-callback per task to a raw
+``loop.create_task``; span work happens only when a real tracer provider is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span
+
+from . import _config, _telemetry
+from ._deadline import check_timeout, current_deadline, remaining
+from ._exceptions import DeadlineExceeded, JoinTimeout
+from ._telemetry import (
+    ATTR_CANCEL_CAUSE,
+    ATTR_CANCEL_REASON,
+    ATTR_GROUP_CANCELLED,
+    ATTR_GROUP_FAILED,
+    ATTR_GROUP_LIMIT,
+    ATTR_GROUP_NAME,
+    ATTR_GROUP_SERIAL,
+    ATTR_GROUP_SIZE,
+    ATTR_GROUP_TIMED_OUT,
+    ATTR_TASK_INDEX,
+    ATTR_TASK_NAME,
+    ATTR_TASK_STACK,
+    ATTR_TIMEOUT_S,
+    CANCEL_DEADLINE,
+    CANCEL_PARENT,
+    CANCEL_SIBLING_FAILED,
+    CANCEL_TIMEOUT,
+    EVENT_CANCEL_IGNORED,
+    EVENT_CANCELLED,
+    SPAN_GROUP,
+    SPAN_TASK,
+)
+
+__all__ = ["TaskGroup"]
+
+logger = logging.getLogger("hangguard")
+
+T = TypeVar("T")
+
+#: Await stacks are captured for at most this many cancelled tasks per group, so that
+#: cancelling 10,000 tasks stays cheap; the rest get the event without a stack.
+STACK_CAPTURES: Final = 5
+_STACK_DEPTH: Final = 6
+
+# Tasks that ignored their cancellation past the grace: kept referenced so they are not
+# garbage collected mid-run, and their eventual outcome is still logged.
+_abandoned: set[asyncio.Task[Any]] = set()
+
+_CO_COROUTINE: Final = inspect.CO_COROUTINE
+
+
+def _is_coroutine_function(fn: object) -> bool:
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    if code is not None:
+        return bool(code.co_flags & _CO_COROUTINE)
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - objects with an async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _fn_name(fn: object) -> str:
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+
+
+class _Limiter:
+    """A FIFO semaphore: with ``limit=1`` (serial mode) tasks run in submit order."""
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed a slot while being cancelled: pass it on
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self._free += 1
+
+
+class _CancelInfo:
+    __slots__ = ("cause", "reason", "stack")
+
+    def __init__(self, reason: str, cause: str, stack: str | None) -> None:
+        self.reason = reason
+        self.cause = cause
+        self.stack = stack
+
+
+class TaskGroup:
+    """Run coroutines concurrently and join them within a bounded time.
+
+    ``submit`` starts a task at once; ``join`` waits for all of them and returns their
+    results in submit order. With ``return_exceptions=False`` the first failure is raised
+    as itself, after every sibling has been cancelled and has finished; with ``True`` the
+    exceptions stand in their tasks' places. On timeout (``timeout``, else
+    ``HANGGUARD_JOIN_TIMEOUT``, capped by the enclosing :func:`hangguard.deadline`) the
+    unfinished tasks are cancelled and :class:`JoinTimeout` carries the partial results::
+
+        group = hangguard.TaskGroup("searches", timeout=60)
+        for query in queries:
+            group.submit(search, query, name=f"search {query}")
+        results = await group.join(return_exceptions=True)
+
+    or, joining at the end of the block::
+
+        async with hangguard.TaskGroup("searches") as group:
+            group.submit(search, "a")
+
+    ``return_exceptions=None`` (the default) leaves the choice to ``join`` (default
+    ``False``); a group created with an explicit ``False``, or used with ``async with``,
+    cancels the siblings as soon as a task fails, even before ``join`` is called.
+    ``limit`` bounds how many tasks run at once; ``HANGGUARD_SERIAL=1`` runs them one by
+    one in submit order and logs each start and outcome (the seed's debug mode).
+    """
+
+    def __init__(
+        self,
+        name: str = "group",
+        *,
+        timeout: float | None = None,
+        return_exceptions: bool | None = None,
+        limit: int | None = None,
+    ) -> None:
+        self.name = name
+        self._timeout = None if timeout is None else check_timeout(timeout, "timeout")
+        self._return_exceptions = return_exceptions
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise TypeError(f"limit must be a whole number >= 1 or None, got {limit!r}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        self._serial = _config.serial()
+        self._limit = 1 if self._serial else limit
+        self._limiter = _Limiter(self._limit) if self._limit is not None else None
+        self._tracer = _telemetry.get_tracer()
+        self._span: Span | None = None
+        self._span_ctx: otel_context.Context | None = None
+
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._fns: list[object] = []
+        self._names: dict[int, str] = {}  # explicit names by index; defaults are derived
+        self._index: dict[asyncio.Task[Any], int] = {}
+        self._pending = 0
+        self._failures: list[asyncio.Task[Any]] = []  # in the order they failed
+        self._cancel_info: dict[asyncio.Task[Any], _CancelInfo] = {}
+        self._stacks_taken = 0
+        self._fail_fast = return_exceptions is False
+        self._waiter: asyncio.Future[None] | None = None
+        self._joined = False
+        self._body_task: asyncio.Task[Any] | None = None
+        self._body_cancelled = False
+
+    # -- submitting -------------------------------------------------------------------
+
+    def submit(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> asyncio.Task[T]:
+        """Start ``fn(*args, **kwargs)`` as a task of this group and return the task.
+
+        ``fn`` must be a coroutine function (pass the function and its arguments, not a
+        coroutine). ``name`` names the task in logs, spans and :class:`JoinTimeout`.
+        """
+        if self._joined:
+            raise RuntimeError(f"task group {self.name!r} was already joined")
+        if not _is_coroutine_function(fn):
+            if inspect.iscoroutine(fn):
+                fn.close()  # it will never run: close it so Python does not warn later
+                raise TypeError(
+                    f"submit() takes a coroutine function and its arguments, not a coroutine: "
+                    f"write submit(fn, *args), not submit(fn(*args)) (group {self.name!r})"
+                )
+            raise TypeError(
+                f"submit() takes a coroutine function (async def), got {_fn_name(fn)!r} "
+                f"(group {self.name!r}); wrap blocking code with asyncio.to_thread"
+            )
+        index = len(self._tasks)
+        if name is not None:
+            self._names[index] = name
+        loop = asyncio.get_running_loop()
+        coro: Coroutine[Any, Any, T]
+        if self._tracer is None and self._limiter is None:
+            coro = fn(*args, **kwargs)  # type: ignore[assignment]
+        else:
+            if self._tracer is not None and self._span is None:
+                self._start_span()
+            coro = self._run(index, fn, args, kwargs)
+        task = loop.create_task(coro, name=name)
+        self._tasks.append(task)
+        self._fns.append(fn)
+        self._index[task] = index
+        self._pending += 1
+        task.add_done_callback(self._on_done)
+        return task
+
+    def task_name(self, index: int) -> str:
+        """The name of the task submitted at ``index`` (explicit, else ``fn[index]``)."""
+        name = self._names.get(index)
+        return name if name is not None else f"{_fn_name(self._fns[index])}[{index}]"
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def _run(self, index: int, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
+        span: Span | None = None
+        token: object = None
+        if self._tracer is not None:
+            name = self.task_name(index)
+            span = self._tracer.start_span(
+                SPAN_TASK.format(name),
+                context=self._span_ctx,
+                attributes={ATTR_TASK_NAME: name, ATTR_TASK_INDEX: index},
+            )
+            token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            if self._limiter is None:
+                return await fn(*args, **kwargs)
+            await self._limiter.acquire()
+            try:
+                if not self._serial:
+                    return await fn(*args, **kwargs)
+                return await self._run_logged(index, fn, args, kwargs)
+            finally:
+                self._limiter.release()
+        except asyncio.CancelledError:
+            if span is not None:
+                self._record_cancelled(span)
+            raise
+        except BaseException as exc:
+            if span is not None:
+                _telemetry.record_failure(span, exc)
+            raise
+        finally:
+            if span is not None:
+                otel_context.detach(token)  # type: ignore[arg-type]
+                span.end()
+
+    async def _run_logged(
+        self, index: int, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any
+    ) -> T:
+        name = self.task_name(index)
+        logger.info("serial: task %r started (group %r)", name, self.name)
+        started = time.monotonic()
+        try:
+            result = await fn(*args, **kwargs)
+        except asyncio.CancelledError:
+            logger.info("serial: task %r cancelled after %.3fs", name, time.monotonic() - started)
+            raise
+        except BaseException as exc:
+            # The traceback is logged once, by the group's done-callback.
+            logger.info(
+                "serial: task %r failed after %.3fs: %s: %s",
+                name,
+                time.monotonic() - started,
+                type(exc).__name__,
+                exc,
+            )
+            raise
+        logger.info("serial: task %r succeeded in %.3fs", name, time.monotonic() - started)
+        return result
+
+    def _record_cancelled(self, span: Span) -> None:
+        task = asyncio.current_task()
+        info = self._cancel_info.get(task) if task is not None else None
+        if info is None:
+            info = _CancelInfo(CANCEL_PARENT, "", None)
+        attrs: dict[str, str] = {ATTR_CANCEL_REASON: info.reason, ATTR_CANCEL_CAUSE: info.cause}
+        if info.stack:
+            attrs[ATTR_TASK_STACK] = info.stack
+        span.add_event(EVENT_CANCELLED, attrs)
+
+    def _start_span(self) -> None:
+        assert self._tracer is not None
+        self._span = self._tracer.start_span(
+            SPAN_GROUP.format(self.name), attributes={ATTR_GROUP_NAME: self.name}
+        )
+        if self._limit is not None:
+            self._span.set_attribute(ATTR_GROUP_LIMIT, self._limit)
+        if self._serial:
+            self._span.set_attribute(ATTR_GROUP_SERIAL, True)
+        self._span_ctx = trace.set_span_in_context(self._span)
+
+    # -- completion -------------------------------------------------------------------
+
+    def _on_done(self, task: asyncio.Task[Any]) -> None:
+        self._pending -= 1
+        failed = False
+        if not task.cancelled():
+            exc = task.exception()  # also marks it retrieved: no "never retrieved" warning
+            if exc is not None:
+                failed = True
+                self._failures.append(task)
+                logger.error(
+                    "task %r of group %r failed with %s",
+                    self.task_name(self._index[task]),
+                    self.name,
+                    type(exc).__name__,
+                    exc_info=exc,
+                )
+                if self._fail_fast and len(self._failures) == 1:
+                    self._cancel_all(CANCEL_SIBLING_FAILED, self.task_name(self._index[task]))
+                    if self._body_task is not None and not self._body_task.done():
+                        # Like asyncio.TaskGroup: stop the body of ``async with`` too.
+                        self._body_cancelled = True
+                        self._body_task.cancel()
+        waiter = self._waiter
+        if (
+            waiter is not None
+            and not waiter.done()
+            and (self._pending == 0 or (failed and self._fail_fast))
+        ):
+            waiter.set_result(None)
+
+    def _cancel_all(self, reason: str, cause: str) -> int:
+        """Cancel every unfinished task, noting why (and, for a few, where it was stuck)."""
+        count = 0
+        capture = self._tracer is not None
+        for task in self._tasks:
+            if task.done():
+                continue
+            count += 1
+            if task not in self._cancel_info:
+                stack = None
+                if capture and self._stacks_taken < STACK_CAPTURES:
+                    self._stacks_taken += 1
+                    stack = _stack_of(task)
+                self._cancel_info[task] = _CancelInfo(reason, cause, stack)
+            task.cancel(f"hangguard: {reason} ({cause})")
+        return count
+
+    async def _wait_pending(self, timeout: float) -> None:
+        """Wait until no task is pending, or ``timeout`` seconds pass."""
+        if self._pending == 0:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        handle = None if math.isinf(timeout) else loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            if handle is not None:
+                handle.cancel()
+            self._waiter = None
+
+    # -- joining ----------------------------------------------------------------------
+
+    async def join(
+        self, timeout: float | None = None, return_exceptions: bool | None = None
+    ) -> list[Any]:
+        """Wait for every task; return their results in submit order.
+
+        ``timeout`` (seconds) defaults to the group's, then ``HANGGUARD_JOIN_TIMEOUT``;
+        the enclosing deadline caps it. See the class docstring for the semantics.
+        """
+        if self._joined:
+            raise RuntimeError(f"task group {self.name!r} was already joined")
+        self._joined = True
+        if timeout is not None:
+            own = check_timeout(timeout, "timeout")
+        elif self._timeout is not None:
+            own = self._timeout
+        else:
+            own = _config.join_timeout()
+        mode = return_exceptions
+        if mode is None:
+            mode = bool(self._return_exceptions)
+        self._fail_fast = not mode
+        grace = _config.cancel_grace()
+        if self._span is not None and not math.isinf(own):
+            self._span.set_attribute(ATTR_TIMEOUT_S, own)
+
+        left = remaining()
+        by_deadline = left <= own
+        limit = min(own, left)
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
+        timed_out = False
+        try:
+            if self._fail_fast and self._failures:
+                pass  # a task failed before join: go straight to cancelling the rest
+            else:
+                await self._wait_pending(limit)
+                timed_out = self._pending > 0 and not (self._fail_fast and self._failures)
+        except asyncio.CancelledError as cancel:
+            dl = current_deadline()
+            expired = dl is not None and (
+                remaining() <= 0
+                or str(cancel.args[0] if cancel.args else "").startswith("hangguard deadline")
+            )
+            if expired and dl is not None:
+                cause = dl.binding().name or ""
+                self._cancel_all(CANCEL_DEADLINE, cause)
+            else:
+                self._cancel_all(CANCEL_PARENT, self.name)
+            await self._finish_cancelled(grace)
+            if (
+                expired
+                and dl is not None
+                and task is not None
+                and dl.enforced_in is task
+                and task.cancelling() == cancelling + 1
+            ):
+                # The enclosing deadline of this very task fired: answer with the partial
+                # results rather than a bare cancellation (its scope uncancels the task).
+                binding = dl.binding()
+                raise self._join_timeout(binding.name, binding.budget) from None
+            self._end_span(timed_out=False)
+            raise
+
+        if timed_out:
+            if by_deadline:
+                current = current_deadline()
+                bound = current.binding() if current is not None else None
+                dname = bound.name if bound is not None else None
+                budget = bound.budget if bound is not None else left
+                self._cancel_all(CANCEL_DEADLINE, dname or "")
+            else:
+                dname, budget = f"join {self.name}", own
+                self._cancel_all(CANCEL_TIMEOUT, self.name)
+            await self._finish_cancelled(grace)
+            raise self._join_timeout(dname, budget)
+
+        if self._fail_fast and self._failures:
+            first = self._failures[0]
+            n = self._cancel_all(CANCEL_SIBLING_FAILED, self.task_name(self._index[first]))
+            if n:
+                exc = first.exception()
+                logger.warning(
+                    "group %r: task %r failed with %s, cancelling %d remaining task(s)",
+                    self.name,
+                    self.task_name(self._index[first]),
+                    type(exc).__name__,
+                    n,
+                )
+            await self._finish_cancelled(grace)
+            self._end_span(timed_out=False)
+            error = first.exception()
+            assert error is not None
+            raise error
+
+        self._end_span(timed_out=False)
+        return [_outcome(t) for t in self._tasks]
+
+    def _join_timeout(self, deadline_name: str | None, budget: float) -> JoinTimeout:
+        pending_idx = [i for i, t in enumerate(self._tasks) if t in self._cancel_info]
+        pending = [self.task_name(i) for i in pending_idx]
+        results: list[Any] = []
+        label = deadline_name or "(unnamed)"
+        for i, t in enumerate(self._tasks):
+            if t in self._cancel_info:
+                results.append(
+                    DeadlineExceeded(
+                        f"task {self.task_name(i)!r} did not finish before {label!r}",
+                        deadline_name=deadline_name,
+                        budget=budget,
+                    )
+                )
+            else:
+                results.append(_outcome(t))
+        self._end_span(timed_out=True)
+        shown = ", ".join(pending[:5]) + (", ..." if len(pending) > 5 else "")
+        budget_text = "no limit" if math.isinf(budget) else f"{budget:g}s"
+        return JoinTimeout(
+            f"group {self.name!r}: {len(pending)} of {len(self._tasks)} task(s) did not finish "
+            f"before {label!r} ({budget_text}): {shown}",
+            deadline_name=deadline_name,
+            budget=budget,
+            results=results,
+            pending=pending,
+        )
+
+    async def _finish_cancelled(self, grace: float) -> None:
+        """Give cancelled tasks ``grace`` seconds to finish; report and keep any that won't."""
+        await self._wait_pending(grace)
+        if self._pending == 0:
+            return
+        stuck = [t for t in self._tasks if not t.done()]
+        names = [self.task_name(self._index[t]) for t in stuck]
+        logger.warning(
+            "group %r: %d task(s) ignored cancellation for %gs and are left running: %s",
+            self.name,
+            len(stuck),
+            grace,
+            ", ".join(names),
+        )
+        if self._span is not None:
+            self._span.add_event(
+                EVENT_CANCEL_IGNORED, {ATTR_TASK_NAME: names, "hangguard.cancel_grace_s": grace}
+            )
+        for t in stuck:
+            _abandoned.add(t)
+            t.add_done_callback(_abandoned.discard)
+
+    def _end_span(self, *, timed_out: bool) -> None:
+        span = self._span
+        if span is None:
+            return
+        self._span = None
+        failed = len(self._failures)
+        cancelled = sum(1 for t in self._tasks if t.done() and t.cancelled())
+        span.set_attribute(ATTR_GROUP_SIZE, len(self._tasks))
+        span.set_attribute(ATTR_GROUP_FAILED, failed)
+        span.set_attribute(ATTR_GROUP_CANCELLED, cancelled)
+        if timed_out:
+            span.set_attribute(ATTR_GROUP_TIMED_OUT, True)
+            span.set_attribute(_telemetry.ATTR_ERROR_TYPE, "timeout")
+            span.set_status(trace.Status(trace.StatusCode.ERROR, "join timed out"))
+        elif failed and self._fail_fast:
+            first = self._failures[0].exception()
+            assert first is not None
+            _telemetry.record_failure(span, first)
+        span.end()
+
+    # -- async with -------------------------------------------------------------------
+
+    async def __aenter__(self) -> TaskGroup:
+        self._body_task = asyncio.current_task()
+        if self._return_exceptions is None:
+            self._fail_fast = True
+        if self._tracer is not None and self._span is None:
+            self._start_span()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        body = self._body_task
+        self._body_task = None
+        if self._body_cancelled and body is not None:
+            body.uncancel()
+            if exc_type is asyncio.CancelledError and body.cancelling() == 0:
+                # The cancellation was ours (a task failed): join raises the failure.
+                exc_type, exc = None, None
+        if exc is not None:
+            # The body failed or was cancelled: nothing more should run.
+            reason = CANCEL_PARENT
+            self._cancel_all(reason, f"{self.name} body raised {type(exc).__name__}")
+            await self._finish_cancelled(_config.cancel_grace())
+            self._joined = True
+            self._end_span(timed_out=False)
+            return
+        await self.join()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _outcome(task: asyncio.Task[Any]) -> Any:
+    if task.cancelled():
+        # Cancelled by someone other than the group: its place holds the cancellation.
+        return asyncio.CancelledError(f"task {task.get_name()!r} was cancelled")
+    exc = task.exception()
+    return exc if exc is not None else task.result()
+
+
+def _stack_of(task: asyncio.Task[Any]) -> str:
+    """Where a task is suspended: the innermost frames of its await chain, one a line."""
+    frames: list[Any] = []
+    coro: Any = task.get_coro()
+    while coro is not None and len(frames) < 64:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            frames.append(frame)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return "\n".join(
+        f"{f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
+        for f in reversed(frames[-_STACK_DEPTH:])
+    )
