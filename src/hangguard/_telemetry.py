@@ -22,6 +22,8 @@ __all__ = [
     "ATTR_DEADLINE_BUDGET_S",
     "ATTR_DEADLINE_NAME",
     "ATTR_ERROR_TYPE",
+    "ATTR_EXCEPTION_MESSAGE",
+    "ATTR_EXCEPTION_TYPE",
     "ATTR_GROUP_CANCELLED",
     "ATTR_GROUP_FAILED",
     "ATTR_GROUP_LIMIT",
@@ -31,6 +33,9 @@ __all__ = [
     "ATTR_GROUP_TIMED_OUT",
     "ATTR_OP_NAME",
     "ATTR_RETRY_ATTEMPT",
+    "ATTR_RETRY_ATTEMPTS",
+    "ATTR_RETRY_NAME",
+    "ATTR_RETRY_REMAINING_S",
     "ATTR_RETRY_SLEEP_S",
     "ATTR_TASK_INDEX",
     "ATTR_TASK_NAME",
@@ -80,9 +85,18 @@ ATTR_CANCEL_REASON: Final = "hangguard.cancel.reason"
 ATTR_CANCEL_CAUSE: Final = "hangguard.cancel.cause"
 ATTR_DEADLINE_NAME: Final = "hangguard.deadline.name"
 ATTR_DEADLINE_BUDGET_S: Final = "hangguard.deadline.budget_s"
+# On retry events: the number of the attempt that failed (1-based), the most attempts
+# allowed, what is being retried, the backoff before the next attempt, and the seconds
+# left on the enclosing deadline when a retry did not fit.
 ATTR_RETRY_ATTEMPT: Final = "hangguard.retry.attempt"
+ATTR_RETRY_ATTEMPTS: Final = "hangguard.retry.attempts"
+ATTR_RETRY_NAME: Final = "hangguard.retry.name"
 ATTR_RETRY_SLEEP_S: Final = "hangguard.retry.sleep_s"
+ATTR_RETRY_REMAINING_S: Final = "hangguard.retry.remaining_s"
 ATTR_ERROR_TYPE: Final = "error.type"
+# OpenTelemetry's exception attributes, on events that describe a failure the span survived.
+ATTR_EXCEPTION_TYPE: Final = "exception.type"
+ATTR_EXCEPTION_MESSAGE: Final = "exception.message"
 
 # Values of hangguard.cancel.reason.
 CANCEL_SIBLING_FAILED: Final = "sibling_failed"
