@@ -119,12 +119,11 @@ class _Limiter:
 
 
 class _CancelInfo:
-    __slots__ = ("cause", "reason", "stack")
+    __slots__ = ("cause", "reason")
 
-    def __init__(self, reason: str, cause: str, stack: str | None) -> None:
+    def __init__(self, reason: str, cause: str) -> None:
         self.reason = reason
         self.cause = cause
-        self.stack = stack
 
 
 class TaskGroup:
@@ -183,6 +182,7 @@ class TaskGroup:
         self._pending = 0
         self._failures: list[asyncio.Task[Any]] = []  # in the order they failed
         self._cancel_info: dict[asyncio.Task[Any], _CancelInfo] = {}
+        self._task_spans: dict[asyncio.Task[Any], Span] = {}
         self._stacks_taken = 0
         self._fail_fast = return_exceptions is False
         self._waiter: asyncio.Future[None] | None = None
@@ -248,13 +248,10 @@ class TaskGroup:
     async def _run(self, index: int, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
         span: Span | None = None
         token: object = None
-        if self._tracer is not None:
-            name = self.task_name(index)
-            span = self._tracer.start_span(
-                SPAN_TASK.format(name),
-                context=self._span_ctx,
-                attributes={ATTR_TASK_NAME: name, ATTR_TASK_INDEX: index},
-            )
+        task = asyncio.current_task()
+        if self._tracer is not None and task is not None:
+            span = self._task_span(index)
+            self._task_spans[task] = span
             token = otel_context.attach(trace.set_span_in_context(span))
         try:
             if self._limiter is None:
@@ -267,8 +264,11 @@ class TaskGroup:
             finally:
                 self._limiter.release()
         except asyncio.CancelledError:
-            if span is not None:
-                self._record_cancelled(span)
+            if span is not None and task not in self._cancel_info:
+                # Not cancelled by the group (that is recorded when it cancels).
+                span.add_event(
+                    EVENT_CANCELLED, {ATTR_CANCEL_REASON: CANCEL_PARENT, ATTR_CANCEL_CAUSE: ""}
+                )
             raise
         except BaseException as exc:
             if span is not None:
@@ -278,6 +278,16 @@ class TaskGroup:
             if span is not None:
                 otel_context.detach(token)  # type: ignore[arg-type]
                 span.end()
+                del self._task_spans[task]  # type: ignore[arg-type]
+
+    def _task_span(self, index: int) -> Span:
+        assert self._tracer is not None
+        name = self.task_name(index)
+        return self._tracer.start_span(
+            SPAN_TASK.format(name),
+            context=self._span_ctx,
+            attributes={ATTR_TASK_NAME: name, ATTR_TASK_INDEX: index},
+        )
 
     async def _run_logged(
         self, index: int, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any
@@ -302,16 +312,6 @@ class TaskGroup:
             raise
         logger.info("serial: task %r succeeded in %.3fs", name, time.monotonic() - started)
         return result
-
-    def _record_cancelled(self, span: Span) -> None:
-        task = asyncio.current_task()
-        info = self._cancel_info.get(task) if task is not None else None
-        if info is None:
-            info = _CancelInfo(CANCEL_PARENT, "", None)
-        attrs: dict[str, str] = {ATTR_CANCEL_REASON: info.reason, ATTR_CANCEL_CAUSE: info.cause}
-        if info.stack:
-            attrs[ATTR_TASK_STACK] = info.stack
-        span.add_event(EVENT_CANCELLED, attrs)
 
     def _start_span(self) -> None:
         assert self._tracer is not None
@@ -364,13 +364,26 @@ class TaskGroup:
                 continue
             count += 1
             if task not in self._cancel_info:
-                stack = None
-                if capture and self._stacks_taken < STACK_CAPTURES:
-                    self._stacks_taken += 1
-                    stack = _stack_of(task)
-                self._cancel_info[task] = _CancelInfo(reason, cause, stack)
+                self._cancel_info[task] = _CancelInfo(reason, cause)
+                if capture:
+                    self._record_cancel_event(task, reason, cause)
             task.cancel(f"hangguard: {reason} ({cause})")
         return count
+
+    def _record_cancel_event(self, task: asyncio.Task[Any], reason: str, cause: str) -> None:
+        attrs = {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: cause}
+        if self._stacks_taken < STACK_CAPTURES:
+            self._stacks_taken += 1
+            attrs[ATTR_TASK_STACK] = _stack_of(task)
+        span = self._task_spans.get(task)
+        if span is not None:
+            span.add_event(EVENT_CANCELLED, attrs)
+            return
+        # Cancelled before its first step: its coroutine will never run, so its span is
+        # made (and ended) here, to carry the event.
+        span = self._task_span(self._index[task])
+        span.add_event(EVENT_CANCELLED, attrs)
+        span.end()
 
     async def _wait_pending(self, timeout: float) -> None:
         """Wait until no task is pending, or ``timeout`` seconds pass."""

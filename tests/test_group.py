@@ -1,0 +1,411 @@
+"""TaskGroup: the seed's submit/join semantics, done right."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+import hangguard
+from hangguard import JoinTimeout, TaskGroup
+from hangguard._group import _abandoned
+
+
+async def value(x: Any) -> Any:
+    await asyncio.sleep(0)
+    return x
+
+
+async def fail(msg: str = "boom") -> None:
+    await asyncio.sleep(0)
+    raise ValueError(msg)
+
+
+async def hang() -> None:
+    await asyncio.Event().wait()
+
+
+async def stubborn(released: asyncio.Event) -> str:
+    """Ignores its first cancellation, then waits to be released (or cancelled again)."""
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        pass
+    await released.wait()
+    return "late"
+
+
+@pytest.fixture(autouse=True)
+def _short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HANGGUARD_CANCEL_GRACE", "0.2")
+
+
+def failure_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "hangguard" and r.exc_info]
+
+
+async def test_results_in_submit_order_without_dropping_or_flattening() -> None:
+    g = TaskGroup("g")
+    for x in [3, 0, None, [], [1, 2], "", False]:
+        g.submit(value, x)
+    assert await g.join() == [3, 0, None, [], [1, 2], "", False]
+
+
+async def test_return_exceptions_puts_exceptions_in_place(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    g = TaskGroup("g")
+    g.submit(value, 1)
+    g.submit(fail, "x")
+    g.submit(value, 2)
+    results = await g.join(return_exceptions=True)
+    assert results[0] == 1 and results[2] == 2
+    assert isinstance(results[1], ValueError) and str(results[1]) == "x"
+    assert len(failure_records(caplog)) == 1
+
+
+async def test_first_failure_raised_as_itself_after_siblings_finish(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    g = TaskGroup("g")
+    sibling = g.submit(hang, name="sibling")
+    g.submit(fail, "first")
+    with pytest.raises(ValueError, match="first"):
+        await g.join()
+    assert sibling.done() and sibling.cancelled()
+    records = failure_records(caplog)
+    assert len(records) == 1 and "first" in str(records[0].exc_info[1])  # type: ignore[index]
+
+
+async def test_explicit_fail_fast_cancels_siblings_before_join() -> None:
+    g = TaskGroup("g", return_exceptions=False)
+    sibling = g.submit(hang)
+    failing = g.submit(fail)
+    await asyncio.wait([failing])
+    # The sibling is cancelled by the failure itself, before anyone joins.
+    async with asyncio.timeout(5):
+        await asyncio.wait([sibling])
+    assert sibling.cancelled()
+    with pytest.raises(ValueError):
+        await g.join()
+
+
+async def test_default_group_waits_for_join_to_decide() -> None:
+    """Op-style groups must not cancel siblings before join says return_exceptions."""
+    g = TaskGroup("g")
+    gate = asyncio.Event()
+
+    async def slow_ok() -> str:
+        await gate.wait()
+        return "ok"
+
+    g.submit(slow_ok)
+    failing = g.submit(fail)
+    await asyncio.wait([failing])
+    gate.set()
+    results = await g.join(return_exceptions=True)
+    assert results[0] == "ok" and isinstance(results[1], ValueError)
+
+
+async def test_join_timeout_cancels_and_carries_partial_results() -> None:
+    g = TaskGroup("searches")
+    g.submit(value, "a", name="a")
+    g.submit(hang, name="b")
+    g.submit(value, 0, name="c")
+    with pytest.raises(JoinTimeout) as info:
+        await g.join(timeout=0.05)
+    err = info.value
+    assert isinstance(err, asyncio.TimeoutError) and isinstance(err, hangguard.DeadlineExceeded)
+    assert err.results[0] == "a" and err.results[2] == 0
+    assert isinstance(err.results[1], hangguard.DeadlineExceeded)
+    assert err.pending == ["b"]
+    assert err.deadline_name == "join searches" and err.budget == 0.05
+    assert "b" in str(err) and "searches" in str(err)
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
+async def test_enclosing_deadline_caps_join_and_is_named() -> None:
+    g = TaskGroup("g")
+    g.submit(value, 1)
+    g.submit(hang, name="stuck")
+    with pytest.raises(JoinTimeout) as info:
+        async with hangguard.deadline(0.05, name="op budget"):
+            await g.join(timeout=30)
+    assert info.value.deadline_name == "op budget"
+    assert info.value.results[0] == 1 and info.value.pending == ["stuck"]
+
+
+async def test_env_join_timeout_and_explicit_beats_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HANGGUARD_JOIN_TIMEOUT", "50ms")
+    g = TaskGroup("g")
+    g.submit(hang)
+    with pytest.raises(JoinTimeout) as info:
+        await g.join()
+    assert info.value.budget == pytest.approx(0.05)
+    monkeypatch.setenv("HANGGUARD_JOIN_TIMEOUT", "0.01")
+    g = TaskGroup("g")
+    g.submit(asyncio.sleep, 0.05)
+    assert await g.join(timeout=10) == [None]
+
+
+async def test_bad_env_is_reported_at_join(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HANGGUARD_JOIN_TIMEOUT", "soon")
+    g = TaskGroup("g")
+    g.submit(value, 1)
+    with pytest.raises(hangguard.ConfigError, match="HANGGUARD_JOIN_TIMEOUT"):
+        await g.join()
+    g._joined = False
+    assert await g.join(timeout=1) == [1]
+
+
+@pytest.mark.parametrize("bad", [math.nan, -1.0])
+async def test_invalid_timeouts_name_the_parameter(bad: float) -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        TaskGroup("g", timeout=bad)
+    g = TaskGroup("g")
+    with pytest.raises(ValueError, match="timeout"):
+        await g.join(timeout=bad)
+
+
+async def test_invalid_limit() -> None:
+    with pytest.raises(ValueError, match="limit"):
+        TaskGroup("g", limit=0)
+    with pytest.raises(TypeError, match="limit"):
+        TaskGroup("g", limit=1.5)  # type: ignore[arg-type]
+
+
+async def test_plain_function_and_coroutine_object_are_type_errors() -> None:
+    g = TaskGroup("g")
+    with pytest.raises(TypeError, match="coroutine function"):
+        g.submit(len, [1])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"not submit\(fn\(\*args\)\)"):
+        g.submit(value(1))  # type: ignore[arg-type]
+    assert await g.join() == []
+
+
+async def test_swallowed_cancellation_cannot_hang_join(
+    caplog: pytest.LogCaptureFixture, spans: InMemorySpanExporter
+) -> None:
+    released = asyncio.Event()
+    g = TaskGroup("g")
+    task = g.submit(stubborn, released, name="stubborn")
+    with pytest.raises(JoinTimeout) as info:
+        await g.join(timeout=0.05)
+    assert info.value.pending == ["stubborn"]
+    assert not task.done() and task in _abandoned
+    assert any("ignored cancellation" in r.getMessage() for r in caplog.records)
+    group_span = next(s for s in spans.get_finished_spans() if s.name == "group g")
+    assert any(e.name == "hangguard.cancel_ignored" for e in group_span.events)
+    released.set()
+    assert await task == "late"
+    assert task not in _abandoned
+
+
+async def test_limit_bounds_concurrency() -> None:
+    running = 0
+    peak = 0
+    gates = [asyncio.Event() for _ in range(6)]
+
+    async def work(i: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await gates[i].wait()
+        running -= 1
+        return i
+
+    g = TaskGroup("g", limit=2)
+    tasks = [g.submit(work, i) for i in range(6)]
+    for i in range(6):
+        await asyncio.sleep(0)
+        gates[i].set()
+    assert await g.join() == list(range(6))
+    assert peak == 2 and all(t.done() for t in tasks)
+
+
+async def test_serial_mode_runs_in_order_and_logs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HANGGUARD_SERIAL", "1")
+    caplog.set_level(logging.INFO, logger="hangguard")
+    order: list[str] = []
+
+    async def step(name: str, delay: float) -> str:
+        order.append(f"start {name}")
+        await asyncio.sleep(delay)
+        order.append(f"end {name}")
+        return name
+
+    g = TaskGroup("g")
+    g.submit(step, "a", 0.02, name="a")
+    g.submit(step, "b", 0, name="b")
+    g.submit(fail, name="c")
+    results = await g.join(return_exceptions=True)
+    assert results[:2] == ["a", "b"] and isinstance(results[2], ValueError)
+    assert order == ["start a", "end a", "start b", "end b"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("task 'a' started" in m for m in messages)
+    assert any("task 'b' succeeded" in m for m in messages)
+    assert any("task 'c' failed" in m for m in messages)
+
+
+async def test_parent_cancellation_cancels_children() -> None:
+    g = TaskGroup("g")
+    child = g.submit(hang)
+    joiner = asyncio.create_task(g.join())
+    await asyncio.sleep(0)
+    joiner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await joiner
+    assert child.cancelled()
+
+
+async def test_async_with_joins_at_exit_and_stops_the_body_on_failure() -> None:
+    reached_end = False
+    with pytest.raises(ValueError, match="boom"):
+        async with TaskGroup("g") as g:
+            g.submit(fail)
+            sibling = g.submit(hang)
+            await asyncio.Event().wait()
+            reached_end = True
+    assert not reached_end and sibling.cancelled()
+
+    async with TaskGroup("h") as h:
+        t = h.submit(value, 5)
+    assert t.result() == 5
+
+
+async def test_async_with_body_error_cancels_tasks() -> None:
+    with pytest.raises(KeyError):
+        async with TaskGroup("g") as g:
+            child = g.submit(hang)
+            raise KeyError("body")
+    assert child.cancelled()
+
+
+async def test_submit_after_join_is_an_error() -> None:
+    g = TaskGroup("g")
+    await g.join()
+    with pytest.raises(RuntimeError, match="already joined"):
+        g.submit(value, 1)
+
+
+# -- spans --------------------------------------------------------------------------
+
+
+async def test_span_tree_and_attributes(spans: InMemorySpanExporter) -> None:
+    g = TaskGroup("searches")
+    g.submit(value, 1, name="ok")
+    g.submit(fail, name="bad")
+    g.submit(hang, name="slow")
+    with pytest.raises(ValueError):
+        await g.join()
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    group = finished["group searches"]
+    assert group.attributes is not None
+    assert group.attributes["hangguard.group.name"] == "searches"
+    assert group.attributes["hangguard.group.size"] == 3
+    assert group.attributes["hangguard.group.failed"] == 1
+    assert group.attributes["hangguard.group.cancelled"] == 1
+    for name in ("task ok", "task bad", "task slow"):
+        assert finished[name].parent is not None
+        assert finished[name].parent.span_id == group.context.span_id
+        assert finished[name].attributes["hangguard.task.name"] == name[5:]  # type: ignore[index]
+    bad = finished["task bad"]
+    assert bad.status.status_code is StatusCode.ERROR
+    assert bad.attributes["error.type"] == "ValueError"  # type: ignore[index]
+    assert any(e.name == "exception" for e in bad.events)
+    slow = finished["task slow"]
+    assert slow.status.status_code is not StatusCode.ERROR  # cancellation is not an error
+    (event,) = [e for e in slow.events if e.name == "hangguard.cancelled"]
+    assert event.attributes is not None
+    assert event.attributes["hangguard.cancel.reason"] == "sibling_failed"
+    assert event.attributes["hangguard.cancel.cause"] == "bad"
+    assert "in hang" in str(event.attributes["hangguard.task.stack"])
+
+
+async def test_timeout_and_deadline_reasons(spans: InMemorySpanExporter) -> None:
+    g = TaskGroup("a")
+    g.submit(hang, name="x")
+    with pytest.raises(JoinTimeout):
+        await g.join(timeout=0.01)
+    g = TaskGroup("b")
+    g.submit(hang, name="y")
+    with pytest.raises(JoinTimeout):
+        async with hangguard.deadline(0.01, name="budget"):
+            await g.join()
+    events = {
+        s.name: next(e for e in s.events if e.name == "hangguard.cancelled")
+        for s in spans.get_finished_spans()
+        if s.name in ("task x", "task y")
+    }
+    assert events["task x"].attributes == {
+        "hangguard.cancel.reason": "timeout",
+        "hangguard.cancel.cause": "a",
+        "hangguard.task.stack": events["task x"].attributes["hangguard.task.stack"],  # type: ignore[index]
+    }
+    assert events["task y"].attributes["hangguard.cancel.reason"] == "deadline"  # type: ignore[index]
+    assert events["task y"].attributes["hangguard.cancel.cause"] == "budget"  # type: ignore[index]
+    group_a = next(s for s in spans.get_finished_spans() if s.name == "group a")
+    assert group_a.attributes["hangguard.group.timed_out"] is True  # type: ignore[index]
+    assert group_a.attributes["hangguard.timeout_s"] == 0.01  # type: ignore[index]
+
+
+async def test_stack_capture_is_bounded(spans: InMemorySpanExporter) -> None:
+    g = TaskGroup("many")
+    for i in range(50):
+        g.submit(hang, name=f"t{i}")
+    with pytest.raises(JoinTimeout):
+        await g.join(timeout=0.01)
+    events = [
+        e for s in spans.get_finished_spans() for e in s.events if e.name == "hangguard.cancelled"
+    ]
+    assert len(events) == 50
+    with_stack = [e for e in events if "hangguard.task.stack" in (e.attributes or {})]
+    assert len(with_stack) == hangguard._group.STACK_CAPTURES
+
+
+async def test_nested_spans_inside_tasks_are_children(spans: InMemorySpanExporter) -> None:
+    from opentelemetry import trace
+
+    tracer = trace.get_tracer("test")
+
+    async def inner() -> None:
+        with tracer.start_as_current_span("inner work"):
+            await asyncio.sleep(0)
+
+    g = TaskGroup("g")
+    g.submit(inner, name="t")
+    await g.join()
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    assert finished["inner work"].parent.span_id == finished["task t"].context.span_id  # type: ignore[union-attr]
+
+
+def test_untraced_group_does_no_span_work() -> None:
+    """With only the API (no SDK provider), tasks run the user's coroutine directly."""
+    code = textwrap.dedent(
+        """
+        import asyncio, hangguard
+        from hangguard import _telemetry
+        async def work():
+            return asyncio.current_task().get_coro().__qualname__
+        async def main():
+            assert _telemetry.get_tracer() is None
+            g = hangguard.TaskGroup("g")
+            g.submit(work)
+            print((await g.join())[0])
+        asyncio.run(main())
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "work"
