@@ -1,0 +1,416 @@
+"""Retries that respect the deadline and cannot multiply: ``retry``, ``retry_call``.
+
+Every use of tenacity is in this module. The first attempt runs as a plain call, so a
+call that succeeds costs next to nothing; only after a retryable failure is a
+tenacity ``AsyncRetrying`` built (one per call, as tenacity keeps per-run state on it),
+and the first failure is handed to it as its attempt 1.
+
+Three things bound the retrying, checked in this order after each failure:
+
+* ``attempts`` in all (``HANGGUARD_RETRY_ATTEMPTS``, 3, when not given);
+* the enclosing deadline: when the next backoff plus ``min_attempt`` no longer fits in
+  :func:`~hangguard.remaining`, it stops and the span gets
+  ``hangguard.retry.budget_exhausted``;
+* the retry budget of the call tree (:func:`retry_budget`): when it refuses, the span
+  gets ``hangguard.retry.budget_refused``.
+
+Either way the last real exception is raised, never a ``tenacity.RetryError``.
+Cancellation is never retried. Each attempt runs under its own deadline named
+``"<name> attempt <n>"`` when ``attempt_timeout`` is given; that attempt timing out is
+retried, the enclosing deadline firing is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import math
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Generic, ParamSpec, TypeAlias, TypeVar
+
+from opentelemetry import trace
+from opentelemetry.util.types import AttributeValue
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+from tenacity.wait import wait_base, wait_exponential, wait_random
+
+from . import _config
+from ._deadline import Deadline, DeadlineScope, check_timeout, current_deadline
+from ._exceptions import DeadlineExceeded
+from ._retry_budget import RetryBudget, budget_var
+from ._telemetry import (
+    ATTR_EXCEPTION_MESSAGE,
+    ATTR_EXCEPTION_TYPE,
+    ATTR_RETRY_ATTEMPT,
+    ATTR_RETRY_ATTEMPTS,
+    ATTR_RETRY_NAME,
+    ATTR_RETRY_REMAINING_S,
+    ATTR_RETRY_SLEEP_S,
+    EVENT_RETRY,
+    EVENT_RETRY_BUDGET_EXHAUSTED,
+    EVENT_RETRY_BUDGET_REFUSED,
+    error_type,
+)
+
+__all__ = [
+    "Backoff",
+    "RetryOn",
+    "RetryPolicy",
+    "retry",
+    "retry_call",
+    "set_backoff_enabled",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: What to retry: exception classes, or a predicate given the exception.
+RetryOn: TypeAlias = type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool]
+
+logger = logging.getLogger("hangguard")
+
+_backoff_enabled = True
+
+
+def set_backoff_enabled(enabled: bool) -> bool:
+    """Turn the waits between attempts on or off process-wide; returns the previous state.
+
+    Tests use :func:`hangguard.testing.disable_backoff`, which wraps this.
+    """
+    global _backoff_enabled
+    previous, _backoff_enabled = _backoff_enabled, bool(enabled)
+    return previous
+
+
+def _finite(value: float, param: str) -> float:
+    seconds = check_timeout(value, param)
+    if math.isinf(seconds):
+        raise ValueError(f"{param} must be finite, got {value!r}")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backoff:
+    """Exponential backoff with jitter: how long to wait before each retry.
+
+    Before retry ``n`` (1 for the first) it waits
+    ``min(initial * multiplier ** (n - 1), maximum)`` seconds plus a random
+    ``0..jitter`` seconds, so that clients which failed together do not come back in
+    lockstep::
+
+        @hangguard.retry(backoff=hangguard.Backoff(initial=0.5, maximum=10, jitter=0.5))
+        async def fetch() -> bytes: ...
+    """
+
+    initial: float = 0.1
+    maximum: float = 5.0
+    multiplier: float = 2.0
+    jitter: float = 0.1
+    _wait: wait_base = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        initial = _finite(self.initial, "Backoff.initial")
+        maximum = check_timeout(self.maximum, "Backoff.maximum")
+        jitter = _finite(self.jitter, "Backoff.jitter")
+        multiplier = _finite(self.multiplier, "Backoff.multiplier")
+        if multiplier < 1:
+            raise ValueError(f"Backoff.multiplier must be >= 1, got {self.multiplier!r}")
+        wait = wait_exponential(multiplier=initial, max=maximum, exp_base=multiplier)
+        object.__setattr__(self, "_wait", wait + wait_random(0, jitter))
+
+
+_DEFAULT_BACKOFF = Backoff()
+
+
+def _matcher(on: object) -> Callable[[Exception], bool]:
+    def is_exception_class(obj: object) -> bool:
+        return isinstance(obj, type) and issubclass(obj, Exception)
+
+    if is_exception_class(on) or (
+        isinstance(on, tuple) and on and all(is_exception_class(t) for t in on)
+    ):
+        types: Any = on
+        return lambda exc: isinstance(exc, types)
+    if callable(on) and not isinstance(on, type):
+        predicate: Callable[[Exception], bool] = on
+        return lambda exc: bool(predicate(exc))
+    raise TypeError(
+        "on must be an Exception subclass, a non-empty tuple of them, or a predicate "
+        f"taking the exception, got {on!r} (cancellation and interrupts are never retried)"
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How to retry: the arguments of :func:`retry`, as a value to pass to :func:`retry_call`.
+
+    ``attempts`` counts the first try (``None``: ``HANGGUARD_RETRY_ATTEMPTS``, read at each
+    call, 3 when unset). ``on`` says which failures are retried. ``attempt_timeout`` caps
+    each attempt (``None``: only the enclosing deadline applies). ``min_attempt`` is the
+    least time worth starting another attempt with: 50 ms by default, because an attempt
+    begun with less would almost surely time out and hide the real failure::
+
+        policy = hangguard.RetryPolicy(attempts=5, on=ConnectionError, attempt_timeout=10)
+        result = await hangguard.retry_call(lambda: client.ping(), policy)
+    """
+
+    attempts: int | None = None
+    on: RetryOn = Exception
+    backoff: Backoff = _DEFAULT_BACKOFF
+    attempt_timeout: float | None = None
+    min_attempt: float = 0.05
+    _match: Callable[[Exception], bool] = field(init=False, repr=False, compare=False)
+    _timeout: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        attempts = self.attempts
+        if attempts is not None:
+            if isinstance(attempts, bool) or not isinstance(attempts, int):
+                raise TypeError(f"attempts must be a whole number >= 1 or None, got {attempts!r}")
+            if attempts < 1:
+                raise ValueError(f"attempts must be >= 1, got {attempts!r}")
+        if not isinstance(self.backoff, Backoff):
+            raise TypeError(f"backoff must be a hangguard.Backoff, got {self.backoff!r}")
+        timeout = check_timeout(self.attempt_timeout, "attempt_timeout")
+        if timeout == 0:
+            raise ValueError("attempt_timeout must be > 0 (None for no per-attempt limit)")
+        _finite(self.min_attempt, "min_attempt")
+        object.__setattr__(self, "_match", _matcher(self.on))
+        object.__setattr__(self, "_timeout", timeout)
+
+
+_DEFAULT_POLICY = RetryPolicy()
+
+
+def _fn_name(fn: object) -> str:
+    if isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else repr(fn)
+
+
+def _event(name: str, call: _Call[Any], attempt: int, exc: BaseException | None) -> None:
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    attrs: dict[str, AttributeValue] = {
+        ATTR_RETRY_NAME: call.name,
+        ATTR_RETRY_ATTEMPT: attempt,
+        ATTR_RETRY_ATTEMPTS: call.attempts,
+    }
+    if exc is not None:
+        attrs[ATTR_EXCEPTION_TYPE] = error_type(exc)
+        attrs[ATTR_EXCEPTION_MESSAGE] = str(exc)
+    if call.sleep is not None:
+        attrs[ATTR_RETRY_SLEEP_S] = call.sleep
+    if name == EVENT_RETRY_BUDGET_EXHAUSTED:
+        attrs[ATTR_RETRY_REMAINING_S] = call.remaining()
+    span.add_event(name, attrs)
+
+
+# The three outcomes of a failed attempt that is not the last, one function each, so
+# that metrics can count them in one place.
+
+
+def _on_retry(call: _Call[Any], attempt: int, exc: BaseException | None) -> None:
+    _event(EVENT_RETRY, call, attempt, exc)
+    logger.warning(
+        "retrying %s: attempt %d of %d failed with %s: %s; next attempt in %.3gs",
+        call.name,
+        attempt,
+        call.attempts,
+        type(exc).__name__,
+        exc,
+        call.sleep or 0.0,
+    )
+
+
+def _on_budget_exhausted(call: _Call[Any], attempt: int, exc: BaseException | None) -> None:
+    # Not logged: the caller gets the exception and decides whether to log it.
+    _event(EVENT_RETRY_BUDGET_EXHAUSTED, call, attempt, exc)
+
+
+def _on_budget_refused(call: _Call[Any], attempt: int, exc: BaseException | None) -> None:
+    _event(EVENT_RETRY_BUDGET_REFUSED, call, attempt, exc)
+
+
+async def _sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+class _Call(Generic[T]):
+    """One retried call: the attempts, and the callbacks tenacity drives them with."""
+
+    __slots__ = ("attempts", "budget", "fn", "name", "outer", "policy", "sleep", "timed_out")
+
+    def __init__(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        policy: RetryPolicy,
+        name: str,
+        attempts: int,
+        budget: RetryBudget | None,
+    ) -> None:
+        self.fn = fn
+        self.policy = policy
+        self.name = name
+        self.attempts = attempts
+        self.budget = budget
+        self.outer: Deadline | None = current_deadline()
+        self.sleep: float | None = None
+        # The exception of the last attempt that ran out of its own attempt_timeout.
+        self.timed_out: BaseException | None = None
+
+    def remaining(self) -> float:
+        return math.inf if self.outer is None else self.outer.remaining()
+
+    async def attempt(self, n: int) -> T:
+        timeout = self.policy._timeout
+        if timeout == math.inf:
+            return await self.fn()
+        scope = DeadlineScope(timeout, name=f"{self.name} attempt {n}")
+        try:
+            with scope:
+                return await self.fn()
+        except DeadlineExceeded as exc:
+            own = scope.deadline
+            # binding() tells this attempt's limit from an enclosing deadline that is
+            # enforced here because it was set in another task.
+            if scope.expired and own is not None and own.binding() is own:
+                self.timed_out = exc
+            raise
+
+    def retryable(self, exc: BaseException) -> bool:
+        if not isinstance(exc, Exception):
+            return False  # cancellation and interrupts always propagate
+        if exc is self.timed_out:
+            return True
+        if isinstance(exc, DeadlineExceeded) and self.remaining() <= 0:
+            return False  # the enclosing deadline fired: there is no time to retry in
+        return self.policy._match(exc)
+
+    def _wait(self, state: RetryCallState) -> float:
+        return float(self.policy.backoff._wait(state)) if _backoff_enabled else 0.0
+
+    def _stop(self, state: RetryCallState) -> bool:
+        # Runs after _wait, so the backoff before the next attempt is known.
+        n = state.attempt_number
+        if n >= self.attempts:
+            return True
+        exc = state.outcome.exception() if state.outcome is not None else None
+        self.sleep = state.upcoming_sleep
+        if self.sleep + self.policy.min_attempt > self.remaining():
+            _on_budget_exhausted(self, n, exc)
+            return True
+        if self.budget is not None and not self.budget.try_acquire():
+            _on_budget_refused(self, n, exc)
+            return True
+        return False
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        _on_retry(self, state.attempt_number, exc)
+
+    async def retry_after(self, first: Exception) -> T:
+        retrying = AsyncRetrying(
+            sleep=_sleep,
+            stop=self._stop,
+            wait=self._wait,
+            retry=retry_if_exception(self.retryable),
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        replay: Exception | None = first
+        async for attempt in retrying:
+            with attempt:
+                if replay is not None:
+                    # The first attempt already ran (and failed) outside tenacity.
+                    exc, replay = replay, None
+                    raise exc
+                return await self.attempt(attempt.retry_state.attempt_number)
+        raise AssertionError("unreachable: with reraise=True tenacity returns or raises")
+
+
+async def _run(fn: Callable[[], Awaitable[T]], policy: RetryPolicy, name: str) -> T:
+    attempts = policy.attempts if policy.attempts is not None else _config.retry_attempts()
+    budget = budget_var.get()
+    token = None
+    if budget is None:
+        # The outermost retry: its own retries are bounded by ``attempts``; the calls
+        # nested in its attempts share a fresh budget, so they cannot multiply.
+        token = budget_var.set(RetryBudget())
+    else:
+        budget.record_call()
+    try:
+        call = _Call(fn, policy, name, attempts, budget)
+        try:
+            return await call.attempt(1)
+        except Exception as exc:
+            if attempts == 1 or not call.retryable(exc):
+                raise
+            first = exc
+        return await call.retry_after(first)
+    finally:
+        if token is not None:
+            budget_var.reset(token)
+
+
+async def retry_call(
+    fn: Callable[[], Awaitable[T]], policy: RetryPolicy | None = None, *, name: str | None = None
+) -> T:
+    """Call ``fn()`` and await it, retrying under ``policy`` (defaults: see :class:`RetryPolicy`).
+
+    ``name`` labels the retries in logs, span events and attempt deadlines (default: the
+    function's qualified name). Raises the last real exception when it gives up::
+
+        policy = hangguard.RetryPolicy(on=is_transient, attempt_timeout=5)
+        reply = await hangguard.retry_call(lambda: session.call_tool("search"), policy)
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be a zero-argument coroutine function, got {fn!r}")
+    if policy is None:
+        policy = _DEFAULT_POLICY
+    elif not isinstance(policy, RetryPolicy):
+        raise TypeError(f"policy must be a hangguard.RetryPolicy or None, got {policy!r}")
+    return await _run(fn, policy, _fn_name(fn) if name is None else name)
+
+
+def retry(
+    *,
+    attempts: int | None = None,
+    on: RetryOn = Exception,
+    backoff: Backoff | None = None,
+    attempt_timeout: float | None = None,
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Coroutine[Any, Any, T]]]:
+    """Retry an ``async def`` on failure, within its deadline and the call tree's budget.
+
+    Arguments are checked here; ``attempts=None`` reads ``HANGGUARD_RETRY_ATTEMPTS`` at
+    each call. See :class:`RetryPolicy` for their meaning::
+
+        @hangguard.retry(on=(ConnectionError, TimeoutError), attempt_timeout=10)
+        async def fetch(url: str) -> bytes: ...
+    """
+    policy = RetryPolicy(
+        attempts=attempts,
+        on=on,
+        backoff=_DEFAULT_BACKOFF if backoff is None else backoff,
+        attempt_timeout=attempt_timeout,
+    )
+
+    def decorate(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"hangguard.retry() decorates an async def, and {_fn_name(fn)} is not one "
+                "(for blocking code, retry an async def that awaits asyncio.to_thread)"
+            )
+        name = _fn_name(fn)
+
+        @functools.wraps(fn)
+        async def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await _run(lambda: fn(*args, **kwargs), policy, name)
+
+        return retrying
+
+    return decorate
