@@ -19,9 +19,12 @@ from ._exceptions import (
     McpToolError,
 )
 from ._group import TaskGroup
+from ._retry import Backoff, RetryOn, RetryPolicy, retry, retry_call
+from ._retry_budget import RetryBudget, retry_budget
 from ._version import __version__
 
 __all__ = [
+    "Backoff",
     "Config",
     "ConfigError",
     "Deadline",
@@ -33,12 +36,18 @@ __all__ = [
     "McpConnectError",
     "McpError",
     "McpToolError",
+    "RetryBudget",
+    "RetryOn",
+    "RetryPolicy",
     "TaskGroup",
     "__version__",
     "current_deadline",
     "deadline",
     "load_config",
     "remaining",
+    "retry",
+    "retry_budget",
+    "retry_call",
     "split_budget",
 ]
 

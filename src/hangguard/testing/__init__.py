@@ -8,16 +8,26 @@ A fake clock for deterministic deadline arithmetic::
         with hangguard.deadline(10):
             clock.advance(4)
             assert hangguard.remaining() == 6
+
+A switch that makes retries wait zero seconds between attempts::
+
+    from hangguard.testing import disable_backoff
+
+    disable_backoff()  # for the whole session, e.g. in conftest.py
+    with disable_backoff():  # or for a block; the previous state comes back after
+        await flaky_call()
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from types import TracebackType
 
 from .._deadline import Clock, set_clock
+from .._retry import set_backoff_enabled
 
-__all__ = ["FakeClock", "use_clock"]
+__all__ = ["FakeClock", "disable_backoff", "use_clock"]
 
 
 class FakeClock:
@@ -48,3 +58,31 @@ def use_clock(clock: Clock) -> Iterator[Clock]:
         yield clock
     finally:
         set_clock(previous)
+
+
+class _RestoreBackoff(AbstractContextManager[None]):
+    __slots__ = ("_previous",)
+
+    def __init__(self, previous: bool) -> None:
+        self._previous = previous
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        set_backoff_enabled(self._previous)
+
+
+def disable_backoff() -> AbstractContextManager[None]:
+    """Make hangguard retries wait zero seconds between attempts, starting now.
+
+    Attempts, deadlines and retry budgets still apply; only the sleeping goes, so tests
+    of retrying code run fast. Used as a context manager, it restores the previous state
+    on exit; called as a plain function, it stays in force.
+    """
+    return _RestoreBackoff(set_backoff_enabled(False))
