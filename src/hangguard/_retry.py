@@ -340,15 +340,23 @@ async def _run(fn: Callable[[], Awaitable[T]], policy: RetryPolicy, name: str) -
     if budget is None:
         # The outermost retry: its own retries are bounded by ``attempts``; the calls
         # nested in its attempts share a fresh budget, so they cannot multiply.
-        token = budget_var.set(RetryBudget())
+        token = budget_var.set(RetryBudget.default())
     else:
         budget.record_call()
     try:
-        call = _Call(fn, policy, name, attempts, budget)
+        # The bookkeeping object is made only when needed, to keep success cheap.
+        call: _Call[T] | None = None
         try:
+            if policy._timeout == math.inf:
+                return await fn()
+            call = _Call(fn, policy, name, attempts, budget)
             return await call.attempt(1)
         except Exception as exc:
-            if attempts == 1 or not call.retryable(exc):
+            if attempts == 1:
+                raise
+            if call is None:
+                call = _Call(fn, policy, name, attempts, budget)
+            if not call.retryable(exc):
                 raise
             first = exc
         return await call.retry_after(first)

@@ -14,6 +14,9 @@ from types import TracebackType
 
 __all__ = ["RetryBudget", "budget_var", "retry_budget"]
 
+_DEFAULT_RATIO = 0.2
+_DEFAULT_FLOOR = 3
+
 
 class RetryBudget:
     """Retries shared by a whole call tree, so that nested retries cannot multiply.
@@ -30,7 +33,7 @@ class RetryBudget:
 
     __slots__ = ("_calls", "_retries", "_token", "floor", "ratio")
 
-    def __init__(self, *, ratio: float = 0.2, floor: int = 3) -> None:
+    def __init__(self, *, ratio: float = _DEFAULT_RATIO, floor: int = _DEFAULT_FLOOR) -> None:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
             raise TypeError(f"ratio must be a number >= 0, got {ratio!r}")
         if not 0 <= ratio < math.inf:  # also false for NaN
@@ -44,6 +47,18 @@ class RetryBudget:
         self._calls = 0
         self._retries = 0
         self._token: Token[RetryBudget | None] | None = None
+
+    @classmethod
+    def default(cls) -> RetryBudget:
+        """A budget with the default ratio and floor (what a retry opens when none is set)."""
+        # Skips the checks of __init__: this runs on every outermost retrying call.
+        budget = cls.__new__(cls)
+        budget.ratio = _DEFAULT_RATIO
+        budget.floor = _DEFAULT_FLOOR
+        budget._calls = 0
+        budget._retries = 0
+        budget._token = None
+        return budget
 
     @property
     def calls(self) -> int:
@@ -110,7 +125,7 @@ class RetryBudget:
 budget_var: ContextVar[RetryBudget | None] = ContextVar("hangguard_retry_budget", default=None)
 
 
-def retry_budget(ratio: float = 0.2, floor: int = 3) -> RetryBudget:
+def retry_budget(ratio: float = _DEFAULT_RATIO, floor: int = _DEFAULT_FLOOR) -> RetryBudget:
     """A retry budget for the calls made inside the block (``with`` or ``async with``).
 
     Every retry within it, at any depth and in any task started inside, draws from the
