@@ -19,6 +19,7 @@ from ._exceptions import (
     McpToolError,
 )
 from ._group import TaskGroup
+from ._op import GuardedOpMixin, guarded_op, traced
 from ._retry import Backoff, RetryOn, RetryPolicy, retry, retry_call
 from ._retry_budget import RetryBudget, retry_budget
 from ._version import __version__
@@ -30,6 +31,7 @@ __all__ = [
     "Deadline",
     "DeadlineExceeded",
     "DeadlineScope",
+    "GuardedOpMixin",
     "HangguardError",
     "JoinTimeout",
     "McpCallError",
@@ -43,12 +45,14 @@ __all__ = [
     "__version__",
     "current_deadline",
     "deadline",
+    "guarded_op",
     "load_config",
     "remaining",
     "retry",
     "retry_budget",
     "retry_call",
     "split_budget",
+    "traced",
 ]
 
 for _name in __all__:

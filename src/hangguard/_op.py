@@ -1,0 +1,579 @@
+"""Guarded ops: a span and a deadline around an op's run, its sub-tasks in a TaskGroup.
+
+Existing op classes in the ``BaseAsyncOp`` pattern (``async_call()`` / ``async_execute()``,
+``submit_async_task()`` / ``join_async_task()`` over a ``task_list``) are guarded with the
+:func:`guarded_op` class decorator or the :class:`GuardedOpMixin`; both apply the same
+change to the class:
+
+* The entry point is ``async_call`` when the class has one, else ``async_execute``: the
+  entry is what callers (and ``self.ops[0].copy().async_call(...)``) invoke, and wrapping
+  only one method keeps one span per run. Calling ``async_execute`` directly on a class
+  with an ``async_call`` is not guarded.
+* That entry runs in a span named for the op and in a deadline of the same name, whose
+  budget is the decorator's ``budget``, else the op's ``HANGGUARD_BUDGETS`` entry, else
+  ``HANGGUARD_DEFAULT_BUDGET``, read at each call.
+* ``submit_async_task`` submits to a :class:`~hangguard.TaskGroup` that belongs to this
+  one run of the op (held in a contextvar, so concurrent runs of one instance never mix;
+  outside a guarded run, to a group held on the instance). ``join_async_task`` joins it.
+  When the class brings its own ``join_async_task``, the guarded join first lets the group
+  finish (timeouts, cancellation, spans, logging) and then hands the finished tasks to the
+  original join, so an op that worked returns exactly what it returned before. A class
+  without one gets the group's result: results in submit order, nothing dropped.
+
+:func:`traced` gives a plain ``async def`` the same span and deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import math
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Final, ParamSpec, TypeVar, overload
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from . import _config, _telemetry
+from ._deadline import check_timeout, deadline
+from ._group import TaskGroup
+from ._telemetry import (
+    ATTR_CANCEL_CAUSE,
+    ATTR_CANCEL_REASON,
+    ATTR_OP_NAME,
+    ATTR_TIMEOUT_S,
+    CANCEL_DEADLINE,
+    CANCEL_PARENT,
+    EVENT_CANCELLED,
+    SPAN_OP,
+)
+
+__all__ = ["GuardedOpMixin", "guarded_op", "traced"]
+
+logger = logging.getLogger("hangguard")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+C = TypeVar("C", bound=type)
+
+_SUBMIT: Final = "submit_async_task"
+_JOIN: Final = "join_async_task"
+_ENTRY_NAMES: Final = ("async_call", "async_execute")
+_SPEC_ATTR: Final = "__hangguard_op__"
+# On every function this module installs on a class: what it replaced (None: nothing).
+_ORIGINAL_ATTR: Final = "__hangguard_original__"
+# On the mixin's own submit/join: stand-ins that a class's real methods take precedence over.
+_FALLBACK_ATTR: Final = "__hangguard_fallback__"
+_INSTANCE_RUN: Final = "_hangguard_run"
+_DEADLINE_CANCEL_PREFIX: Final = "hangguard deadline"
+
+# Every task submitted through a guarded op, to tell them from tasks put on a
+# ``task_list`` by hand (which the original join must still see).
+_guarded_tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
+@dataclass(frozen=True, slots=True)
+class _OpSpec:
+    """What the decorator was given; ``None`` means "derive at call time"."""
+
+    name: str | None
+    budget: float | None
+
+    def op_name(self, op: object) -> str:
+        return self.name or type(op).__name__
+
+
+@dataclass(slots=True, eq=False)
+class _Run:
+    """One run of a guarded op: its sub-tasks go to ``group``, created on first submit."""
+
+    op: object
+    name: str
+    task: asyncio.Task[Any] | None
+    parent: _Run | None
+    group: TaskGroup | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+_current_run: ContextVar[_Run | None] = ContextVar("hangguard_op_run", default=None)
+
+
+# --- the scope: span + deadline ------------------------------------------------------------
+
+
+def _check_name(name: object) -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string or None, got {name!r}")
+    return name
+
+
+def _check_budget(budget: float | None) -> float | None:
+    return None if budget is None else check_timeout(budget, "budget")
+
+
+def _cancel_attrs(exc: asyncio.CancelledError) -> dict[str, str]:
+    message = str(exc.args[0]) if exc.args else ""
+    # A deadline scope cancels with "hangguard deadline '<name>' exceeded": an enclosing
+    # deadline that binds passes through this scope as a plain cancellation.
+    reason = CANCEL_DEADLINE if message.startswith(_DEADLINE_CANCEL_PREFIX) else CANCEL_PARENT
+    return {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: message}
+
+
+async def _in_scope(name: str, budget: float | None, body: Callable[[], Awaitable[R]]) -> R:
+    """Await ``body()`` in a span and a deadline, both named ``name``."""
+    # Read per call, so the env can change between runs and a bad value fails this call.
+    seconds = budget if budget is not None else _config.op_budget(name)
+    tracer = _telemetry.get_tracer()
+    if tracer is None:
+        async with deadline(seconds, name=name):
+            return await body()
+
+    attributes: dict[str, str | float] = {ATTR_OP_NAME: name}
+    if not math.isinf(seconds):
+        attributes[ATTR_TIMEOUT_S] = seconds
+    span = tracer.start_span(
+        SPAN_OP.format(name),
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        async with deadline(seconds, name=name):
+            return await body()
+    except asyncio.CancelledError as exc:
+        # Cancellation is not an error: noted with its cause, and passed on.
+        span.add_event(EVENT_CANCELLED, _cancel_attrs(exc))
+        raise
+    except BaseException as exc:
+        _telemetry.record_failure(span, exc)
+        raise
+    finally:
+        otel_context.detach(token)
+        span.end()
+
+
+# --- traced ------------------------------------------------------------------------------
+
+
+def _default_name(fn: Callable[..., Any]) -> str:
+    qualname = str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "") or "")
+    # "test_x.<locals>.fetch" -> "fetch": the budget key should not depend on nesting.
+    return qualname.rpartition("<locals>.")[2] or repr(fn)
+
+
+def _traced(
+    fn: Callable[P, Awaitable[R]], name: str | None, budget: float | None
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    if not inspect.iscoroutinefunction(fn):
+        label = getattr(fn, "__qualname__", None) or repr(fn)
+        raise TypeError(f"traced() needs an async def function, got {label!r}")
+    span_name = name or _default_name(fn)
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        return await _in_scope(span_name, budget, lambda: fn(*args, **kwargs))
+
+    return wrapper
+
+
+@overload
+def traced(fn: Callable[P, Awaitable[R]], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+
+@overload
+def traced(
+    name: str | None = None, /, *, budget: float | None = None
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]: ...
+
+
+@overload
+def traced(
+    *, name: str | None = None, budget: float | None = None
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]: ...
+
+
+def traced(
+    fn_or_name: Callable[..., Awaitable[Any]] | str | None = None,
+    /,
+    *,
+    name: str | None = None,
+    budget: float | None = None,
+) -> Any:
+    """Run an ``async def`` in a span and a deadline named after it.
+
+    The budget is ``budget`` if given, else the ``HANGGUARD_BUDGETS`` entry for the name,
+    else ``HANGGUARD_DEFAULT_BUDGET``, read at each call (``budget=math.inf`` opts out of
+    the env). The name defaults to the function's qualified name. Failures mark the span
+    ERROR; a cancellation is noted as an event and passed on. Usable bare or with
+    arguments, and the signature is kept::
+
+        @hangguard.traced(budget=30)
+        async def fetch(url: str) -> bytes: ...
+
+        @hangguard.traced
+        async def rank(items: list[str]) -> list[str]: ...
+    """
+    if isinstance(fn_or_name, str) or fn_or_name is None:
+        if fn_or_name is not None and name is not None:
+            raise TypeError("traced() got the name twice (positional and name=)")
+        given = _check_name(fn_or_name if fn_or_name is not None else name)
+        seconds = _check_budget(budget)
+
+        def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+            return _traced(fn, given, seconds)
+
+        return decorate
+    if not callable(fn_or_name):
+        raise TypeError(f"traced() takes an async function or a name, got {fn_or_name!r}")
+    return _traced(fn_or_name, _check_name(name), _check_budget(budget))
+
+
+# --- per-run groups ----------------------------------------------------------------------
+
+
+def _spec_of(op: object) -> _OpSpec:
+    spec = getattr(type(op), _SPEC_ATTR, None)
+    return spec if isinstance(spec, _OpSpec) else _OpSpec(None, None)
+
+
+def _run_of(op: object) -> _Run:
+    """The run whose group ``op.submit_async_task`` feeds: the innermost run of ``op`` in
+    this context, else (called outside a guarded run) one kept on the instance."""
+    run = _current_run.get()
+    while run is not None:
+        if run.op is op:
+            return run
+        run = run.parent
+    try:
+        state = vars(op)
+    except TypeError:
+        raise TypeError(
+            f"{type(op).__name__}.submit_async_task() called outside a guarded run, and the "
+            "op has no __dict__ to keep its task group on"
+        ) from None
+    run = state.get(_INSTANCE_RUN)
+    if not isinstance(run, _Run):
+        run = state[_INSTANCE_RUN] = _Run(op, _spec_of(op).op_name(op), None, None)
+    return run
+
+
+def _label(fn: object) -> str:
+    owner = getattr(fn, "__self__", None)
+    if owner is not None and isinstance(getattr(type(owner), _SPEC_ATTR, None), _OpSpec):
+        return _spec_of(owner).op_name(owner)  # a guarded op's bound entry point
+    if isinstance(fn, functools.partial):
+        return _label(fn.func)
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+
+
+def _task_list(op: object) -> list[Any] | None:
+    tasks = getattr(op, "task_list", None)
+    return tasks if isinstance(tasks, list) else None
+
+
+def _forget(op: object, tasks: list[asyncio.Task[Any]]) -> None:
+    """Take ``tasks`` off the op's ``task_list`` (the original join's cleanup duty)."""
+    task_list = _task_list(op)
+    if task_list is not None and tasks:
+        ours = set(tasks)
+        task_list[:] = [t for t in task_list if t not in ours]
+
+
+def _guarded_submit(
+    self: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any
+) -> asyncio.Task[Any]:
+    run = _run_of(self)
+    if run.group is None:
+        run.group = TaskGroup(run.name)
+        run.tasks = []
+    label = f"{_label(fn)}[{len(run.tasks)}]"
+    if "name" in kwargs:
+        # ``name`` is the group's own keyword: bind the call so the op's kwarg reaches fn.
+        fn = functools.partial(fn, *args, **kwargs)
+        args, kwargs = (), {}
+    task = run.group.submit(fn, *args, name=label, **kwargs)
+    run.tasks.append(task)
+    _guarded_tasks.add(task)
+    task_list = _task_list(self)
+    if task_list is not None:
+        task_list.append(task)  # the original join gathers the real tasks
+    return task
+
+
+# Installed as ``submit_async_task``; it never defers to the class's own submit, because
+# the group makes the task.
+setattr(_guarded_submit, _ORIGINAL_ATTR, None)
+
+
+def _original_params(original: Callable[..., Any] | None) -> tuple[set[str], bool, bool]:
+    """Which keywords the original join takes, whether it takes ``**kwargs``, and its
+    default ``return_exceptions`` (so an unchanged call keeps its meaning)."""
+    if original is None:
+        return set(), False, False
+    params = inspect.signature(original).parameters
+    names = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    default = params.get("return_exceptions")
+    default_re = (
+        bool(default.default)
+        if default is not None and default.default is not inspect.Parameter.empty
+        else False
+    )
+    return names, var_kw, default_re
+
+
+def _make_join(
+    original: Callable[..., Awaitable[Any]] | None,
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    names, var_kw, default_re = _original_params(original)
+
+    async def join_async_task(
+        self: Any, timeout: float | None = None, return_exceptions: bool | None = None
+    ) -> Any:
+        """Join the tasks submitted in this run (see :class:`GuardedOpMixin`)."""
+        mode = default_re if return_exceptions is None else return_exceptions
+        run = _run_of(self)
+        group, tasks = run.group, run.tasks
+        run.group, run.tasks = None, []  # the next submit starts a new group
+        results: list[Any] = []
+        if group is not None:
+            try:
+                results = await group.join(timeout=timeout, return_exceptions=mode)
+            except BaseException:
+                _forget(self, tasks)
+                raise
+        if original is None:
+            return results
+        task_list = _task_list(self)
+        if task_list is not None:
+            # Exactly this run's tasks (plus any put there by hand), in submit order.
+            ours = set(tasks)
+            kept = [t for t in task_list if t in ours or t not in _guarded_tasks]
+            present = set(kept)
+            kept += [t for t in tasks if t not in present]
+            task_list[:] = kept
+        kwargs: dict[str, Any] = {}
+        if "timeout" in names or var_kw:
+            kwargs["timeout"] = None  # every task is done: nothing left to time out
+        if "return_exceptions" in names or var_kw:
+            kwargs["return_exceptions"] = mode
+        return await original(self, **kwargs)
+
+    setattr(join_async_task, _ORIGINAL_ATTR, original)
+    return join_async_task
+
+
+async def _close_leftover(run: _Run, exc: BaseException | None) -> None:
+    """Deal with tasks submitted in a run that ended without joining them.
+
+    On success they are joined (as an ``async with`` group would be), their failures
+    already logged by the group; when the run failed or was cancelled they are cancelled.
+    """
+    group, tasks = run.group, run.tasks
+    run.group, run.tasks = None, []
+    if group is None:
+        return
+    try:
+        if exc is None:
+            logger.warning(
+                "op %r returned without join_async_task(); joining its %d task(s)",
+                run.name,
+                len(tasks),
+            )
+            await group.join(return_exceptions=True)
+        else:
+            # The group's ``async with`` exit: cancel what is left, record why, bounded.
+            await group.__aexit__(type(exc), exc, exc.__traceback__)
+    finally:
+        _forget(run.op, tasks)
+
+
+def _make_entry(
+    original: Callable[..., Awaitable[Any]], spec: _OpSpec
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    @functools.wraps(original)
+    async def entry(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+        outer = _current_run.get()
+        task = asyncio.current_task()
+        if outer is not None and outer.op is self and outer.task is task:
+            # A guarded override calling super(): already inside this run's scope.
+            return await original(self, *args, **kwargs)
+        run = _Run(self, spec.op_name(self), task, outer)
+        token = _current_run.set(run)
+
+        async def body() -> Any:
+            try:
+                result = await original(self, *args, **kwargs)
+            except BaseException as exc:
+                await _close_leftover(run, exc)
+                raise
+            await _close_leftover(run, None)
+            return result
+
+        try:
+            return await _in_scope(run.name, spec.budget, body)
+        finally:
+            _current_run.reset(token)
+
+    setattr(entry, _ORIGINAL_ATTR, original)
+    return entry
+
+
+# --- class transformation ----------------------------------------------------------------
+
+
+def _find_original(cls: type, attr: str) -> Callable[..., Any] | None:
+    """The class's own ``attr`` behind any guarded wrapper or mixin stand-in, or ``None``."""
+    for klass in cls.__mro__:
+        fn = klass.__dict__.get(attr)
+        if fn is None:
+            continue
+        if getattr(fn, _FALLBACK_ATTR, False):
+            continue  # the mixin's stand-in: a real one later in the MRO wins
+        if hasattr(fn, _ORIGINAL_ATTR):
+            original: Callable[..., Any] | None = getattr(fn, _ORIGINAL_ATTR)
+            return original
+        return fn  # type: ignore[no-any-return]
+    return None
+
+
+def _guard_class(cls: type, spec: _OpSpec, *, strict: bool) -> None:
+    entry_attr = next((a for a in _ENTRY_NAMES if _find_original(cls, a) is not None), None)
+    if entry_attr is None:
+        if strict:
+            raise TypeError(
+                f"guarded_op: {cls.__qualname__} has neither async_call() nor async_execute()"
+            )
+    else:
+        original = _find_original(cls, entry_attr)
+        assert original is not None
+        if not inspect.iscoroutinefunction(original):
+            raise TypeError(
+                f"guarded_op: {cls.__qualname__}.{entry_attr} must be an async def method"
+            )
+        setattr(cls, entry_attr, _make_entry(original, spec))
+    setattr(cls, _SUBMIT, _guarded_submit)
+    setattr(cls, _JOIN, _make_join(_find_original(cls, _JOIN)))
+    setattr(cls, _SPEC_ATTR, spec)
+
+
+@overload
+def guarded_op(cls: C, /) -> C: ...
+
+
+@overload
+def guarded_op(name: str | None = None, /, *, budget: float | None = None) -> Callable[[C], C]: ...
+
+
+@overload
+def guarded_op(*, name: str | None = None, budget: float | None = None) -> Callable[[C], C]: ...
+
+
+def guarded_op(
+    cls_or_name: type | str | None = None,
+    /,
+    *,
+    name: str | None = None,
+    budget: float | None = None,
+) -> Any:
+    """Guard an op class: a span and a deadline per run, sub-tasks in a TaskGroup.
+
+    The class keeps its methods and results; its entry point (``async_call``, else
+    ``async_execute``) runs in a span and a deadline named ``name`` (default: the class
+    name) with budget ``budget``, else its ``HANGGUARD_BUDGETS`` entry, else
+    ``HANGGUARD_DEFAULT_BUDGET``. ``submit_async_task`` / ``join_async_task`` go through a
+    per-run :class:`~hangguard.TaskGroup`; the class's own join still shapes the
+    results. See the module docs for the details::
+
+        @hangguard.guarded_op(budget=120)
+        class CompanySegmentFactorOp(BaseAsyncOp):
+            async def async_execute(self):
+                for query in self.queries:
+                    self.submit_async_task(self.ops[0].copy().async_call, query=query)
+                return await self.join_async_task(timeout=60, return_exceptions=True)
+    """
+    if isinstance(cls_or_name, type):
+        _guard_class(cls_or_name, _OpSpec(_check_name(name), _check_budget(budget)), strict=True)
+        return cls_or_name
+    if cls_or_name is not None and not isinstance(cls_or_name, str):
+        raise TypeError(f"guarded_op() takes a class or a name, got {cls_or_name!r}")
+    if cls_or_name is not None and name is not None:
+        raise TypeError("guarded_op() got the name twice (positional and name=)")
+    spec = _OpSpec(
+        _check_name(cls_or_name if cls_or_name is not None else name), _check_budget(budget)
+    )
+
+    def decorate(cls: C) -> C:
+        if not isinstance(cls, type):
+            raise TypeError(f"guarded_op() decorates a class, got {cls!r}")
+        _guard_class(cls, spec, strict=True)
+        return cls
+
+    return decorate
+
+
+class GuardedOpMixin:
+    """What :func:`guarded_op` does, as a base class; subclasses are guarded as defined.
+
+    Put it first among the bases of an op class in the ``BaseAsyncOp`` pattern, or use
+    it alone for a fresh op, which then gets the TaskGroup's semantics (results in
+    submit order, the first failure raised once its siblings are cancelled). ``name``
+    and ``budget`` are class keywords, inherited by subclasses unless they give their own::
+
+        class SearchOp(hangguard.GuardedOpMixin, budget=30):
+            async def async_execute(self, query: str) -> list[str]:
+                ...
+
+        class FanOutOp(hangguard.GuardedOpMixin):
+            async def async_execute(self, queries: list[str]) -> list[list[str]]:
+                for q in queries:
+                    self.submit_async_task(SearchOp().async_execute, q)
+                return await self.join_async_task(timeout=60)
+    """
+
+    def __init_subclass__(
+        cls, /, *, name: str | None = None, budget: float | None = None, **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        inherited = getattr(cls, _SPEC_ATTR, None)
+        base = inherited if isinstance(inherited, _OpSpec) else _OpSpec(None, None)
+        spec = _OpSpec(
+            _check_name(name) if name is not None else base.name,
+            _check_budget(budget) if budget is not None else base.budget,
+        )
+        # Not strict: an abstract intermediate base may define neither entry point.
+        _guard_class(cls, spec, strict=False)
+
+    # Loosely typed on purpose: the mixin goes in front of existing op bases, whose own
+    # signatures it must stay compatible with.
+    def submit_async_task(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Start ``fn(*args, **kwargs)`` in this run's task group; returns the task.
+
+        ``fn`` must be a coroutine function (``TypeError`` otherwise, where the seed's
+        base class only logged a warning and dropped the call).
+        """
+        return _guarded_submit(self, fn, *args, **kwargs)
+
+    async def join_async_task(
+        self, timeout: float | None = None, return_exceptions: bool | None = None
+    ) -> Any:
+        """Join this run's tasks: results in submit order (``return_exceptions``: False).
+
+        ``timeout`` defaults to ``HANGGUARD_JOIN_TIMEOUT`` and is capped by the op's
+        deadline; on timeout the rest are cancelled and :class:`~hangguard.JoinTimeout`
+        carries the partial results.
+        """
+        return await _FRESH_JOIN(self, timeout, return_exceptions)
+
+
+_FRESH_JOIN: Final = _make_join(None)
+setattr(GuardedOpMixin.submit_async_task, _FALLBACK_ATTR, True)
+setattr(GuardedOpMixin.join_async_task, _FALLBACK_ATTR, True)
