@@ -677,9 +677,9 @@ def _announcer(stream: TextIO) -> Callable[[ChaosEvent], None]:
     return announce
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m hangguard.testing.chaos",
+        prog=prog or "python -m hangguard.testing.chaos",
         description="A chaos MCP server for testing clients against hangs and failures.",
     )
     parser.add_argument(
@@ -726,13 +726,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Run the chaos server from the command line; returns the exit status.
 
     Over HTTP it prints ``{"event": "listening", "url": ...}`` on stdout first, so a
     parent process learns the port it got.
     """
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     fault_kind = args.fault.replace("-", "_")
     if args.transport == "stdio":
         if fault_kind == "never_answer":
