@@ -41,6 +41,7 @@ from hangguard._telemetry import (
     ATTR_ERROR_TYPE,
     ATTR_OP_NAME,
     ATTR_TIMEOUT_S,
+    CANCEL_DEADLINE,
     CANCEL_PARENT,
     EVENT_CANCELLED,
 )
@@ -336,6 +337,30 @@ async def test_cancellation_is_recorded_not_an_error(spans: InMemorySpanExporter
     assert event.attributes is not None
     assert event.attributes[ATTR_CANCEL_REASON] == CANCEL_PARENT
     assert event.attributes[ATTR_CANCEL_CAUSE] == "shutting down"
+
+
+async def test_enclosing_deadline_passing_through_is_recorded_as_deadline(
+    spans: InMemorySpanExporter,
+) -> None:
+    @guarded_op
+    class WaitOp(BaseAsyncOp):
+        async def async_execute(self) -> Any:
+            await hang()
+
+    async def run() -> None:
+        async with hangguard.deadline(0.05, name="caller"):
+            await WaitOp().async_call()
+
+    with pytest.raises(DeadlineExceeded) as info:
+        await run()
+    assert info.value.deadline_name == "caller"
+    (span,) = spans.get_finished_spans()
+    # Not the op's failure: the caller's deadline cancelled it.
+    assert span.status.status_code is StatusCode.UNSET
+    (event,) = span.events
+    assert event.attributes is not None
+    assert event.attributes[ATTR_CANCEL_REASON] == CANCEL_DEADLINE
+    assert "'caller'" in str(event.attributes[ATTR_CANCEL_CAUSE])
 
 
 async def test_sibling_failure_cancels_nested_op_and_records_why(

@@ -19,9 +19,19 @@ from ._exceptions import (
     McpToolError,
 )
 from ._group import TaskGroup
-from ._op import GuardedOpMixin, guarded_op, traced
+from ._op import GuardedOpMixin, guarded_op
 from ._retry import Backoff, RetryOn, RetryPolicy, retry, retry_call
 from ._retry_budget import RetryBudget, retry_budget
+from ._setup import (
+    ExportStats,
+    TracingHandle,
+    TracingSettings,
+    local_spans,
+    resolve_settings,
+    setup_tracing,
+)
+from ._span_record import SpanEventRecord, SpanRecord, read_span_file
+from ._traced import traced
 from ._version import __version__
 
 __all__ = [
@@ -31,6 +41,7 @@ __all__ = [
     "Deadline",
     "DeadlineExceeded",
     "DeadlineScope",
+    "ExportStats",
     "GuardedOpMixin",
     "HangguardError",
     "JoinTimeout",
@@ -41,16 +52,24 @@ __all__ = [
     "RetryBudget",
     "RetryOn",
     "RetryPolicy",
+    "SpanEventRecord",
+    "SpanRecord",
     "TaskGroup",
+    "TracingHandle",
+    "TracingSettings",
     "__version__",
     "current_deadline",
     "deadline",
     "guarded_op",
     "load_config",
+    "local_spans",
+    "read_span_file",
     "remaining",
+    "resolve_settings",
     "retry",
     "retry_budget",
     "retry_call",
+    "setup_tracing",
     "split_budget",
     "traced",
 ]

@@ -20,7 +20,7 @@ change to the class:
   original join, so an op that worked returns exactly what it returned before. A class
   without one gets the group's result: results in submit order, nothing dropped.
 
-:func:`traced` gives a plain ``async def`` the same span and deadline.
+:func:`hangguard.traced` gives a plain ``async def`` the same span and deadline.
 """
 
 from __future__ import annotations
@@ -29,36 +29,19 @@ import asyncio
 import functools
 import inspect
 import logging
-import math
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Final, ParamSpec, TypeVar, overload
+from typing import Any, Final, TypeVar, overload
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-
-from . import _config, _telemetry
-from ._deadline import check_timeout, deadline
 from ._group import TaskGroup
-from ._telemetry import (
-    ATTR_CANCEL_CAUSE,
-    ATTR_CANCEL_REASON,
-    ATTR_OP_NAME,
-    ATTR_TIMEOUT_S,
-    CANCEL_DEADLINE,
-    CANCEL_PARENT,
-    EVENT_CANCELLED,
-    SPAN_OP,
-)
+from ._traced import check_budget, check_name, run_in_scope
 
-__all__ = ["GuardedOpMixin", "guarded_op", "traced"]
+__all__ = ["GuardedOpMixin", "guarded_op"]
 
 logger = logging.getLogger("hangguard")
 
-P = ParamSpec("P")
-R = TypeVar("R")
 C = TypeVar("C", bound=type)
 
 _SUBMIT: Final = "submit_async_task"
@@ -70,7 +53,6 @@ _ORIGINAL_ATTR: Final = "__hangguard_original__"
 # On the mixin's own submit/join: stand-ins that a class's real methods take precedence over.
 _FALLBACK_ATTR: Final = "__hangguard_fallback__"
 _INSTANCE_RUN: Final = "_hangguard_run"
-_DEADLINE_CANCEL_PREFIX: Final = "hangguard deadline"
 
 # Every task submitted through a guarded op, to tell them from tasks put on a
 # ``task_list`` by hand (which the original join must still see).
@@ -103,139 +85,6 @@ class _Run:
 _current_run: ContextVar[_Run | None] = ContextVar("hangguard_op_run", default=None)
 
 
-# --- the scope: span + deadline ------------------------------------------------------------
-
-
-def _check_name(name: object) -> str | None:
-    if name is None:
-        return None
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a non-empty string or None, got {name!r}")
-    return name
-
-
-def _check_budget(budget: float | None) -> float | None:
-    return None if budget is None else check_timeout(budget, "budget")
-
-
-def _cancel_attrs(exc: asyncio.CancelledError) -> dict[str, str]:
-    message = str(exc.args[0]) if exc.args else ""
-    # A deadline scope cancels with "hangguard deadline '<name>' exceeded": an enclosing
-    # deadline that binds passes through this scope as a plain cancellation.
-    reason = CANCEL_DEADLINE if message.startswith(_DEADLINE_CANCEL_PREFIX) else CANCEL_PARENT
-    return {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: message}
-
-
-async def _in_scope(name: str, budget: float | None, body: Callable[[], Awaitable[R]]) -> R:
-    """Await ``body()`` in a span and a deadline, both named ``name``."""
-    # Read per call, so the env can change between runs and a bad value fails this call.
-    seconds = budget if budget is not None else _config.op_budget(name)
-    tracer = _telemetry.get_tracer()
-    if tracer is None:
-        async with deadline(seconds, name=name):
-            return await body()
-
-    attributes: dict[str, str | float] = {ATTR_OP_NAME: name}
-    if not math.isinf(seconds):
-        attributes[ATTR_TIMEOUT_S] = seconds
-    span = tracer.start_span(
-        SPAN_OP.format(name),
-        attributes=attributes,
-        record_exception=False,
-        set_status_on_exception=False,
-    )
-    token = otel_context.attach(trace.set_span_in_context(span))
-    try:
-        async with deadline(seconds, name=name):
-            return await body()
-    except asyncio.CancelledError as exc:
-        # Cancellation is not an error: noted with its cause, and passed on.
-        span.add_event(EVENT_CANCELLED, _cancel_attrs(exc))
-        raise
-    except BaseException as exc:
-        _telemetry.record_failure(span, exc)
-        raise
-    finally:
-        otel_context.detach(token)
-        span.end()
-
-
-# --- traced ------------------------------------------------------------------------------
-
-
-def _default_name(fn: Callable[..., Any]) -> str:
-    qualname = str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "") or "")
-    # "test_x.<locals>.fetch" -> "fetch": the budget key should not depend on nesting.
-    return qualname.rpartition("<locals>.")[2] or repr(fn)
-
-
-def _traced(
-    fn: Callable[P, Awaitable[R]], name: str | None, budget: float | None
-) -> Callable[P, Coroutine[Any, Any, R]]:
-    if not inspect.iscoroutinefunction(fn):
-        label = getattr(fn, "__qualname__", None) or repr(fn)
-        raise TypeError(f"traced() needs an async def function, got {label!r}")
-    span_name = name or _default_name(fn)
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        return await _in_scope(span_name, budget, lambda: fn(*args, **kwargs))
-
-    return wrapper
-
-
-@overload
-def traced(fn: Callable[P, Awaitable[R]], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
-
-
-@overload
-def traced(
-    name: str | None = None, /, *, budget: float | None = None
-) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]: ...
-
-
-@overload
-def traced(
-    *, name: str | None = None, budget: float | None = None
-) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]: ...
-
-
-def traced(
-    fn_or_name: Callable[..., Awaitable[Any]] | str | None = None,
-    /,
-    *,
-    name: str | None = None,
-    budget: float | None = None,
-) -> Any:
-    """Run an ``async def`` in a span and a deadline named after it.
-
-    The budget is ``budget`` if given, else the ``HANGGUARD_BUDGETS`` entry for the name,
-    else ``HANGGUARD_DEFAULT_BUDGET``, read at each call (``budget=math.inf`` opts out of
-    the env). The name defaults to the function's qualified name. Failures mark the span
-    ERROR; a cancellation is noted as an event and passed on. Usable bare or with
-    arguments, and the signature is kept::
-
-        @hangguard.traced(budget=30)
-        async def fetch(url: str) -> bytes: ...
-
-        @hangguard.traced
-        async def rank(items: list[str]) -> list[str]: ...
-    """
-    if isinstance(fn_or_name, str) or fn_or_name is None:
-        if fn_or_name is not None and name is not None:
-            raise TypeError("traced() got the name twice (positional and name=)")
-        given = _check_name(fn_or_name if fn_or_name is not None else name)
-        seconds = _check_budget(budget)
-
-        def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-            return _traced(fn, given, seconds)
-
-        return decorate
-    if not callable(fn_or_name):
-        raise TypeError(f"traced() takes an async function or a name, got {fn_or_name!r}")
-    return _traced(fn_or_name, _check_name(name), _check_budget(budget))
-
-
 # --- per-run groups ----------------------------------------------------------------------
 
 
@@ -260,7 +109,8 @@ def _run_of(op: object) -> _Run:
             "op has no __dict__ to keep its task group on"
         ) from None
     run = state.get(_INSTANCE_RUN)
-    if not isinstance(run, _Run):
+    # ``run.op is op`` guards against a shallow copy of the op carrying its original's run.
+    if not isinstance(run, _Run) or run.op is not op:
         run = state[_INSTANCE_RUN] = _Run(op, _spec_of(op).op_name(op), None, None)
     return run
 
@@ -367,6 +217,9 @@ def _make_join(
             kwargs["return_exceptions"] = mode
         return await original(self, **kwargs)
 
+    if original is not None:
+        # Introspection shows the class's own join, whose meaning the wrapper keeps.
+        functools.update_wrapper(join_async_task, original)
     setattr(join_async_task, _ORIGINAL_ATTR, original)
     return join_async_task
 
@@ -419,7 +272,7 @@ def _make_entry(
             return result
 
         try:
-            return await _in_scope(run.name, spec.budget, body)
+            return await run_in_scope(run.name, spec.budget, body)
         finally:
             _current_run.reset(token)
 
@@ -501,14 +354,14 @@ def guarded_op(
                 return await self.join_async_task(timeout=60, return_exceptions=True)
     """
     if isinstance(cls_or_name, type):
-        _guard_class(cls_or_name, _OpSpec(_check_name(name), _check_budget(budget)), strict=True)
+        _guard_class(cls_or_name, _OpSpec(check_name(name), check_budget(budget)), strict=True)
         return cls_or_name
     if cls_or_name is not None and not isinstance(cls_or_name, str):
         raise TypeError(f"guarded_op() takes a class or a name, got {cls_or_name!r}")
     if cls_or_name is not None and name is not None:
         raise TypeError("guarded_op() got the name twice (positional and name=)")
     spec = _OpSpec(
-        _check_name(cls_or_name if cls_or_name is not None else name), _check_budget(budget)
+        check_name(cls_or_name if cls_or_name is not None else name), check_budget(budget)
     )
 
     def decorate(cls: C) -> C:
@@ -546,8 +399,8 @@ class GuardedOpMixin:
         inherited = getattr(cls, _SPEC_ATTR, None)
         base = inherited if isinstance(inherited, _OpSpec) else _OpSpec(None, None)
         spec = _OpSpec(
-            _check_name(name) if name is not None else base.name,
-            _check_budget(budget) if budget is not None else base.budget,
+            check_name(name) if name is not None else base.name,
+            check_budget(budget) if budget is not None else base.budget,
         )
         # Not strict: an abstract intermediate base may define neither entry point.
         _guard_class(cls, spec, strict=False)

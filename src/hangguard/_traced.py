@@ -1,0 +1,169 @@
+"""``traced``: a span and a deadline, both named, around one awaited call.
+
+:func:`run_in_scope` is the scope itself, shared with guarded ops: the budget is the
+given one, else the name's ``HANGGUARD_BUDGETS`` entry, else ``HANGGUARD_DEFAULT_BUDGET``,
+read at each call. The span is named for the work and carries ``hangguard.op.name``; a
+failure marks it ERROR with ``error.type``; a cancellation is noted as a
+``hangguard.cancelled`` event with its cause and passed on, never recorded as an error.
+With no SDK provider installed there is no span work at all, only the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import math
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final, ParamSpec, TypeVar, overload
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from . import _config, _telemetry
+from ._deadline import check_timeout, deadline
+from ._telemetry import (
+    ATTR_CANCEL_CAUSE,
+    ATTR_CANCEL_REASON,
+    ATTR_OP_NAME,
+    ATTR_TIMEOUT_S,
+    CANCEL_DEADLINE,
+    CANCEL_PARENT,
+    EVENT_CANCELLED,
+    SPAN_OP,
+)
+
+__all__ = ["check_budget", "check_name", "run_in_scope", "traced"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# How a deadline scope words the cancellation it sends (see _deadline.DeadlineScope).
+_DEADLINE_CANCEL_PREFIX: Final = "hangguard deadline"
+
+
+def check_name(name: object) -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string or None, got {name!r}")
+    return name
+
+
+def check_budget(budget: float | None) -> float | None:
+    return None if budget is None else check_timeout(budget, "budget")
+
+
+def _cancel_attrs(exc: asyncio.CancelledError) -> dict[str, str]:
+    message = str(exc.args[0]) if exc.args else ""
+    # A deadline scope cancels with "hangguard deadline '<name>' exceeded": an enclosing
+    # deadline that binds passes through this scope as a plain cancellation.
+    reason = CANCEL_DEADLINE if message.startswith(_DEADLINE_CANCEL_PREFIX) else CANCEL_PARENT
+    return {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: message}
+
+
+async def run_in_scope(name: str, budget: float | None, body: Callable[[], Awaitable[R]]) -> R:
+    """Await ``body()`` in a span and a deadline, both named ``name``."""
+    # Read per call, so the env can change between runs and a bad value fails this call.
+    seconds = budget if budget is not None else _config.op_budget(name)
+    tracer = _telemetry.get_tracer()
+    if tracer is None:
+        async with deadline(seconds, name=name):
+            return await body()
+
+    attributes: dict[str, str | float] = {ATTR_OP_NAME: name}
+    if not math.isinf(seconds):
+        attributes[ATTR_TIMEOUT_S] = seconds
+    span = tracer.start_span(
+        SPAN_OP.format(name),
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        async with deadline(seconds, name=name):
+            return await body()
+    except asyncio.CancelledError as exc:
+        # Cancellation is not an error: noted with its cause, and passed on.
+        span.add_event(EVENT_CANCELLED, _cancel_attrs(exc))
+        raise
+    except BaseException as exc:
+        _telemetry.record_failure(span, exc)
+        raise
+    finally:
+        otel_context.detach(token)
+        span.end()
+
+
+def _default_name(fn: Callable[..., Any]) -> str:
+    qualname = str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "") or "")
+    # "test_x.<locals>.fetch" -> "fetch": the budget key should not depend on nesting.
+    return qualname.rpartition("<locals>.")[2] or repr(fn)
+
+
+def _traced(
+    fn: Callable[P, Awaitable[R]], name: str | None, budget: float | None
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    if not inspect.iscoroutinefunction(fn):
+        label = getattr(fn, "__qualname__", None) or repr(fn)
+        raise TypeError(f"traced() needs an async def function, got {label!r}")
+    span_name = name or _default_name(fn)
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        return await run_in_scope(span_name, budget, lambda: fn(*args, **kwargs))
+
+    return wrapper
+
+
+@overload
+def traced(fn: Callable[P, Awaitable[R]], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+
+@overload
+def traced(
+    name: str | None = None, /, *, budget: float | None = None
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]: ...
+
+
+@overload
+def traced(
+    *, name: str | None = None, budget: float | None = None
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]: ...
+
+
+def traced(
+    fn_or_name: Callable[..., Awaitable[Any]] | str | None = None,
+    /,
+    *,
+    name: str | None = None,
+    budget: float | None = None,
+) -> Any:
+    """Run an ``async def`` in a span and a deadline named after it.
+
+    The budget is ``budget`` if given, else the ``HANGGUARD_BUDGETS`` entry for the name,
+    else ``HANGGUARD_DEFAULT_BUDGET``, read at each call (``budget=math.inf`` opts out of
+    the env). The name defaults to the function's qualified name. Failures mark the span
+    ERROR; a cancellation is noted as an event and passed on. Usable bare or with
+    arguments, and the signature is kept::
+
+        @hangguard.traced(budget=30)
+        async def fetch(url: str) -> bytes: ...
+
+        @hangguard.traced
+        async def rank(items: list[str]) -> list[str]: ...
+    """
+    if isinstance(fn_or_name, str) or fn_or_name is None:
+        if fn_or_name is not None and name is not None:
+            raise TypeError("traced() got the name twice (positional and name=)")
+        given = check_name(fn_or_name if fn_or_name is not None else name)
+        seconds = check_budget(budget)
+
+        def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+            return _traced(fn, given, seconds)
+
+        return decorate
+    if not callable(fn_or_name):
+        raise TypeError(f"traced() takes an async function or a name, got {fn_or_name!r}")
+    return _traced(fn_or_name, check_name(name), check_budget(budget))
