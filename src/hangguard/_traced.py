@@ -43,6 +43,7 @@ _DEADLINE_CANCEL_PREFIX: Final = "hangguard deadline"
 
 
 def check_name(name: object) -> str | None:
+    """Validate a span/deadline ``name`` argument (``None``: derive it later)."""
     if name is None:
         return None
     if not isinstance(name, str) or not name:
@@ -51,6 +52,7 @@ def check_name(name: object) -> str | None:
 
 
 def check_budget(budget: float | None) -> float | None:
+    """Validate a ``budget`` argument at decoration time; ``None`` defers to the env."""
     return None if budget is None else check_timeout(budget, "budget")
 
 
