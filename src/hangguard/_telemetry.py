@@ -24,6 +24,10 @@ __all__ = [
     "ATTR_ERROR_TYPE",
     "ATTR_EXCEPTION_MESSAGE",
     "ATTR_EXCEPTION_TYPE",
+    "ATTR_GEN_AI_OPERATION_NAME",
+    "ATTR_GEN_AI_TOOL_CALL_ARGUMENTS",
+    "ATTR_GEN_AI_TOOL_CALL_RESULT",
+    "ATTR_GEN_AI_TOOL_NAME",
     "ATTR_GROUP_CANCELLED",
     "ATTR_GROUP_FAILED",
     "ATTR_GROUP_LIMIT",
@@ -31,26 +35,45 @@ __all__ = [
     "ATTR_GROUP_SERIAL",
     "ATTR_GROUP_SIZE",
     "ATTR_GROUP_TIMED_OUT",
+    "ATTR_HTTP_RESPONSE_STATUS_CODE",
+    "ATTR_MCP_METHOD_NAME",
+    "ATTR_MCP_SERVER",
+    "ATTR_NETWORK_TRANSPORT",
     "ATTR_OP_NAME",
     "ATTR_RETRY_ATTEMPT",
     "ATTR_RETRY_ATTEMPTS",
     "ATTR_RETRY_NAME",
     "ATTR_RETRY_REMAINING_S",
     "ATTR_RETRY_SLEEP_S",
+    "ATTR_SERVER_ADDRESS",
+    "ATTR_SERVER_PORT",
     "ATTR_TASK_INDEX",
     "ATTR_TASK_NAME",
+    "ATTR_TASK_OUTCOME",
     "ATTR_TASK_STACK",
     "ATTR_TIMEOUT_S",
     "CANCEL_DEADLINE",
     "CANCEL_PARENT",
     "CANCEL_SIBLING_FAILED",
     "CANCEL_TIMEOUT",
+    "ERROR_TYPE_TIMEOUT",
+    "ERROR_TYPE_TOOL_ERROR",
     "EVENT_CANCELLED",
     "EVENT_CANCEL_IGNORED",
     "EVENT_DEADLINE_EXCEEDED",
     "EVENT_RETRY",
     "EVENT_RETRY_BUDGET_EXHAUSTED",
     "EVENT_RETRY_BUDGET_REFUSED",
+    "METRIC_DEADLINE_EXCEEDED",
+    "METRIC_MCP_CLIENT_OPERATION_DURATION",
+    "METRIC_RETRIES",
+    "METRIC_RETRY_BUDGET_REFUSALS",
+    "METRIC_TASKS",
+    "OUTCOME_CANCELLED",
+    "OUTCOME_FAILED",
+    "OUTCOME_OK",
+    "OUTCOME_TIMEOUT",
+    "SPAN_EXECUTE_TOOL",
     "SPAN_GROUP",
     "SPAN_OP",
     "SPAN_TASK",
@@ -98,6 +121,21 @@ ATTR_ERROR_TYPE: Final = "error.type"
 ATTR_EXCEPTION_TYPE: Final = "exception.type"
 ATTR_EXCEPTION_MESSAGE: Final = "exception.message"
 
+# The span of one MCP tool call (OpenTelemetry GenAI / MCP conventions); the mcp SDK's
+# own "MCP send tools/call <tool>" client span of each attempt nests under it.
+SPAN_EXECUTE_TOOL: Final = "execute_tool {}"
+ATTR_GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+ATTR_GEN_AI_TOOL_CALL_ARGUMENTS: Final = "gen_ai.tool.call.arguments"
+ATTR_GEN_AI_TOOL_CALL_RESULT: Final = "gen_ai.tool.call.result"
+ATTR_SERVER_ADDRESS: Final = "server.address"
+ATTR_SERVER_PORT: Final = "server.port"
+ATTR_NETWORK_TRANSPORT: Final = "network.transport"
+ATTR_HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"
+ATTR_MCP_SERVER: Final = "hangguard.mcp.server"
+# Values of error.type on that span, besides a JSON-RPC code, an HTTP status or a class.
+ERROR_TYPE_TIMEOUT: Final = "timeout"
+ERROR_TYPE_TOOL_ERROR: Final = "tool_error"
+
 # Values of hangguard.cancel.reason.
 CANCEL_SIBLING_FAILED: Final = "sibling_failed"
 CANCEL_TIMEOUT: Final = "timeout"
@@ -111,6 +149,23 @@ EVENT_DEADLINE_EXCEEDED: Final = "hangguard.deadline_exceeded"
 EVENT_RETRY: Final = "hangguard.retry"
 EVENT_RETRY_BUDGET_EXHAUSTED: Final = "hangguard.retry.budget_exhausted"
 EVENT_RETRY_BUDGET_REFUSED: Final = "hangguard.retry.budget_refused"
+
+# Metrics (instruments in _metrics.py), with the attributes only they carry.
+METRIC_TASKS: Final = "hangguard.tasks"
+METRIC_RETRIES: Final = "hangguard.retries"
+METRIC_RETRY_BUDGET_REFUSALS: Final = "hangguard.retry.budget_refusals"
+METRIC_DEADLINE_EXCEEDED: Final = "hangguard.deadline.exceeded"
+ATTR_TASK_OUTCOME: Final = "hangguard.task.outcome"
+# The MCP semantic conventions' client call duration, with their attribute names.
+METRIC_MCP_CLIENT_OPERATION_DURATION: Final = "mcp.client.operation.duration"
+ATTR_MCP_METHOD_NAME: Final = "mcp.method.name"
+ATTR_GEN_AI_TOOL_NAME: Final = "gen_ai.tool.name"
+
+# Values of hangguard.task.outcome.
+OUTCOME_OK: Final = "ok"
+OUTCOME_FAILED: Final = "failed"
+OUTCOME_CANCELLED: Final = "cancelled"
+OUTCOME_TIMEOUT: Final = "timeout"
 
 _tracers: dict[int, tuple[trace.TracerProvider, Tracer]] = {}
 
@@ -162,6 +217,10 @@ def record_deadline_exceeded(name: str | None, budget: float) -> None:
             EVENT_DEADLINE_EXCEEDED,
             {ATTR_DEADLINE_NAME: name or "", ATTR_DEADLINE_BUDGET_S: budget},
         )
+    # Imported here: _metrics imports this module for its names.
+    from ._metrics import record_deadline_exceeded as count_deadline_exceeded
+
+    count_deadline_exceeded(name)
 
 
 def format_stack(frames: list[traceback.FrameSummary]) -> str:
