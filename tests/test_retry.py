@@ -44,6 +44,7 @@ from hangguard._telemetry import (
     ATTR_RETRY_NAME,
     ATTR_RETRY_REMAINING_S,
     ATTR_RETRY_SLEEP_S,
+    EVENT_DEADLINE_EXCEEDED,
     EVENT_RETRY,
     EVENT_RETRY_BUDGET_EXHAUSTED,
     EVENT_RETRY_BUDGET_REFUSED,
@@ -198,6 +199,19 @@ async def test_cancelled_error_raised_by_the_function_is_never_retried(no_backof
     assert fn.calls == 1
 
 
+async def test_a_predicate_cannot_make_cancellation_retried(no_backoff: None) -> None:
+    calls = 0
+
+    async def fn() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError() if calls == 1 else asyncio.CancelledError()
+
+    with pytest.raises(asyncio.CancelledError):
+        await retry_call(fn, RetryPolicy(attempts=5, on=lambda exc: True))
+    assert calls == 2
+
+
 @pytest.mark.parametrize("during", ["first attempt", "a retry"])
 async def test_cancelling_the_caller_propagates(during: str) -> None:
     started = asyncio.Event()
@@ -297,7 +311,9 @@ async def test_timeout_raised_inside_the_function_follows_on(no_backoff: None) -
     assert calls == 1
 
 
-async def test_enclosing_deadline_propagates_without_retry(no_backoff: None) -> None:
+async def test_enclosing_deadline_propagates_without_retry(
+    spans: InMemorySpanExporter, no_backoff: None
+) -> None:
     calls = 0
 
     async def fn() -> None:
@@ -306,15 +322,18 @@ async def test_enclosing_deadline_propagates_without_retry(no_backoff: None) -> 
         await hang()
 
     started = time.monotonic()
-    with pytest.raises(DeadlineExceeded) as info:
+    with tracer.start_as_current_span("outer"), pytest.raises(DeadlineExceeded) as info:
         async with deadline(0.05, name="request"):
             await retry_call(fn, RetryPolicy(attempts=5, attempt_timeout=30))
     assert info.value.deadline_name == "request"
     assert calls == 1
+    assert [e.name for e in traced_span(spans).events] == [EVENT_DEADLINE_EXCEEDED]
     assert time.monotonic() - started < 0.05 + MARGIN
 
 
-async def test_enclosing_deadline_set_in_the_parent_task_propagates(no_backoff: None) -> None:
+async def test_enclosing_deadline_set_in_the_parent_task_propagates(
+    spans: InMemorySpanExporter, no_backoff: None
+) -> None:
     calls = 0
 
     async def fn() -> None:
@@ -322,12 +341,17 @@ async def test_enclosing_deadline_set_in_the_parent_task_propagates(no_backoff: 
         calls += 1
         await hang()
 
-    with pytest.raises(DeadlineExceeded) as info:
+    with tracer.start_as_current_span("outer"):
         async with deadline(0.05, name="request"):
-            # The child task inherits the deadline; its attempt's scope enforces it there.
-            await asyncio.create_task(retry_call(fn, RetryPolicy(attempts=5, attempt_timeout=30)))
+            # The task inherits the deadline; only its attempt's scope enforces it, since
+            # the parent leaves its scope without waiting for the task.
+            task = asyncio.create_task(retry_call(fn, RetryPolicy(attempts=5, attempt_timeout=30)))
+        with pytest.raises(DeadlineExceeded) as info:
+            await task
     assert info.value.deadline_name == "request"
     assert calls == 1
+    # Propagated as it came: neither a retry nor a "budget exhausted" of its own.
+    assert [e.name for e in traced_span(spans).events] == [EVENT_DEADLINE_EXCEEDED]
 
 
 async def test_stops_when_backoff_no_longer_fits_the_deadline(

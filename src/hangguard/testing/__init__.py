@@ -83,6 +83,11 @@ def disable_backoff() -> AbstractContextManager[None]:
 
     Attempts, deadlines and retry budgets still apply; only the sleeping goes, so tests
     of retrying code run fast. Used as a context manager, it restores the previous state
-    on exit; called as a plain function, it stays in force.
+    on exit; called as a plain function, it stays in force::
+
+        @pytest.fixture(autouse=True)
+        def _no_backoff() -> Iterator[None]:
+            with disable_backoff():
+                yield
     """
     return _RestoreBackoff(set_backoff_enabled(False))
