@@ -7,10 +7,15 @@ asks for ``spans``; tests that must run with no SDK at all run in a subprocess.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -35,3 +40,62 @@ def spans() -> Iterator[InMemorySpanExporter]:
     exporter.clear()
     yield exporter
     exporter.clear()
+
+
+_metric_reader: InMemoryMetricReader | None = None
+
+
+@pytest.fixture
+def metric_reader() -> InMemoryMetricReader:
+    """The in-memory reader behind a global SDK meter provider, installed once per session.
+
+    Counters and histograms use delta temporality and the reader is drained here, so what
+    a test collects is what it recorded.
+    """
+    global _metric_reader
+    if _metric_reader is None:
+        delta = AggregationTemporality.DELTA
+        _metric_reader = InMemoryMetricReader(
+            preferred_temporality={Counter: delta, Histogram: delta}
+        )
+        metrics.set_meter_provider(MeterProvider(metric_readers=[_metric_reader]))
+    _metric_reader.get_metrics_data()
+    return _metric_reader
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """``host:port`` on 127.0.0.1 of a socket that accepts connections and never answers.
+
+    Like a collector that hangs: connecting works, every request then waits forever.
+    """
+    server = socket.create_server(("127.0.0.1", 0), backlog=128)
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return  # the socket was shut down: the test is over
+            accepted.append(conn)
+
+    thread = threading.Thread(target=serve, name="blackhole", daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    yield f"127.0.0.1:{port}"
+    # shutdown() wakes the blocked accept() on Linux; close() alone would not.
+    with contextlib.suppress(OSError):
+        server.shutdown(socket.SHUT_RDWR)
+    server.close()
+    thread.join(5)
+    for conn in accepted:
+        conn.close()
+
+
+@pytest.fixture
+def closed_port() -> str:
+    """``host:port`` on 127.0.0.1 where nothing listens: connections are refused."""
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+    return f"127.0.0.1:{port}"

@@ -468,6 +468,7 @@ class TracingHandle:
         meter_provider: MeterProvider | None,
         metric_reader: InMemoryMetricReader | None,
         local_exporter: LocalSpanExporter | None,
+        span_exporter: SpanExporter,
         guard: Any,
         metric_exporter: MetricExporter | None,
         counters: _Counters,
@@ -478,6 +479,8 @@ class TracingHandle:
         self.meter_provider = meter_provider
         self.metric_reader = metric_reader
         self.is_global = is_global
+        #: The exporter spans go to (OTLP gRPC/HTTP, or the local one).
+        self.span_exporter = span_exporter
         self._local = local_exporter
         self._guard = guard
         self._metric_exporter = metric_exporter
@@ -750,8 +753,10 @@ def setup_tracing(
     provider = TracerProvider(resource=resource, sampler=settings_sampler, shutdown_on_exit=False)
     provider.add_span_processor(_make_counting_processor(counters))
     local: LocalSpanExporter | None = None
+    span_exporter: SpanExporter
     if settings.exporter == "otlp":
-        guard = _make_guard(_span_exporter(settings, headers, per_export), counters)
+        span_exporter = _span_exporter(settings, headers, per_export)
+        guard = _make_guard(span_exporter, counters)
         provider.add_span_processor(BatchSpanProcessor(guard))
     else:
         from ._local_export import DEFAULT_MAX_SPANS, LocalSpanExporter
@@ -759,6 +764,7 @@ def setup_tracing(
         local = LocalSpanExporter(
             max_spans=max_local_spans or DEFAULT_MAX_SPANS, trace_file=settings.trace_file
         )
+        span_exporter = local
         guard = _make_guard(local, counters)
         # In memory only, export is a conversion and an append; with a file it is disk
         # I/O, which belongs on the batch thread rather than on the event loop.
@@ -787,6 +793,7 @@ def setup_tracing(
         meter_provider=meter_provider,
         metric_reader=memory_reader,
         local_exporter=local,
+        span_exporter=span_exporter,
         guard=guard,
         metric_exporter=metric_exporter,
         counters=counters,

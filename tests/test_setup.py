@@ -1,0 +1,464 @@
+"""setup_tracing: exporter choice from OTEL_* and arguments, the local fallback, and a shutdown
+and process exit bounded by shutdown_timeout whatever the collector does.
+
+OpenTelemetry allows one global provider per process, and this session already has one,
+so everything that installs globally or exits runs in a fresh interpreter. The exporter
+choice is checked in-process through ``resolve_settings`` and ``set_global=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+    OTLPMetricExporter as GrpcMetricExporter,
+)
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+    OTLPSpanExporter as GrpcSpanExporter,
+)
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+    OTLPSpanExporter as HttpSpanExporter,
+)
+from opentelemetry.sdk.trace import sampling
+
+import hangguard
+from hangguard import ConfigError, SpanRecord, TracingHandle, resolve_settings, setup_tracing
+from hangguard._setup import ENV_TRACE_FILE
+
+OTEL_VARS = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    ENV_TRACE_FILE,
+]
+
+#: Beyond ``shutdown_timeout``, what an exit may take on a loaded 2-core box. The stock
+#: SDK takes 6-10 s here, so the margin still tells the two apart.
+EXIT_MARGIN = 1.5
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in OTEL_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def handles() -> Iterator[list[TracingHandle]]:
+    """Handles made with set_global=False, shut down after the test."""
+    made: list[TracingHandle] = []
+    yield made
+    for h in made:
+        h.shutdown()
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in OTEL_VARS}
+    env.update(extra)
+    return env
+
+
+def run_child(
+    code: str, *, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env if env is not None else child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+# -- resolving the exporter choice --------------------------------------------------------
+
+
+def test_no_endpoint_means_the_local_exporter() -> None:
+    s = resolve_settings()
+    assert s.exporter == "local"
+    assert s.traces_endpoint is None
+    assert s.metrics_endpoint is None
+    assert s.shutdown_timeout == 2.0
+    assert s.sampler == "parentbased_always_on"
+
+
+def test_base_endpoint_defaults_to_grpc_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
+    s = resolve_settings()
+    assert (s.exporter, s.protocol) == ("otlp", "grpc")
+    assert s.traces_endpoint == "http://collector:4317"
+    assert s.metrics_endpoint == "http://collector:4317"
+
+
+def test_http_protobuf_appends_the_signal_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    s = resolve_settings()
+    assert s.traces_endpoint == "http://collector:4318/v1/traces"
+    assert s.metrics_endpoint == "http://collector:4318/v1/metrics"
+
+
+def test_signal_endpoints_and_protocols_win_over_the_base(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4317")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4318/custom")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
+    s = resolve_settings()
+    # A signal endpoint is used exactly as given.
+    assert (s.protocol, s.traces_endpoint) == ("http/protobuf", "http://traces:4318/custom")
+    assert (s.metrics_protocol, s.metrics_endpoint) == ("grpc", "http://base:4317")
+
+
+def test_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://env:4317")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    monkeypatch.setenv(ENV_TRACE_FILE, "/from/env.jsonl")
+    s = resolve_settings(
+        endpoint="https://arg:4318",
+        protocol="http/protobuf",
+        sampler="traceidratio",
+        sampler_arg=0.25,
+        shutdown_timeout=0.5,
+        trace_file="arg.jsonl",
+    )
+    assert s.traces_endpoint == "https://arg:4318/v1/traces"
+    assert s.metrics_endpoint == "https://arg:4318/v1/metrics"
+    assert (s.sampler, s.sampler_arg) == ("traceidratio", 0.25)
+    assert s.shutdown_timeout == 0.5
+    assert s.trace_file == "arg.jsonl"
+
+
+def test_sampler_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.1")
+    s = resolve_settings()
+    assert (s.sampler, s.sampler_arg) == ("parentbased_traceidratio", 0.1)
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "grpc://collector:4317"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "udp"),
+        ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "team=search,oops"),
+    ],
+)
+def test_bad_environment_fails_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str
+) -> None:
+    if "PROTOCOL" in var or "SAMPLER" in var or "RESOURCE" in var:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=var) as info:
+        resolve_settings()
+    assert info.value.name == var
+
+
+@pytest.mark.parametrize("ratio", ["2", "-0.5", "half"])
+def test_bad_sampler_ratio_names_the_variable(monkeypatch: pytest.MonkeyPatch, ratio: str) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", ratio)
+    with pytest.raises(ConfigError, match="OTEL_TRACES_SAMPLER_ARG"):
+        resolve_settings()
+
+
+def test_bad_arguments_fail_naming_the_parameter() -> None:
+    with pytest.raises(ConfigError, match="endpoint"):
+        resolve_settings(endpoint="collector:4317")
+    with pytest.raises(ConfigError, match="protocol"):
+        resolve_settings(protocol="thrift")
+    with pytest.raises(ConfigError, match="sampler_arg"):
+        resolve_settings(sampler="traceidratio", sampler_arg=1.5)
+    with pytest.raises(ValueError, match="shutdown_timeout"):
+        resolve_settings(shutdown_timeout=-1)
+    with pytest.raises(ValueError, match="shutdown_timeout"):
+        resolve_settings(shutdown_timeout=math.inf)
+    with pytest.raises(ValueError, match="export_timeout"):
+        setup_tracing(export_timeout=0, set_global=False)
+    with pytest.raises(TypeError, match="sampler"):
+        setup_tracing(sampler=0.5, set_global=False)  # type: ignore[arg-type]
+
+
+# -- what gets built (private providers, nothing global) ---------------------------------
+
+
+def test_grpc_exporters_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, handles: list[TracingHandle]
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test,team=search")
+    h = setup_tracing(set_global=False)
+    handles.append(h)
+    assert isinstance(h.span_exporter, GrpcSpanExporter)
+    assert h.span_exporter._endpoint == "127.0.0.1:4317"
+    assert isinstance(h._metric_exporter, GrpcMetricExporter)
+    attrs = h.provider.resource.attributes
+    assert attrs["service.name"] == "from-env"
+    assert attrs["deployment.environment"] == "test"
+    assert attrs["team"] == "search"
+    assert isinstance(h.provider.sampler, sampling.ParentBased)
+
+
+def test_http_exporter_and_argument_overrides(
+    monkeypatch: pytest.MonkeyPatch, handles: list[TracingHandle]
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4317")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
+    h = setup_tracing(
+        "from-arg",
+        endpoint="http://127.0.0.1:4318",
+        protocol="http/protobuf",
+        resource_attributes={"team": "infra"},
+        sampler="always_off",
+        set_global=False,
+    )
+    handles.append(h)
+    assert isinstance(h.span_exporter, HttpSpanExporter)
+    assert h.span_exporter._endpoint == "http://127.0.0.1:4318/v1/traces"
+    assert h.provider.resource.attributes["service.name"] == "from-arg"
+    assert h.provider.resource.attributes["team"] == "infra"
+    assert h.provider.sampler is sampling.ALWAYS_OFF
+    assert h.settings.sampler == "always_off"
+
+
+def test_a_sampler_object_is_used_as_given(handles: list[TracingHandle]) -> None:
+    ratio = sampling.TraceIdRatioBased(0.5)
+    h = setup_tracing(sampler=ratio, set_global=False)
+    handles.append(h)
+    assert h.provider.sampler is ratio
+    assert "0.5" in h.settings.sampler
+
+
+def test_local_exporter_keeps_spans_and_writes_the_trace_file(
+    tmp_path: Path, handles: list[TracingHandle]
+) -> None:
+    path = tmp_path / "trace.jsonl"
+    h = setup_tracing("local-test", trace_file=path, set_global=False)
+    handles.append(h)
+    tracer = h.provider.get_tracer("test")
+    with tracer.start_as_current_span("root"), tracer.start_as_current_span("child") as child:
+        child.add_event("hangguard.cancelled", {"hangguard.cancel.reason": "timeout"})
+    records = h.local_spans()
+    assert [r.name for r in records] == ["child", "root"]
+    child_rec, root_rec = records
+    assert child_rec.parent_span_id == root_rec.span_id
+    assert root_rec.parent_span_id is None
+    assert child_rec.trace_id == root_rec.trace_id
+    assert child_rec.resource["service.name"] == "local-test"
+    (event,) = child_rec.events_named("hangguard.cancelled")
+    assert event.attributes["hangguard.cancel.reason"] == "timeout"
+    assert h.shutdown()
+    assert list(hangguard.read_span_file(path)) == records
+    assert h.stats().exported == 2
+
+
+def test_local_spans_refuses_when_spans_go_to_otlp(handles: list[TracingHandle]) -> None:
+    h = setup_tracing(endpoint="http://127.0.0.1:4317", set_global=False)
+    handles.append(h)
+    with pytest.raises(RuntimeError, match=r"127\.0\.0\.1:4317"):
+        h.local_spans()
+
+
+def test_read_span_file_names_the_bad_line(tmp_path: Path) -> None:
+    good = SpanRecord(
+        trace_id="1" * 32, span_id="2" * 16, parent_span_id=None, name="a", start_ns=1, end_ns=2
+    )
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(good.to_json()) + "\n\n{not json}\n")
+    with pytest.raises(ValueError, match=r"t\.jsonl:3"):
+        hangguard.read_span_file(path)
+
+
+def test_shutdown_is_idempotent_and_flush_after_it_is_false(
+    handles: list[TracingHandle],
+) -> None:
+    h = setup_tracing(set_global=False)
+    assert h.shutdown() is True
+    assert h.shutdown() is True
+    assert h.force_flush() is False
+    with pytest.raises(ValueError, match="timeout"):
+        h.force_flush(-1)
+
+
+# -- in a fresh interpreter ---------------------------------------------------------------
+
+
+def test_import_needs_only_the_api_and_setup_says_what_to_install() -> None:
+    proc = run_child(
+        """
+        import sys
+
+        class NoSdk:
+            def find_spec(self, name, path=None, target=None):
+                if name.startswith(("opentelemetry.sdk", "opentelemetry.exporter")):
+                    raise ModuleNotFoundError(f"No module named {name!r}")
+                return None
+
+        sys.meta_path.insert(0, NoSdk())
+        import hangguard
+        assert not [m for m in sys.modules if m.startswith("opentelemetry.sdk")]
+        assert hangguard.local_spans() == []
+        try:
+            hangguard.setup_tracing()
+        except ImportError as exc:
+            print("ImportError:", exc)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'hangguard[otlp]'" in proc.stdout
+
+
+def test_global_setup_traces_hangguard_locally_and_refuses_a_second_provider(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "trace.jsonl"
+    proc = run_child(
+        """
+        import asyncio
+        import hangguard
+
+        async def boom():
+            raise ValueError("boom")
+
+        async def wait_forever():
+            await asyncio.Event().wait()
+
+        async def main():
+            async with hangguard.TaskGroup("work") as g:
+                g.submit(boom, name="boom")
+                g.submit(wait_forever, name="waiter")
+
+        tracing = hangguard.setup_tracing("child")
+        try:
+            asyncio.run(main())
+        except ValueError:
+            pass
+        names = sorted(s.name for s in hangguard.local_spans())
+        print("names:", names)
+        try:
+            hangguard.setup_tracing()
+        except RuntimeError as exc:
+            print("second:", exc)
+        """,
+        env=child_env(**{ENV_TRACE_FILE: str(path)}),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "names: ['group work', 'task boom', 'task waiter']" in proc.stdout
+    assert "second: a global TracerProvider and MeterProvider is already installed" in proc.stdout
+    records = hangguard.read_span_file(path)
+    by_name = {r.name: r for r in records}
+    waiter = by_name["task waiter"]
+    assert waiter.parent_span_id == by_name["group work"].span_id
+    (cancelled,) = waiter.events_named("hangguard.cancelled")
+    assert cancelled.attributes["hangguard.cancel.reason"] == "sibling_failed"
+    assert by_name["task boom"].status == "ERROR"
+
+
+def _exit_duration(code: str, env: dict[str, str]) -> tuple[float, str, str]:
+    """Run ``code``; seconds from its ``EXITING`` line to the end of the process."""
+    out = []
+    marked = math.nan
+    with (
+        tempfile.TemporaryFile("w+") as errfile,
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=errfile,
+            text=True,
+        ) as proc,
+    ):
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            if line.startswith("EXITING"):
+                marked = time.monotonic()
+        proc.wait(timeout=60)
+        ended = time.monotonic()
+        errfile.seek(0)
+        err = errfile.read()
+    assert proc.returncode == 0, err
+    assert not math.isnan(marked), "".join(out) + err
+    return ended - marked, "".join(out), err
+
+
+EXIT_CODE = """
+    import time
+    import hangguard
+    from opentelemetry import trace
+
+    tracing = hangguard.setup_tracing("exit-test")
+    tracer = trace.get_tracer("test")
+    start = time.perf_counter()
+    for i in range(200):
+        with tracer.start_as_current_span(f"span {i}"):
+            pass
+    print(f"spans took {time.perf_counter() - start:.4f}")
+    {action}
+    print("EXITING", flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+@pytest.mark.parametrize("collector", ["closed_port", "blackhole"])
+def test_process_exit_is_bounded_when_the_collector_is_down(
+    request: pytest.FixtureRequest, protocol: str, collector: str
+) -> None:
+    address = request.getfixturevalue(collector)
+    env = child_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{address}", OTEL_EXPORTER_OTLP_PROTOCOL=protocol
+    )
+    took, out, err = _exit_duration(EXIT_CODE.replace("{action}", ""), env)
+    # The atexit hook waits out the 2 s default, then drops the spans and says so.
+    assert took < 2.0 + EXIT_MARGIN, f"exit took {took:.2f}s\n{out}{err}"
+    assert "200 of 200 spans not delivered" in err
+    assert address in err
+    # Ending spans only queues them: 200 spans in well under a second even so.
+    spans_took = float(out.split("spans took ")[1].split()[0])
+    assert spans_took < 1.0
+
+
+@pytest.mark.slow
+def test_explicit_shutdown_is_bounded_by_its_timeout(blackhole: str) -> None:
+    env = child_env(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{blackhole}")
+    action = """
+    t0 = time.monotonic()
+    ok = tracing.shutdown(timeout=0.5)
+    print(f"shutdown={ok} in {time.monotonic() - t0:.3f}")
+    print("stats", tracing.stats())
+    """
+    took, out, err = _exit_duration(
+        EXIT_CODE.replace("{action}", textwrap.indent(textwrap.dedent(action), "    ").strip()),
+        env,
+    )
+    shutdown_line = next(line for line in out.splitlines() if line.startswith("shutdown="))
+    assert shutdown_line.startswith("shutdown=False")
+    assert float(shutdown_line.split(" in ")[1]) < 0.5 + EXIT_MARGIN
+    # Already shut down: the exit does not wait again.
+    assert took < EXIT_MARGIN, f"exit took {took:.2f}s\n{out}{err}"
+    assert err.count("spans not delivered") == 1
