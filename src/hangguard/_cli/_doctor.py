@@ -1,0 +1,347 @@
+"""``hangguard doctor``: is everything in place for traces to reach Jaeger?
+
+It checks the configuration, the installed packages (and that the OpenTelemetry API and
+SDK versions match), the OTLP endpoint (it must not only accept a connection but answer
+an empty OTLP export) and, when given, the Jaeger query API. Each check prints what is
+wrong and how to fix it; every network step has a short timeout, so it never hangs::
+
+    $ OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 hangguard doctor --jaeger-url http://localhost:16686
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib
+import json
+import os
+import socket
+import ssl
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Final, Literal
+
+from rich.console import Console
+from rich.text import Text
+
+from .._exceptions import ConfigError
+from .._setup import resolve_settings
+from ._config_cmd import ENV_JAEGER_UI, collect
+
+__all__ = ["Check", "Endpoint", "check_jaeger", "check_otlp", "resolve_endpoint", "run_doctor"]
+
+Status = Literal["ok", "info", "warn", "fail"]
+
+ENV_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
+ENV_TRACES_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+ENV_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_PROTOCOL"
+
+_GRPC_PORT: Final = 4317
+_HTTP_PORT: Final = 4318
+_JAEGER_UI_PORT: Final = 16686
+_GRPC_EXPORT: Final = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+#: Packages whose versions the doctor reports: (distribution, extra that brings it).
+PACKAGES: Final = (
+    ("opentelemetry-api", None),
+    ("tenacity", None),
+    ("opentelemetry-sdk", "otlp"),
+    ("opentelemetry-exporter-otlp-proto-http", "otlp"),
+    ("opentelemetry-exporter-otlp-proto-grpc", "otlp"),
+    ("mcp", "mcp"),
+    ("rich", "cli"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The outcome of one check: ``fix`` says what to do when it is not ok."""
+
+    name: str
+    status: Status
+    summary: str
+    fix: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "summary": self.summary, "fix": self.fix}
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and how traces are exported: ``url`` is the full traces URL for HTTP."""
+
+    url: str
+    protocol: str
+    source: str
+
+
+def resolve_endpoint(endpoint: str | None, protocol: str | None) -> Endpoint | None:
+    """The OTLP traces endpoint exactly as :func:`hangguard.setup_tracing` would resolve it.
+
+    The flags stand for its arguments; ``None`` when no endpoint is configured. Raises
+    :class:`~hangguard.ConfigError` naming a bad variable or flag.
+    """
+    settings = resolve_settings(endpoint=endpoint, protocol=protocol)
+    if settings.traces_endpoint is None:
+        return None
+    if endpoint is not None:
+        source = "--endpoint"
+    elif os.environ.get(ENV_TRACES_ENDPOINT, "").strip():
+        source = ENV_TRACES_ENDPOINT
+    else:
+        source = ENV_ENDPOINT
+    return Endpoint(settings.traces_endpoint, settings.protocol, source)
+
+
+def _port_hint(port: int | None, protocol: str) -> str:
+    if port == _JAEGER_UI_PORT:
+        return f" Port {_JAEGER_UI_PORT} is the Jaeger UI; OTLP goes to 4317 (gRPC) or 4318 (HTTP)."
+    if port == _GRPC_PORT and protocol != "grpc":
+        return f" Port {_GRPC_PORT} is OTLP/gRPC: set {ENV_PROTOCOL}=grpc or use port 4318."
+    if port == _HTTP_PORT and protocol == "grpc":
+        return f" Port {_HTTP_PORT} is OTLP/HTTP: set {ENV_PROTOCOL}=http/protobuf or use 4317."
+    return ""
+
+
+def _http(
+    method: str, url: str, *, body: bytes | None, headers: dict[str, str], timeout: float
+) -> tuple[int, bytes]:
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "localhost"
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(
+            host, parts.port, timeout=timeout, context=ssl.create_default_context()
+        )
+    else:
+        conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
+    try:
+        path = parts.path or "/"
+        if parts.query:
+            path += f"?{parts.query}"
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read(64 * 1024)
+    finally:
+        conn.close()
+
+
+def _network_failure(target: str, exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return f"nothing listens on {target} (connection refused)"
+    if isinstance(exc, TimeoutError):
+        return f"{target} did not answer within {timeout:g}s"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host of {target} ({exc})"
+    return f"{target} failed: {type(exc).__name__}: {exc}"
+
+
+def check_otlp(endpoint: Endpoint | None, *, timeout: float) -> Check:
+    """Send an empty OTLP export to ``endpoint`` and expect it accepted."""
+    name = "OTLP endpoint"
+    if endpoint is None:
+        return Check(
+            name,
+            "info",
+            "not configured: spans stay in this process (hangguard demo shows them as a tree)",
+            f"to export, set {ENV_ENDPOINT}=http://localhost:4317 (OTLP/gRPC, the default "
+            f"protocol; for OTLP/HTTP also {ENV_PROTOCOL}=http/protobuf and port 4318)",
+        )
+    port = urllib.parse.urlsplit(endpoint.url).port
+    fix = (
+        f"start the collector or Jaeger (docs/jaeger.md), or correct {endpoint.source}."
+        + _port_hint(port, endpoint.protocol)
+    )
+    if endpoint.protocol == "grpc":
+        return _check_otlp_grpc(name, endpoint, timeout=timeout, fix=fix)
+    try:
+        status, body = _http(
+            "POST",
+            endpoint.url,
+            body=b"",  # an ExportTraceServiceRequest with no spans encodes to zero bytes
+            headers={"Content-Type": "application/x-protobuf"},
+            timeout=timeout,
+        )
+    except (OSError, http.client.HTTPException) as exc:
+        return Check(name, "fail", _network_failure(endpoint.url, exc, timeout), fix)
+    if status == 200:
+        return Check(name, "ok", f"{endpoint.url} accepts OTLP/HTTP (from {endpoint.source})")
+    excerpt = body[:120].decode("utf-8", "replace").strip()
+    return Check(
+        name,
+        "fail",
+        f"{endpoint.url} answered HTTP {status}, not an OTLP success"
+        + (f": {excerpt}" if excerpt else ""),
+        f"point {endpoint.source} at an OTLP/HTTP receiver (the collector's port 4318)."
+        + _port_hint(port, endpoint.protocol),
+    )
+
+
+def _check_otlp_grpc(name: str, endpoint: Endpoint, *, timeout: float, fix: str) -> Check:
+    parts = urllib.parse.urlsplit(endpoint.url)
+    host, port = parts.hostname or "localhost", parts.port or _GRPC_PORT
+    target = f"{host}:{port}"
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return Check(name, "fail", _network_failure(target, exc, timeout), fix)
+    try:
+        # grpc ships no type hints: through import_module it is plainly Any.
+        grpc: Any = importlib.import_module("grpc")
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+    except ImportError:
+        return Check(
+            name,
+            "warn",
+            f"{target} accepts connections; cannot test OTLP/gRPC without the exporter",
+            "pip install 'hangguard[otlp]'",
+        )
+    channel = (
+        grpc.secure_channel(target, grpc.ssl_channel_credentials())
+        if parts.scheme == "https"
+        else grpc.insecure_channel(target)
+    )
+    export = channel.unary_unary(
+        _GRPC_EXPORT,
+        request_serializer=ExportTraceServiceRequest.SerializeToString,
+        response_deserializer=ExportTraceServiceResponse.FromString,
+    )
+    try:
+        export(ExportTraceServiceRequest(), timeout=timeout)
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        return Check(
+            name,
+            "fail",
+            f"{target} accepts connections but the OTLP/gRPC export failed: {code}",
+            f"point {endpoint.source} at an OTLP/gRPC receiver (the collector's port 4317)."
+            + _port_hint(port, endpoint.protocol),
+        )
+    finally:
+        channel.close()
+    return Check(name, "ok", f"{target} accepts OTLP/gRPC (from {endpoint.source})")
+
+
+def check_jaeger(url: str, *, timeout: float) -> Check:
+    """GET ``<url>/api/services`` and expect Jaeger's JSON answer."""
+    name = "Jaeger query"
+    api = url.rstrip("/") + "/api/services"
+    fix = f"start Jaeger (docs/jaeger.md) or correct --jaeger-url / {ENV_JAEGER_UI}"
+    try:
+        status, body = _http("GET", api, body=None, headers={}, timeout=timeout)
+    except (OSError, http.client.HTTPException) as exc:
+        return Check(name, "fail", _network_failure(api, exc, timeout), fix)
+    if status != 200:
+        return Check(name, "fail", f"{api} answered HTTP {status}", fix)
+    try:
+        services = json.loads(body).get("data") or []
+    except (ValueError, AttributeError):
+        return Check(name, "fail", f"{api} answered, but not with Jaeger's JSON", fix)
+    shown = ", ".join(map(str, services[:8])) or "none yet"
+    return Check(name, "ok", f"{api} answers; services: {shown}")
+
+
+def check_config() -> list[Check]:
+    """Every ``HANGGUARD_*`` variable parses."""
+    report = collect()
+    checks = [
+        Check("config", "fail", message, f"fix or unset {name} (docs/env.md lists every one)")
+        for name, _, message in report.errors
+    ]
+    checks += [
+        Check("config", "warn", f"{name} is set but hangguard does not read it", "a typo?")
+        for name in report.unknown
+    ]
+    if not checks:
+        set_ = [r.name for r in report.hangguard if r.source == "env"]
+        checks.append(
+            Check("config", "ok", f"valid ({', '.join(set_) if set_ else 'all defaults'})")
+        )
+    return checks
+
+
+def check_packages(version: Callable[[str], str] = metadata.version) -> list[Check]:
+    """Installed versions; the OpenTelemetry API and SDK must be the same release."""
+    found: dict[str, str] = {}
+    missing: list[tuple[str, str | None]] = []
+    for dist, extra in PACKAGES:
+        try:
+            found[dist] = version(dist)
+        except metadata.PackageNotFoundError:
+            missing.append((dist, extra))
+    shown = ", ".join(f"{d} {v}" for d, v in found.items())
+    checks = [Check("packages", "ok", shown)]
+    for dist, extra in missing:
+        checks.append(
+            Check(
+                "packages",
+                "warn",
+                f"{dist} is not installed",
+                f"pip install 'hangguard[{extra}]'" if extra else f"pip install {dist}",
+            )
+        )
+    api, sdk = found.get("opentelemetry-api"), found.get("opentelemetry-sdk")
+    if api and sdk and api != sdk:
+        checks.append(
+            Check(
+                "packages",
+                "fail",
+                f"opentelemetry-api {api} and opentelemetry-sdk {sdk} differ; they are "
+                "released together and must match",
+                f"pip install 'opentelemetry-api=={sdk}' (or upgrade both together)",
+            )
+        )
+    return checks
+
+
+_MARK: Final[dict[Status, tuple[str, str]]] = {
+    "ok": ("ok", "green"),
+    "info": ("info", "cyan"),
+    "warn": ("warn", "yellow"),
+    "fail": ("FAIL", "bold red"),
+}
+
+
+def run_doctor(
+    out: Console,
+    *,
+    endpoint: str | None,
+    protocol: str | None,
+    jaeger_url: str | None,
+    timeout: float,
+    as_json: bool,
+) -> int:
+    """Run every check; returns 1 when one failed, else 0."""
+    checks = [*check_config(), *check_packages()]
+    try:
+        resolved = resolve_endpoint(endpoint, protocol)
+    except ConfigError as exc:
+        checks.append(
+            Check("OTLP endpoint", "fail", f"not checked: {exc.name} is invalid (see config)")
+        )
+    else:
+        checks.append(check_otlp(resolved, timeout=timeout))
+    jaeger = jaeger_url or os.environ.get(ENV_JAEGER_UI)
+    if jaeger:
+        checks.append(check_jaeger(jaeger, timeout=timeout))
+    failed = [c for c in checks if c.status == "fail"]
+    if as_json:
+        out.file.write(
+            json.dumps({"ok": not failed, "checks": [c.to_json() for c in checks]}, indent=2) + "\n"
+        )
+        return 1 if failed else 0
+    for check in checks:
+        mark, style = _MARK[check.status]
+        line = Text.assemble((f"[{mark:>4}] ", style), (f"{check.name}: ", "bold"), check.summary)
+        out.print(line, soft_wrap=True)
+        if check.fix and check.status != "ok":
+            out.print(Text(f"       fix: {check.fix}", style="dim"), soft_wrap=True)
+    if failed:
+        out.print(Text(f"{len(failed)} problem(s) found", style="bold red"))
+        return 1
+    out.print(Text("no problems found", style="green"))
+    return 0
