@@ -1,0 +1,540 @@
+"""The ``hangguard`` command, run as a real subprocess with its real output parsed.
+
+The demo runs the whole stack: the chaos MCP server on 127.0.0.1, MCP calls over
+streamable HTTP, the guarded op, the local span exporter. The doctor talks to real
+sockets: a closed port, a socket that never answers, and small OTLP/HTTP, OTLP/gRPC and
+Jaeger-API servers run by the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from rich.console import Console
+
+import hangguard
+from hangguard import _config
+from hangguard._cli._tree import trace_tree
+from hangguard._local_export import to_record
+from hangguard._telemetry import (
+    ATTR_CANCEL_CAUSE,
+    ATTR_CANCEL_REASON,
+    ATTR_ERROR_TYPE,
+    ATTR_EXCEPTION_TYPE,
+    ATTR_GROUP_SERIAL,
+    ATTR_TASK_STACK,
+    CANCEL_TIMEOUT,
+    EVENT_CANCELLED,
+    EVENT_RETRY,
+)
+
+OP = "CompanySegmentFactorOp"
+# Wide on purpose: the demo's default budget is 3 s; a loaded 2-core machine may be slow
+# to start Python and the server, but nothing may hang.
+DEMO_TIMEOUT = 60
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's env without any HANGGUARD_* or OTEL_* value, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HANGGUARD_", "OTEL_"))}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Run:
+    rc: int
+    out: str
+    err: str
+    seconds: float
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def hangguard_cmd(
+    *args: str, env: dict[str, str] | None = None, timeout: float = DEMO_TIMEOUT
+) -> Run:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "hangguard", *args],
+        capture_output=True,
+        text=True,
+        env=clean_env() if env is None else env,
+        timeout=timeout,
+        check=False,
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_json() -> Run:
+    run = hangguard_cmd("demo", "--json")
+    assert run.rc == 0, run.err
+    return run
+
+
+def by_kind(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for search in doc["searches"]:
+        out.setdefault(search["kind"], []).append(search)
+    return out
+
+
+def test_demo_json_keeps_the_partial_results(demo_json: Run) -> None:
+    doc = demo_json.json()  # stdout is exactly one JSON document: progress and logs go to stderr
+    assert doc["ok"] is True and doc["error"] is None
+    assert doc["op"] == OP
+    assert doc["budget_s"] == 3.0 and doc["budget_source"] == "the demo's default"
+    assert doc["join_timeout_s"] == 1.5
+    assert doc["counts"] == {"ok": 4, "failed": 1, "cancelled": 1}
+    kinds = by_kind(doc)
+    assert [s["outcome"] for s in kinds["slow"]] == ["ok", "ok", "ok"]
+    assert [s["value"] for s in kinds["slow"]] == ["slept 0.1s", "slept 0.2s", "slept 0.3s"]
+    (fail,) = kinds["fail"]
+    assert fail["outcome"] == "failed" and fail["error_type"] == "hangguard.McpCallError"
+    assert "search backend rejected" in fail["error"]
+    (flaky,) = kinds["flaky"]
+    assert flaky["outcome"] == "ok" and flaky["value"] == "ok after 1 failure(s)"
+    (hang,) = kinds["hang"]
+    assert hang["outcome"] == "cancelled" and hang["error_type"] == "hangguard.DeadlineExceeded"
+    assert doc["results"] == ["slept 0.1s", "slept 0.2s", "ok after 1 failure(s)", "slept 0.3s"]
+    # The op ended at its join timeout, not later (plus a wide margin for a busy machine).
+    assert doc["duration_s"] < doc["join_timeout_s"] + 3
+
+
+def test_demo_json_events_explain_what_happened(demo_json: Run) -> None:
+    doc = demo_json.json()
+    assert re.fullmatch(r"[0-9a-f]{32}", doc["trace_id"])
+    assert {s["trace_id"] for s in doc["spans"]} == {doc["trace_id"]}
+    assert doc["jaeger_url"] is None  # nothing exported: no link
+
+    cancels = [e for e in doc["events"] if e["name"] == EVENT_CANCELLED]
+    by_group = [e for e in cancels if e["attributes"][ATTR_CANCEL_REASON] == CANCEL_TIMEOUT]
+    assert len(by_group) == 1
+    hung = by_group[0]
+    assert hung["span"] == "task SearchOp[5]"
+    assert hung["attributes"][ATTR_CANCEL_CAUSE] == OP
+    assert "call_tool" in hung["attributes"][ATTR_TASK_STACK]  # where it was stuck
+
+    (retry,) = [e for e in doc["events"] if e["name"] == EVENT_RETRY]
+    assert retry["attributes"][ATTR_EXCEPTION_TYPE] == "hangguard.McpToolError"
+    assert retry["attributes"]["hangguard.retry.attempt"] == 1
+
+    failed_tasks = [
+        s for s in doc["spans"] if s["name"].startswith("task ") and s["status"] == "ERROR"
+    ]
+    assert [s["name"] for s in failed_tasks] == ["task SearchOp[1]"]
+    assert failed_tasks[0]["attributes"][ATTR_ERROR_TYPE] == "hangguard.McpCallError"
+
+
+def test_demo_prints_the_trace_as_a_tree() -> None:
+    run = hangguard_cmd("demo")
+    assert run.rc == 0, run.err
+    lines = run.out.splitlines()
+
+    def index(fragment: str) -> int:
+        found = [i for i, line in enumerate(lines) if fragment in line]
+        assert found, f"no line with {fragment!r} in:\n{run.out}"
+        return found[0]
+
+    assert index(f"{OP}: budget 3s") == 0
+    op = index(f"── {OP}  ")
+    group = index(f"── group {OP}  ")
+    assert op < group
+    assert "timed out" in lines[group] and "6 tasks, 1 failed, 1 cancelled" in lines[group]
+    hung = index("── task SearchOp[5]")
+    assert "cancelled (timeout)" in lines[hung]
+    cause = index(f"hangguard.cancelled reason=timeout cause={OP}")
+    stuck = index("stuck at ")
+    assert hung < cause < stuck
+    assert "ERROR McpCallError" in lines[index("── task SearchOp[1]")]
+    assert index("hangguard.retry attempt 1/3 failed: McpToolError") > index("── task SearchOp[3]")
+    assert index("── execute_tool hang") > hung
+    # The results table precedes the tree.
+    assert index("segment guidance") < op
+    assert "cancelled" in lines[index("segment guidance")]
+    # The mcp SDK's own spans are counted, not shown, unless --all-spans.
+    assert "spans of mcp-python-sdk not shown" in run.out
+    assert "MCP send" not in run.out
+
+
+def test_demo_serial_runs_the_searches_one_at_a_time() -> None:
+    run = hangguard_cmd("demo", "--json", "--serial", "--tasks", "4", "--no-flaky")
+    assert run.rc == 0, run.err
+    doc = run.json()
+    assert doc["serial"] is True
+    (group,) = [s for s in doc["spans"] if s["name"] == f"group {OP}"]
+    assert group["attributes"][ATTR_GROUP_SERIAL] is True
+    searches = sorted(
+        (s for s in doc["spans"] if s["name"] == "SearchOp"), key=lambda s: s["start_ns"]
+    )
+    assert len(searches) == 4
+    for before, after in itertools.pairwise(searches):
+        assert before["end_ns"] <= after["start_ns"], "two searches overlapped in serial mode"
+    assert [s["outcome"] for s in doc["searches"]] == ["ok", "failed", "ok", "cancelled"]
+    # The debug mode's log of each task, in submit order, on stderr.
+    started = re.findall(r"serial: task 'SearchOp\[(\d)\]' started", run.err)
+    assert started == ["0", "1", "2", "3"]
+
+
+class _OtlpReceiver(BaseHTTPRequestHandler):
+    """Answers 200 to OTLP/HTTP posts and keeps them (``server.requests``)."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.server.requests.append((self.path, self.headers.get("Content-Type"), body))  # type: ignore[attr-defined]
+        status = self.server.status  # type: ignore[attr-defined]
+        self.send_response(status)
+        payload = ExportTraceServiceResponse().SerializeToString() if status == 200 else b"no"
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self) -> None:
+        body = json.dumps({"data": ["hangguard-demo"], "total": 1}).encode()
+        self.send_response(200 if self.path == "/api/services" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@dataclass
+class HttpServer:
+    url: str
+    requests: list[tuple[str, str | None, bytes]] = field(default_factory=list)
+
+
+def serve_http(status: int = 200) -> Iterator[HttpServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OtlpReceiver)
+    server.requests = []  # type: ignore[attr-defined]
+    server.status = status  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield HttpServer(f"http://127.0.0.1:{server.server_address[1]}", server.requests)  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def otlp_http() -> Iterator[HttpServer]:
+    yield from serve_http(200)
+
+
+@pytest.fixture
+def http_404() -> Iterator[HttpServer]:
+    yield from serve_http(404)
+
+
+def test_demo_exports_to_the_collector_and_links_to_jaeger(otlp_http: HttpServer) -> None:
+    env = clean_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_http.url,
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        HANGGUARD_JAEGER_UI="http://jaeger.example:16686/",
+        HANGGUARD_BUDGETS=f"{OP}=2s,SearchOp=30",
+    )
+    run = hangguard_cmd("demo", "--json", "--tasks", "3", "--no-flaky", env=env)
+    assert run.rc == 0, run.err
+    doc = run.json()
+    assert doc["budget_s"] == 2.0 and doc["budget_source"] == "HANGGUARD_BUDGETS"
+    assert doc["jaeger_url"] == f"http://jaeger.example:16686/trace/{doc['trace_id']}"
+    assert doc["jaeger_url"] in run.err
+    exported: set[str] = set()
+    for path, content_type, body in otlp_http.requests:
+        assert path == "/v1/traces" and content_type == "application/x-protobuf"
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                exported |= {s.trace_id.hex() for s in scope_spans.spans}
+    assert doc["trace_id"] in exported
+
+
+def test_demo_rejects_bad_input_naming_it() -> None:
+    run = hangguard_cmd("demo", "--tasks", "2")
+    assert run.rc == 2 and "--tasks 2" in run.err and "--no-hang" in run.err
+    run = hangguard_cmd("demo", "--budget", "soon")
+    assert run.rc == 2 and "--budget='soon' is not a duration" in run.err
+    run = hangguard_cmd("demo", env=clean_env(HANGGUARD_DEFAULT_BUDGET="3 minutes"))
+    assert run.rc == 2 and "HANGGUARD_DEFAULT_BUDGET='3 minutes'" in run.err
+
+
+# --- the tree, from spans made in this process ---------------------------------------------
+
+
+async def test_tree_renders_cancellation_failure_and_hidden_scopes(
+    spans: InMemorySpanExporter,
+) -> None:
+    other = trace.get_tracer("some-transport")
+    started = asyncio.Event()
+
+    async def hangs() -> None:
+        with other.start_as_current_span("transport send"):
+            started.set()
+            await asyncio.Event().wait()
+
+    async def fails() -> None:
+        await started.wait()
+        raise ValueError("no such segment")
+
+    group = hangguard.TaskGroup("searches", timeout=30)
+    group.submit(hangs, name="hangs")
+    group.submit(fails, name="fails")
+    with pytest.raises(ValueError, match="no such segment"):
+        await group.join()
+
+    records = [to_record(s) for s in spans.get_finished_spans()]
+    buf = io.StringIO()
+    Console(file=buf, width=200).print(trace_tree(records, hide_scopes=("some-transport",)))
+    text = buf.getvalue()
+    assert "group searches" in text and "ERROR ValueError: no such segment" in text
+    assert "task hangs" in text and "cancelled (sibling_failed)" in text
+    assert "hangguard.cancelled reason=sibling_failed cause=fails" in text
+    assert "stuck at " in text and "in hangs" in text
+    assert "transport send" not in text and "1 spans of some-transport not shown" in text
+
+    buf = io.StringIO()
+    Console(file=buf, width=200).print(trace_tree(records))
+    assert "transport send" in buf.getvalue()
+
+
+# --- config --------------------------------------------------------------------------------
+
+
+def test_config_shows_every_variable_with_its_source() -> None:
+    run = hangguard_cmd("config", env=clean_env(HANGGUARD_MCP_TIMEOUT="45s"))
+    assert run.rc == 0, run.err
+    rows = {line.split()[0]: line.split() for line in run.out.splitlines() if line.strip()}
+    for name in _config.ENV_VARS:
+        assert name in rows, name
+    assert rows["HANGGUARD_MCP_TIMEOUT"][1:3] == ["45s", "env"]
+    assert rows["HANGGUARD_RETRY_ATTEMPTS"][1:3] == ["3", "default"]
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in rows
+    assert "spans are kept in the process" in run.out
+
+
+def test_config_json_and_per_op_budgets() -> None:
+    env = clean_env(
+        HANGGUARD_BUDGETS="CompanySegmentFactorOp=120,SearchOp=30s",
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4317",
+    )
+    run = hangguard_cmd("config", "--json", env=env)
+    assert run.rc == 0, run.err
+    doc = run.json()
+    assert doc["ok"] is True and doc["errors"] == []
+    assert doc["budgets"] == {"CompanySegmentFactorOp": 120.0, "SearchOp": 30.0}
+    rows = {r["name"]: r for r in doc["hangguard"]}
+    assert set(rows) == set(_config.ENV_VARS)
+    assert rows["HANGGUARD_BUDGETS"]["source"] == "env"
+    assert rows["HANGGUARD_DEFAULT_BUDGET"] == {
+        "name": "HANGGUARD_DEFAULT_BUDGET",
+        "value": None,  # no limit
+        "raw": None,
+        "source": "default",
+        "default": "none",
+        "description": _config.ENV_VARS["HANGGUARD_DEFAULT_BUDGET"][1],
+        "error": None,
+    }
+    assert doc["traces"]["exporter"] == "otlp"
+    assert doc["traces"]["endpoint"] == "http://collector:4317"
+
+
+def test_config_fails_naming_the_bad_variable() -> None:
+    env = clean_env(HANGGUARD_RETRY_ATTEMPTS="zero", HANGGUARD_SERIAL="1", HANGGUARD_BUDGT="5")
+    run = hangguard_cmd("config", env=env)
+    assert run.rc == 2
+    assert "error: HANGGUARD_RETRY_ATTEMPTS='zero' must be a whole number >= 1" in run.err
+    assert "HANGGUARD_BUDGT is set but hangguard does not read it" in run.err
+    # The rest is still shown.
+    assert re.search(r"HANGGUARD_SERIAL\s+on\s+env", run.out)
+    doc = hangguard_cmd("config", "--json", env=env).json()
+    assert doc["ok"] is False
+    assert [e["name"] for e in doc["errors"]] == ["HANGGUARD_RETRY_ATTEMPTS"]
+
+
+# --- doctor --------------------------------------------------------------------------------
+
+
+def test_doctor_fails_on_a_closed_port_and_says_how_to_fix_it(closed_port: str) -> None:
+    env = clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{closed_port}")
+    run = hangguard_cmd("doctor", env=env)
+    assert run.rc == 1
+    assert f"[FAIL] OTLP endpoint: nothing listens on {closed_port} (connection refused)" in run.out
+    assert "fix: start the collector or Jaeger (docs/jaeger.md)" in run.out
+    doc = hangguard_cmd("doctor", "--json", env=env).json()
+    assert doc["ok"] is False
+    assert [c["status"] for c in doc["checks"] if c["name"] == "OTLP endpoint"] == ["fail"]
+
+
+def test_doctor_never_hangs_on_a_silent_endpoint(blackhole: str) -> None:
+    run = hangguard_cmd(
+        "doctor", "--endpoint", f"http://{blackhole}", "--protocol", "http/protobuf",
+        "--timeout", "0.5",
+    )  # fmt: skip
+    assert run.rc == 1
+    assert "did not answer within 0.5s" in run.out
+    assert run.seconds < 0.5 + 20  # wide: interpreter start-up dominates
+
+
+def test_doctor_passes_against_an_otlp_http_receiver(otlp_http: HttpServer) -> None:
+    env = clean_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_http.url, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf"
+    )
+    run = hangguard_cmd("doctor", "--jaeger-url", otlp_http.url, env=env)
+    assert run.rc == 0, run.out + run.err
+    assert f"[  ok] OTLP endpoint: {otlp_http.url}/v1/traces accepts OTLP/HTTP" in run.out
+    assert "[  ok] Jaeger query" in run.out and "hangguard-demo" in run.out
+    assert ("/v1/traces", "application/x-protobuf", b"") in otlp_http.requests
+    assert "opentelemetry-api" in run.out and "mcp" in run.out
+
+
+def test_doctor_names_an_http_server_that_is_not_otlp(http_404: HttpServer) -> None:
+    run = hangguard_cmd(
+        "doctor", "--endpoint", http_404.url, "--protocol", "http/protobuf",
+        "--jaeger-url", f"{http_404.url}/nowhere",
+    )  # fmt: skip
+    assert run.rc == 1
+    assert "answered HTTP 404, not an OTLP success" in run.out
+    assert "[FAIL] Jaeger query" in run.out
+
+
+class _TraceService(grpc.GenericRpcHandler):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def service(self, details: Any) -> Any:
+        if details.method != "/opentelemetry.proto.collector.trace.v1.TraceService/Export":
+            return None
+
+        def export(request: ExportTraceServiceRequest, context: Any) -> Any:
+            self.calls += 1
+            return ExportTraceServiceResponse()
+
+        return grpc.unary_unary_rpc_method_handler(
+            export,
+            request_deserializer=ExportTraceServiceRequest.FromString,
+            response_serializer=ExportTraceServiceResponse.SerializeToString,
+        )
+
+
+def test_doctor_passes_against_an_otlp_grpc_receiver() -> None:
+    handler = _TraceService()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        env = clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}")
+        run = hangguard_cmd("doctor", env=env)
+    finally:
+        server.stop(0)
+    assert run.rc == 0, run.out + run.err
+    assert f"[  ok] OTLP endpoint: 127.0.0.1:{port} accepts OTLP/gRPC" in run.out
+    assert handler.calls == 1
+
+
+def test_doctor_reports_bad_config(closed_port: str) -> None:
+    run = hangguard_cmd("doctor", env=clean_env(HANGGUARD_CANCEL_GRACE="-1"))
+    assert run.rc == 1
+    assert "[FAIL] config: HANGGUARD_CANCEL_GRACE='-1'" in run.out
+
+
+# --- the rest of the command ---------------------------------------------------------------
+
+
+def test_help_of_every_subcommand_is_complete() -> None:
+    top = hangguard_cmd("--help")
+    assert top.rc == 0
+    for command in ("demo", "config", "doctor", "chaos-mcp"):
+        assert command in top.out
+    expected = {
+        "demo": ["--tasks", "--budget", "--join-timeout", "--hang", "--no-hang", "--fail",
+                 "--flaky", "--serial", "--json", "--jaeger-ui", "HANGGUARD_BUDGETS"],
+        "config": ["--json", "HANGGUARD_BUDGETS", "exits 2"],
+        "doctor": ["--endpoint", "--protocol", "--jaeger-url", "--timeout", "/v1/traces"],
+        "chaos-mcp": ["usage: hangguard chaos-mcp", "--transport", "--fault", "--max-timeout"],
+    }  # fmt: skip
+    for command, fragments in expected.items():
+        run = hangguard_cmd(command, "--help")
+        assert run.rc == 0, run.err
+        text = " ".join(run.out.split())
+        for fragment in fragments:
+            assert fragment in text, (command, fragment)
+
+
+def test_console_script_and_version() -> None:
+    script = Path(sys.executable).with_name("hangguard")
+    proc = subprocess.run(
+        [str(script), "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == f"hangguard {hangguard.__version__}"
+
+
+def test_chaos_mcp_serves_until_stopped() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hangguard", "chaos-mcp", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        assert first["event"] == "listening"
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/mcp", first["url"])
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def test_without_rich_it_says_how_to_install_it() -> None:
+    code = (
+        "import sys; sys.modules['rich'] = None\n"
+        "from hangguard._cli import main\n"
+        "sys.exit(main(['demo']))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "pip install 'hangguard[cli]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
