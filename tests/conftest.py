@@ -20,6 +20,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+# The MCP fixtures (chaos servers, leak checks) live in tests/mcp_helpers.py.
+pytest_plugins = ["mcp_helpers"]
+
 _exporter: InMemorySpanExporter | None = None
 
 

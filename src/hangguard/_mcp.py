@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, Final, TypeVar, cast
+from typing import IO, Any, Final, TypeVar, cast
 
 import mcp
 import mcp_types
@@ -55,6 +55,7 @@ from ._mcp_server import TIMEOUT_META_KEY
 from ._mcp_transport import (
     Exchange,
     Target,
+    buffered_writes,
     current_exchange,
     open_http_client,
     resolve_target,
@@ -190,7 +191,9 @@ class McpClient:
     returned unless ``raise_on_error`` is set; then it raises ``McpToolError``.
     ``capture_content`` records arguments and results on the span (secret-looking keys
     redacted, ``capture_limit`` characters at most). ``protocol`` is the SDK's
-    connect ``mode`` (``"auto"``, ``"legacy"`` or a protocol version).
+    connect ``mode`` (``"auto"``, ``"legacy"`` or a protocol version). ``env``, ``cwd``
+    and ``stderr`` (a file or descriptor; default: this process's) apply to a stdio
+    server.
 
     Use one client from many tasks at once; it reconnects on the next call after the
     connection is lost. Close it with ``async with`` or :meth:`aclose`.
@@ -209,6 +212,7 @@ class McpClient:
         headers: Mapping[str, str] | None = None,
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        stderr: int | IO[Any] | None = None,
         raise_on_error: bool = False,
         capture_content: bool = False,
         capture_limit: int = 4096,
@@ -232,6 +236,7 @@ class McpClient:
             cwd=cwd,
         )
         self._name = name
+        self._stderr = stderr
         self._timeout = _timeout_arg(timeout, "timeout")
         self._connect_timeout = _timeout_arg(connect_timeout, "connect_timeout")
         self._policy = _retry_policy(retry)
@@ -323,7 +328,7 @@ class McpClient:
         Raises ``McpConnectError`` naming the server and the reason, or
         ``DeadlineExceeded`` when an enclosing deadline fired first.
         """
-        await self._live()
+        await self._live(retry=True)
 
     async def aclose(self, *, abrupt: bool = False) -> None:
         """Close the session and wait (boundedly) until its transport and process are gone.
@@ -378,16 +383,20 @@ class McpClient:
                 def spawned(pid: int) -> None:
                     conn.pid = pid
 
-                transport = stdio_transport(target, grace=grace, on_spawn=spawned)
+                transport = stdio_transport(
+                    target, grace=grace, stderr=self._stderr, on_spawn=spawned
+                )
             else:
                 assert target.url is not None
                 connect = self._connect_timeout_s()
                 if target.transport == "sse":
-                    transport = sse_client(
-                        target.url,
-                        httpx_client_factory=sse_client_factory(
-                            lambda: open_http_client(target.headers, connect)
-                        ),
+                    transport = buffered_writes(
+                        sse_client(
+                            target.url,
+                            httpx_client_factory=sse_client_factory(
+                                lambda: open_http_client(target.headers, connect)
+                            ),
+                        )
                     )
                 else:
                     http = await stack.enter_async_context(
@@ -433,11 +442,13 @@ class McpClient:
             logger.debug("connecting to MCP server %s failed", self._label, exc_info=exc)
         raise connect_error(exc, exchange, self._label) from cause
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, *, retry: bool) -> _Connection:
         budget = self._connect_timeout_s()
         scope = deadline(budget, name=f"MCP connect {self._target.label}")
         try:
             async with scope:
+                if not retry:
+                    return await self._connect_once()
                 return await retry_call(
                     self._connect_once, self._policy, name=f"MCP connect {self._label}"
                 )
@@ -452,7 +463,12 @@ class McpClient:
             # A connect that timed out may succeed on the next attempt of a call.
             raise mark_transient(err) from exc
 
-    async def _live(self) -> _Connection:
+    async def _live(self, *, retry: bool = False) -> _Connection:
+        """The live connection, connecting first if needed.
+
+        Only an explicit connect retries on its own; within a call, the call's retries
+        cover the connect too, so that they do not multiply.
+        """
         conn = self._conn
         if conn is not None and conn.alive:
             return conn
@@ -466,7 +482,7 @@ class McpClient:
                 self._conn = None
                 await self._close(conn, abrupt=True)
             self._closed = False
-            self._conn = await self._connect()
+            self._conn = await self._connect(retry=retry)
             return self._conn
 
     # --- calls ---------------------------------------------------------------------------

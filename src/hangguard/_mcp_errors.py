@@ -136,7 +136,7 @@ def describe(exc: BaseException) -> tuple[str, bool]:
             return f"the host name does not resolve: {text}", False
         return f"cannot connect (refused or unreachable): {text}", True
     if isinstance(exc, (httpx2.ReadError, httpx2.WriteError, httpx2.RemoteProtocolError)):
-        return f"the connection was reset or closed: {text}", True
+        return f"the connection was reset or lost: {text}", True
     if isinstance(exc, httpx2.TimeoutException):
         return f"an HTTP timeout: {text}", True
     if isinstance(exc, (ConnectionError, anyio.BrokenResourceError, anyio.EndOfStream)):
@@ -157,7 +157,7 @@ def _from_exchange(exchange: Exchange) -> tuple[str, bool, int | None] | None:
                 f"the server answered with content type {ctype!r}, not JSON-RPC "
                 "(application/json or text/event-stream); is the URL the MCP endpoint?",
                 False,
-                status,
+                None,
             )
         return _status_reason(status), status in TRANSIENT_STATUSES, status
     if exchange.error is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import os
@@ -26,7 +27,8 @@ import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from types import TracebackType
+from typing import IO, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -42,6 +44,7 @@ from ._exceptions import ConfigError
 
 __all__ = [
     "Exchange",
+    "buffered_writes",
     "Target",
     "TransportName",
     "current_exchange",
@@ -343,6 +346,71 @@ def sse_client_factory(
     return factory
 
 
+# --- SSE ---------------------------------------------------------------------------------
+
+
+class _BufferedWriter:
+    """The write end handed to the SDK session: ``send`` never waits.
+
+    The SDK's SSE writer POSTs one message at a time, so one POST the server never
+    answers blocks every later write, including the cancellation notice the SDK sends
+    (shielded, for up to 5 s) when a caller's deadline fires. Queueing here keeps the
+    caller's deadline; a forwarder hands the messages on in order, each in the context
+    its sender had (which the SDK reads for request metadata and hangguard for the
+    call's :class:`Exchange`).
+    """
+
+    __slots__ = ("_queue",)
+
+    def __init__(
+        self, queue: MemoryObjectSendStream[tuple[contextvars.Context, SessionMessage]]
+    ) -> None:
+        self._queue = queue
+
+    async def send(self, item: SessionMessage, /) -> None:
+        self._queue.send_nowait((contextvars.copy_context(), item))
+
+    async def aclose(self) -> None:
+        await self._queue.aclose()
+
+    async def __aenter__(self) -> _BufferedWriter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+@contextlib.asynccontextmanager
+async def buffered_writes(
+    transport: contextlib.AbstractAsyncContextManager[tuple[Any, Any]],
+) -> AsyncIterator[tuple[Any, _BufferedWriter]]:
+    """Wrap an SDK transport so that writes to it never block (see :class:`_BufferedWriter`)."""
+    async with transport as (read_stream, write_stream):
+        queue_in, queue_out = anyio.create_memory_object_stream[
+            tuple[contextvars.Context, SessionMessage]
+        ](math.inf)
+
+        async def forward() -> None:
+            async with queue_out:
+                try:
+                    async for context, message in queue_out:
+                        await asyncio.create_task(write_stream.send(message), context=context)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass  # the transport is gone; later sends fail on the closed queue
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(forward)
+            try:
+                yield read_stream, _BufferedWriter(queue_in)
+            finally:
+                tg.cancel_scope.cancel()
+
+
 # --- stdio -----------------------------------------------------------------------------
 
 
@@ -390,7 +458,11 @@ async def _stop(process: anyio.abc.Process, *, polite: bool, grace: float) -> No
 
 @contextlib.asynccontextmanager
 async def stdio_transport(
-    target: Target, *, grace: float, on_spawn: Callable[[int], None] | None = None
+    target: Target,
+    *,
+    grace: float,
+    stderr: int | IO[Any] | None = None,
+    on_spawn: Callable[[int], None] | None = None,
 ) -> AsyncIterator[
     tuple[
         MemoryObjectReceiveStream[SessionMessage | Exception],
@@ -409,7 +481,7 @@ async def stdio_transport(
         [target.command, *target.args],
         env=env,
         cwd=target.cwd,
-        stderr=None,
+        stderr=stderr,
         start_new_session=True,
     )
     if on_spawn is not None:
