@@ -331,6 +331,42 @@ async def test_tree_renders_cancellation_failure_and_hidden_scopes(
     assert "transport send" in buf.getvalue()
 
 
+async def test_trace_shows_a_span_file_as_a_tree(
+    spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    async def quick() -> str:
+        return "done"
+
+    async def stuck() -> None:
+        await asyncio.Event().wait()
+
+    for name in ("first", "second"):
+        group = hangguard.TaskGroup(name, timeout=0.05)
+        group.submit(quick, name="quick")
+        group.submit(stuck, name="stuck")
+        with pytest.raises(hangguard.JoinTimeout):
+            await group.join()
+    records = [to_record(s) for s in spans.get_finished_spans()]
+    assert len({r.trace_id for r in records}) == 2
+    path = tmp_path / "trace.jsonl"
+    path.write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
+
+    run = hangguard_cmd("trace", str(path))
+    assert run.rc == 0, run.err
+    assert "group second" in run.out and "group first" not in run.out  # the latest trace
+    assert "cancelled (timeout)" in run.out and "reason=timeout cause=second" in run.out
+
+    listed = hangguard_cmd("trace", str(path), "--list", "--json")
+    assert [t["root"] for t in listed.json()] == ["group first", "group second"]
+    first = listed.json()[0]["trace_id"]
+    run = hangguard_cmd("trace", str(path), "--trace-id", first)
+    assert "group first" in run.out
+
+    path.write_text(path.read_text() + "not json\n")
+    bad = hangguard_cmd("trace", str(path))
+    assert bad.rc == 2 and f"{path}:{len(records) + 1}: not a span record" in bad.err
+
+
 # --- config --------------------------------------------------------------------------------
 
 
@@ -478,13 +514,14 @@ def test_doctor_reports_bad_config(closed_port: str) -> None:
 def test_help_of_every_subcommand_is_complete() -> None:
     top = hangguard_cmd("--help")
     assert top.rc == 0
-    for command in ("demo", "config", "doctor", "chaos-mcp"):
+    for command in ("demo", "config", "doctor", "trace", "chaos-mcp"):
         assert command in top.out
     expected = {
         "demo": ["--tasks", "--budget", "--join-timeout", "--hang", "--no-hang", "--fail",
                  "--flaky", "--serial", "--json", "--jaeger-ui", "HANGGUARD_BUDGETS"],
         "config": ["--json", "HANGGUARD_BUDGETS", "exits 2"],
         "doctor": ["--endpoint", "--protocol", "--jaeger-url", "--timeout", "/v1/traces"],
+        "trace": ["HANGGUARD_TRACE_FILE", "--trace-id", "--list", "--json"],
         "chaos-mcp": ["usage: hangguard chaos-mcp", "--transport", "--fault", "--max-timeout"],
     }  # fmt: skip
     for command, fragments in expected.items():

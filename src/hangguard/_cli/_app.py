@@ -16,6 +16,7 @@ from .. import _config
 from .._exceptions import ConfigError
 from .._version import __version__
 from ._config_cmd import DEFAULT_JAEGER_UI, ENV_JAEGER_UI
+from ._tree import MCP_SDK_SCOPE
 
 __all__ = ["build_parser", "run"]
 
@@ -214,6 +215,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print one JSON document")
 
+    trace = sub.add_parser(
+        "trace",
+        help="show a span file written by HANGGUARD_TRACE_FILE as a tree",
+        description=(
+            "Show the spans an application traced without a collector left in its "
+            "HANGGUARD_TRACE_FILE (JSON lines): the most recent trace as a tree, like "
+            "'hangguard demo' shows its own, or with --list every trace in the file."
+        ),
+        epilog=_EPILOG,
+    )
+    trace.add_argument("file", help="the JSON-lines span file")
+    trace.add_argument("--trace-id", default=None, help="the trace to show (default: the latest)")
+    trace.add_argument("--list", action="store_true", help="list the traces in the file")
+    trace.add_argument(
+        "--all-spans",
+        action="store_true",
+        help="also show the mcp SDK's own transport spans",
+    )
+    trace.add_argument("--json", action="store_true", help="print JSON instead of the tree")
+
     sub.add_parser(
         _CHAOS,
         help="run the chaos MCP server (HTTP or stdio) to test your own ops against",
@@ -258,6 +279,18 @@ def run(argv: list[str]) -> int:
             protocol=args.protocol,
             jaeger_url=args.jaeger_url,
             timeout=args.timeout,
+            as_json=args.json,
+        )
+    if args.command == "trace":
+        from ._trace_cmd import show_trace_file
+
+        return show_trace_file(
+            out,
+            err,
+            args.file,
+            trace_id=args.trace_id,
+            list_only=args.list,
+            hide_scopes=() if args.all_spans else (MCP_SDK_SCOPE,),
             as_json=args.json,
         )
     from ._demo import run_demo

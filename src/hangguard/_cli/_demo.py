@@ -44,7 +44,7 @@ from ._demo_report import (
     results_table,
     summary_line,
 )
-from ._tree import format_budget, trace_tree
+from ._tree import MCP_SDK_SCOPE, format_budget, trace_tree
 
 __all__ = ["DEFAULT_BUDGET", "run_demo"]
 
@@ -52,9 +52,6 @@ __all__ = ["DEFAULT_BUDGET", "run_demo"]
 DEFAULT_BUDGET = 3.0
 
 _SERVICE_NAME = "hangguard-demo"
-# The instrumentation scope of the mcp SDK's own spans (each JSON-RPC send, each server
-# handler): real, but they bury the op's story, so the tree leaves them out by default.
-_MCP_SDK_SCOPE = "mcp-python-sdk"
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +205,7 @@ def run_demo(args: argparse.Namespace, out: Console, err: Console) -> int:
             out, args, budgets, serial, items, mine, trace_id, link, took, failure, timed_out
         )
     else:
-        hide = () if args.all_spans else (_MCP_SDK_SCOPE,)
+        hide = () if args.all_spans else (MCP_SDK_SCOPE,)
         _print_text(out, budgets, serial, items, mine, trace_id, took, timed_out, hide)
     if exported:
         where = tracing.settings.traces_endpoint

@@ -49,6 +49,7 @@ from .._telemetry import (
 )
 
 __all__ = [
+    "MCP_SDK_SCOPE",
     "STACK_LINES",
     "format_budget",
     "format_duration",
@@ -56,6 +57,10 @@ __all__ = [
     "trace_tree",
     "tree_roots",
 ]
+
+#: The instrumentation scope of the mcp SDK's own spans (each JSON-RPC send, each server
+#: handler): real, but they bury the op's story, so the CLI leaves them out by default.
+MCP_SDK_SCOPE = "mcp-python-sdk"
 
 #: How many frames of a cancelled task's stack the tree shows (innermost first).
 STACK_LINES = 6

@@ -1,0 +1,85 @@
+"""``hangguard trace FILE``: a span file written by ``HANGGUARD_TRACE_FILE``, as a tree.
+
+An application traced with no collector (``setup_tracing()`` with no OTLP endpoint and
+``HANGGUARD_TRACE_FILE=trace.jsonl``) leaves its spans in that file; this shows one trace
+of it the way ``hangguard demo`` shows its own::
+
+    $ HANGGUARD_TRACE_FILE=trace.jsonl python my_app.py
+    $ hangguard trace trace.jsonl            # the most recent trace
+    $ hangguard trace trace.jsonl --list     # every trace: id, root span, start, spans
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .._span_record import SpanRecord, read_span_file
+from ._tree import format_duration, trace_tree, tree_roots
+
+__all__ = ["show_trace_file"]
+
+
+def _traces(spans: Sequence[SpanRecord]) -> dict[str, list[SpanRecord]]:
+    by_trace: dict[str, list[SpanRecord]] = {}
+    for span in spans:
+        by_trace.setdefault(span.trace_id, []).append(span)
+    # Oldest first, by each trace's earliest span.
+    return dict(sorted(by_trace.items(), key=lambda kv: min(s.start_ns for s in kv[1])))
+
+
+def show_trace_file(
+    out: Console,
+    err: Console,
+    path: str,
+    *,
+    trace_id: str | None,
+    list_only: bool,
+    hide_scopes: Sequence[str],
+    as_json: bool,
+) -> int:
+    """Print one trace of ``path`` (default: the most recent) or the list of its traces.
+
+    Returns 2 when the file cannot be read or the trace is not in it, else 0.
+    """
+    try:
+        spans = read_span_file(path)
+    except (OSError, ValueError) as exc:
+        err.print(Text(f"error: cannot read spans from {path}: {exc}", style="red"))
+        return 2
+    traces = _traces(spans)
+    if not traces:
+        err.print(f"{path} holds no spans")
+        return 0
+    if list_only:
+        rows = []
+        for tid, members in traces.items():
+            roots = tree_roots(members)
+            first = roots[0] if roots else members[0]
+            end = max(s.end_ns for s in members)
+            rows.append((tid, first.name, len(members), (end - first.start_ns) / 1e9))
+        if as_json:
+            docs = [{"trace_id": t, "root": r, "spans": n, "duration_s": d} for t, r, n, d in rows]
+            out.file.write(json.dumps(docs, indent=2) + "\n")
+            return 0
+        table = Table(box=None, pad_edge=False)
+        for column in ("trace id", "root span", "spans", "duration"):
+            table.add_column(column, no_wrap=True)
+        for tid, root, n, seconds in rows:
+            table.add_row(tid, root, str(n), format_duration(seconds))
+        out.print(table)
+        return 0
+    chosen = trace_id if trace_id is not None else next(reversed(traces))
+    if chosen not in traces:
+        err.print(Text(f"error: trace {chosen} is not in {path} (see --list)", style="red"))
+        return 2
+    if as_json:
+        doc = [{k: v for k, v in s.to_json().items() if k != "resource"} for s in traces[chosen]]
+        out.file.write(json.dumps(doc, indent=2) + "\n")
+        return 0
+    out.print(trace_tree(traces[chosen], trace_id=chosen, hide_scopes=hide_scopes))
+    return 0
