@@ -147,11 +147,6 @@ def _chaos_sse(request: pytest.FixtureRequest) -> ChaosServer:
     return _session_server(request, transport="sse")
 
 
-@pytest.fixture(scope="session")
-def _chaos_json(request: pytest.FixtureRequest) -> ChaosServer:
-    return _session_server(request, json_response=True, deadline_middleware=False)
-
-
 def _fresh(server: ChaosServer) -> Iterator[ChaosServer]:
     server.fault = None
     server.recorder.clear()
@@ -169,12 +164,6 @@ def chaos(_chaos_http: ChaosServer) -> Iterator[ChaosServer]:
 def chaos_sse(_chaos_sse: ChaosServer) -> Iterator[ChaosServer]:
     """The SSE chaos server, with no fault and an empty event log."""
     yield from _fresh(_chaos_sse)
-
-
-@pytest.fixture
-def chaos_json(_chaos_json: ChaosServer) -> Iterator[ChaosServer]:
-    """A streamable-HTTP chaos server answering JSON (not SSE), without DeadlineMiddleware."""
-    yield from _fresh(_chaos_json)
 
 
 @pytest.fixture
