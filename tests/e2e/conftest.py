@@ -59,7 +59,8 @@ def stack(jaeger_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "JAEGER_TELEMETRY_PORT": str(ports["telemetry"]),
     }
     health = f"http://127.0.0.1:{ports['health']}/status"
-    jaeger = start(jaeger_bin, "jaeger", COLLECTOR_DIR / "jaeger.yaml", env, health, log_dir)
+    config = COLLECTOR_DIR / "jaeger.yaml"
+    jaeger = start(jaeger_bin, "jaeger", config, env, health, log_dir, port=ports["grpc"])
     try:
         jaeger_grpc = f"127.0.0.1:{ports['grpc']}"
         collector = start_collector(jaeger_bin, jaeger_grpc, log_dir, "collector")

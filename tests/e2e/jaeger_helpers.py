@@ -143,10 +143,30 @@ class Proc:
 procs: list[Proc] = []
 
 
+def ready(health: str, port: int | None) -> bool:
+    """``health`` answers 200 and, when given, ``port`` on 127.0.0.1 accepts connections."""
+    try:
+        if http_get(health, timeout=1.0)[0] != 200:
+            return False
+        if port is not None:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+    except OSError:
+        return False
+    return True
+
+
 def start(
-    binary: Path, name: str, config: Path, env: Mapping[str, str], health: str, log_dir: Path
+    binary: Path,
+    name: str,
+    config: Path,
+    env: Mapping[str, str],
+    health: str,
+    log_dir: Path,
+    *,
+    port: int | None = None,
 ) -> Proc:
-    """Start ``binary --config config`` and wait until ``health`` answers 200."""
+    """Start ``binary --config config``; wait until ``health`` answers 200 and ``port``
+    (the OTLP receiver, which starts after the health endpoint) accepts connections."""
     log = log_dir / f"{name}.log"
     with open(log, "wb") as out:
         popen = subprocess.Popen(
@@ -160,9 +180,8 @@ def start(
     procs.append(proc)
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
-        with contextlib.suppress(OSError):
-            if http_get(health, timeout=1.0)[0] == 200:
-                return proc
+        if ready(health, port):
+            return proc
         if time.monotonic() > deadline:
             proc.stop()
             pytest.fail(f"{name} not healthy after {READY_TIMEOUT:g}s:\n{proc.tail()}")
@@ -205,11 +224,11 @@ class Stack:
 
 
 def collector_env(jaeger_grpc: str) -> tuple[dict[str, str], dict[str, str]]:
-    ports = {k: free_port() for k in ("grpc", "http", "health", "prom", "telemetry")}
+    ports = {k: free_port() for k in ("grpc", "http", "zpages", "prom", "telemetry")}
     env = {
         "COLLECTOR_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['grpc']}",
         "COLLECTOR_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['http']}",
-        "COLLECTOR_HEALTH_ENDPOINT": f"127.0.0.1:{ports['health']}",
+        "COLLECTOR_ZPAGES_ENDPOINT": f"127.0.0.1:{ports['zpages']}",
         "COLLECTOR_PROMETHEUS_ENDPOINT": f"127.0.0.1:{ports['prom']}",
         "COLLECTOR_TELEMETRY_HOST": "127.0.0.1",
         "COLLECTOR_TELEMETRY_PORT": str(ports["telemetry"]),
@@ -222,7 +241,7 @@ def collector_env(jaeger_grpc: str) -> tuple[dict[str, str], dict[str, str]]:
     urls = {
         "grpc": f"http://127.0.0.1:{ports['grpc']}",
         "http": f"http://127.0.0.1:{ports['http']}",
-        "health": f"http://127.0.0.1:{ports['health']}/status",
+        "health": f"http://127.0.0.1:{ports['zpages']}/debug/servicez",
         "telemetry": f"http://127.0.0.1:{ports['telemetry']}/metrics",
     }
     return env, urls
@@ -230,7 +249,9 @@ def collector_env(jaeger_grpc: str) -> tuple[dict[str, str], dict[str, str]]:
 
 def start_collector(binary: Path, jaeger_grpc: str, log_dir: Path, name: str) -> Collector:
     env, urls = collector_env(jaeger_grpc)
-    proc = start(binary, name, COLLECTOR_DIR / "otel-collector.yaml", env, urls["health"], log_dir)
+    grpc_port = int(urls["grpc"].rsplit(":", 1)[1])
+    config = COLLECTOR_DIR / "otel-collector.yaml"
+    proc = start(binary, name, config, env, urls["health"], log_dir, port=grpc_port)
     return Collector(proc, urls["grpc"], urls["http"], urls["telemetry"])
 
 
