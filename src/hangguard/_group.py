@@ -69,6 +69,7 @@ _STACK_DEPTH: Final = 6
 _abandoned: set[asyncio.Task[Any]] = set()
 
 _CO_COROUTINE: Final = inspect.CO_COROUTINE
+_NOT_CHECKED: Final = object()
 
 
 def _is_coroutine_function(fn: object) -> bool:
@@ -177,6 +178,11 @@ class TaskGroup:
 
         self._tasks: list[asyncio.Task[Any]] = []
         self._fns: list[object] = []
+        # The last function that passed submit's check: a fan-out submits one function
+        # many times, and the check is a good part of submit's own cost.
+        self._checked_fn: object = _NOT_CHECKED
+        self._named_fn: object = _NOT_CHECKED
+        self._fn_label = ""
         self._names: dict[int, str] = {}  # explicit names by index; defaults are derived
         self._index: dict[asyncio.Task[Any], int] = {}
         self._pending = 0
@@ -207,7 +213,7 @@ class TaskGroup:
         """
         if self._joined:
             raise RuntimeError(f"task group {self.name!r} was already joined")
-        if not _is_coroutine_function(fn):
+        if fn is not self._checked_fn and not _is_coroutine_function(fn):
             if inspect.iscoroutine(fn):
                 fn.close()  # it will never run: close it so Python does not warn later
                 raise TypeError(
@@ -218,6 +224,7 @@ class TaskGroup:
                 f"submit() takes a coroutine function (async def), got {_fn_name(fn)!r} "
                 f"(group {self.name!r}); wrap blocking code with asyncio.to_thread"
             )
+        self._checked_fn = fn
         index = len(self._tasks)
         if name is not None:
             self._names[index] = name
@@ -240,7 +247,12 @@ class TaskGroup:
     def task_name(self, index: int) -> str:
         """The name of the task submitted at ``index`` (explicit, else ``fn[index]``)."""
         name = self._names.get(index)
-        return name if name is not None else f"{_fn_name(self._fns[index])}[{index}]"
+        if name is not None:
+            return name
+        fn = self._fns[index]
+        if fn is not self._named_fn:  # one function submitted many times: name it once
+            self._named_fn, self._fn_label = fn, _fn_name(fn)
+        return f"{self._fn_label}[{index}]"
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -359,6 +371,7 @@ class TaskGroup:
         """Cancel every unfinished task, noting why (and, for a few, where it was stuck)."""
         count = 0
         capture = self._tracer is not None
+        message = f"hangguard: {reason} ({cause})"
         for task in self._tasks:
             if task.done():
                 continue
@@ -367,7 +380,7 @@ class TaskGroup:
                 self._cancel_info[task] = _CancelInfo(reason, cause)
                 if capture:
                     self._record_cancel_event(task, reason, cause)
-            task.cancel(f"hangguard: {reason} ({cause})")
+            task.cancel(message)
         return count
 
     def _record_cancel_event(self, task: asyncio.Task[Any], reason: str, cause: str) -> None:
@@ -499,15 +512,17 @@ class TaskGroup:
         return [_outcome(t) for t in self._tasks]
 
     def _join_timeout(self, deadline_name: str | None, budget: float) -> JoinTimeout:
-        pending_idx = [i for i, t in enumerate(self._tasks) if t in self._cancel_info]
-        pending = [self.task_name(i) for i in pending_idx]
+        cancelled = self._cancel_info
+        pending: list[str] = []
         results: list[Any] = []
         label = deadline_name or "(unnamed)"
         for i, t in enumerate(self._tasks):
-            if t in self._cancel_info:
+            if t in cancelled:
+                name = self.task_name(i)
+                pending.append(name)
                 results.append(
                     DeadlineExceeded(
-                        f"task {self.task_name(i)!r} did not finish before {label!r}",
+                        f"task {name!r} did not finish before {label!r}",
                         deadline_name=deadline_name,
                         budget=budget,
                     )
