@@ -2,7 +2,7 @@
 
 The library records; the application decides where metrics go (``setup_tracing`` installs
 a ``MeterProvider``, or the application installs its own). Until a real provider is
-installed each ``record_*`` function returns after one identity check, so untraced use
+installed each ``record_*`` function returns after one attribute read, so untraced use
 costs next to nothing; the instruments are built once per provider, on first use.
 
 Instruments (names in ``_telemetry``):
@@ -25,6 +25,7 @@ from typing import Final
 
 from opentelemetry import metrics
 from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider
+from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.util.types import AttributeValue
 
 from ._telemetry import (
@@ -93,14 +94,25 @@ class _Instruments:
 _cache: tuple[MeterProvider, _Instruments] | None = None
 
 
-def _is_noop(provider: MeterProvider) -> bool:
-    if isinstance(provider, metrics.NoOpMeterProvider):
-        return True
-    # Until an application installs a provider the API hands out its proxy, whose
-    # instruments drop everything.
-    from opentelemetry.metrics import _internal
+# Whether this API version keeps the global provider in ``_METER_PROVIDER`` (1.x does).
+_HAS_SLOT: Final = hasattr(_metrics_api, "_METER_PROVIDER")
 
-    return getattr(_internal, "_METER_PROVIDER", None) is None
+
+def _global_provider() -> MeterProvider | None:
+    """The installed global provider, or ``None`` while there is none (or only a no-op)."""
+    if _HAS_SLOT:
+        # Read the API's slot directly: this runs for every task that ends, and
+        # get_meter_provider() consults os.environ on each call until a provider is set.
+        provider: MeterProvider | None = _metrics_api._METER_PROVIDER
+        if provider is None:
+            return None
+    else:
+        provider = metrics.get_meter_provider()
+        if isinstance(provider, _metrics_api._ProxyMeterProvider):
+            return None
+    if isinstance(provider, metrics.NoOpMeterProvider):
+        return None
+    return provider
 
 
 def _build(provider: MeterProvider) -> _Instruments:
@@ -134,12 +146,12 @@ def _build(provider: MeterProvider) -> _Instruments:
 
 def _instruments() -> _Instruments | None:
     global _cache
-    provider = metrics.get_meter_provider()
+    provider = _global_provider()
+    if provider is None:
+        return None
     cached = _cache
     if cached is not None and cached[0] is provider:
         return cached[1]
-    if _is_noop(provider):
-        return None
     built = _build(provider)
     _cache = (provider, built)
     return built
