@@ -1,0 +1,240 @@
+"""The docs against the code: every variable, span, attribute and event the code has is
+documented, the README's commands are what CI runs, links resolve, examples parse.
+
+Names are collected from the code itself (constants and string literals), so a new
+variable or attribute without a line in docs/ fails here, not in a user's hands.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import pkgutil
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+import hangguard
+from hangguard import _config, _telemetry
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "hangguard"
+DOCS = ROOT / "docs"
+README = ROOT / "README.md"
+
+DEMO_COMMAND = (
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[all]' && hangguard demo"
+)
+TEST_COMMAND = (
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && python -m pytest"
+)
+
+
+def string_literals(paths: list[Path]) -> set[str]:
+    out: set[str] = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                out.add(node.value)
+    return out
+
+
+def source_files() -> list[Path]:
+    return sorted(SRC.rglob("*.py"))
+
+
+def public_identifiers() -> set[str]:
+    """Every name in the ``__all__`` of hangguard's modules (identifiers, not env vars)."""
+    names: set[str] = set(hangguard.__all__)
+    for info in pkgutil.walk_packages(hangguard.__path__, "hangguard."):
+        module = importlib.import_module(info.name)
+        names |= set(getattr(module, "__all__", ()))
+    return names
+
+
+def code_blocks(text: str, lang: str | None = None) -> list[str]:
+    blocks = re.findall(r"^```([\w+-]*)\n(.*?)^```", text, flags=re.S | re.M)
+    return [body for tag, body in blocks if lang is None or tag == lang]
+
+
+def backticked(text: str) -> set[str]:
+    return set(re.findall(r"`([^`\n]+)`", text))
+
+
+# --- env.md --------------------------------------------------------------------------------
+
+
+def env_vars_in_code() -> set[str]:
+    names = set(_config.ENV_VARS)
+    names |= {v for k, v in vars(_config).items() if k.startswith("ENV_") and isinstance(v, str)}
+    pattern = re.compile(r"^(HANGGUARD|OTEL)_[A-Z0-9_]+$")
+    literals = {s for s in string_literals(source_files()) if pattern.match(s)}
+    names |= literals - public_identifiers()
+    scripts = [*ROOT.glob("scripts/*.sh"), ROOT / ".ci" / "run"]
+    for path in scripts:
+        names |= set(re.findall(r"\b(HANGGUARD_[A-Z0-9_]+)", path.read_text()))
+    return names
+
+
+def test_every_env_var_the_code_reads_is_in_env_md() -> None:
+    documented = backticked((DOCS / "env.md").read_text())
+    names = env_vars_in_code()
+    assert {"HANGGUARD_SERIAL", "HANGGUARD_TRACE_FILE", "OTEL_EXPORTER_OTLP_ENDPOINT"} <= names
+    missing = sorted(names - documented)
+    assert not missing, f"docs/env.md does not document {missing}"
+
+
+def test_env_md_names_no_variable_that_does_not_exist() -> None:
+    documented = {
+        n for n in backticked((DOCS / "env.md").read_text()) if n.startswith("HANGGUARD_")
+    }
+    everywhere = "\n".join(
+        p.read_text()
+        for p in [*SRC.rglob("*.py"), *ROOT.glob("tests/**/*.py"), *ROOT.glob("scripts/*")]
+    )
+    stale = sorted(n for n in documented if n not in everywhere)
+    assert not stale, f"docs/env.md documents variables nothing reads: {stale}"
+
+
+def test_env_md_gives_each_default_the_code_has() -> None:
+    text = (DOCS / "env.md").read_text()
+    for name, (default, _) in _config.ENV_VARS.items():
+        (row,) = [line for line in text.splitlines() if line.startswith(f"| `{name}` |")]
+        cell = row.split("|")[2].strip().strip("`")
+        assert cell == default, f"{name}: env.md says {cell!r}, the code {default!r}"
+
+
+# --- trace-schema.md -----------------------------------------------------------------------
+
+
+def telemetry_names() -> dict[str, str]:
+    prefixes = ("ATTR_", "EVENT_", "CANCEL_", "OUTCOME_", "ERROR_TYPE_", "METRIC_")
+    return {
+        k: getattr(_telemetry, k)
+        for k in _telemetry.__all__
+        if k.startswith(prefixes) or k == "TRACER_NAME"
+    }
+
+
+def test_every_span_attribute_event_and_metric_is_in_the_trace_schema() -> None:
+    text = (DOCS / "trace-schema.md").read_text()
+    documented = backticked(text)
+    names = telemetry_names()
+    assert len(names) > 40
+    missing = sorted(f"{k} = {v!r}" for k, v in names.items() if v not in documented)
+    assert not missing, f"docs/trace-schema.md does not document {missing}"
+    for const in ("SPAN_GROUP", "SPAN_TASK", "SPAN_EXECUTE_TOOL"):
+        shown = getattr(_telemetry, const).format("<x>").split("<")[0]
+        assert any(d.startswith(shown) for d in documented), const
+
+
+def test_attribute_literals_outside_the_constants_are_documented_too() -> None:
+    """A ``"hangguard.x"`` string in the code that is neither a module nor a logger name
+    is a span attribute or event name, and must be documented like the constants."""
+    text = (DOCS / "trace-schema.md").read_text()
+    loggers: set[str] = set()
+    for path in source_files():
+        loggers |= set(re.findall(r'getLogger\("([^"]+)"\)', path.read_text()))
+    found = set()
+    for literal in string_literals(source_files()):
+        if not re.fullmatch(r"hangguard(\.[a-z][a-z_]*)+", literal):
+            continue
+        if literal in loggers or importlib.util.find_spec(literal.split(".")[0]) is None:
+            continue
+        try:
+            if importlib.util.find_spec(literal) is not None:
+                continue  # a module path, e.g. for python -m
+        except ModuleNotFoundError:
+            pass
+        found.add(literal)
+    assert "hangguard.cancel_grace_s" in found  # the check can fail: it sees the group's
+    missing = sorted(n for n in found if f"`{n}`" not in text)
+    assert not missing, f"docs/trace-schema.md does not document {missing}"
+
+
+def test_loggers_are_documented() -> None:
+    text = (DOCS / "trace-schema.md").read_text()
+    for path in source_files():
+        if "_cli" in path.parts:
+            continue  # the command's own log lines are not the library's
+        for name in re.findall(r'getLogger\("([^"]+)"\)', path.read_text()):
+            if name.startswith("hangguard.testing"):
+                continue
+            assert f"`{name}`" in text, f"logger {name} is not in docs/trace-schema.md"
+
+
+# --- README ---------------------------------------------------------------------------------
+
+
+def test_readme_has_exactly_the_two_setup_commands() -> None:
+    blocks = [b.strip() for b in code_blocks(README.read_text())]
+    assert DEMO_COMMAND in blocks
+    assert TEST_COMMAND in blocks
+
+
+def ci_commands() -> list[str]:
+    lines = []
+    for raw in (ROOT / ".ci" / "run").read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith(("#", "echo ", "set ", "cd ", "export ")):
+            lines.append(line)
+    return lines
+
+
+def normalise(step: str) -> str:
+    words = shlex.split(step)
+    if words[:3] == ["python", "-m", "pip"]:
+        words = words[2:]  # "python -m pip" runs the same pip
+    return " ".join(w for w in words if w != "--quiet")
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    steps = [normalise(s) for s in TEST_COMMAND.split(" && ")]
+    ci = [normalise(c) for c in ci_commands()]
+    positions = []
+    for step in steps:
+        assert step in ci, f"the README's step {step!r} is not in .ci/run: {ci}"
+        positions.append(ci.index(step))
+    assert positions == sorted(positions), "the README's steps run in another order in .ci/run"
+    assert ci[-1] == "python -m pytest", "the tests are not the last thing CI runs"
+
+
+def test_readme_mentions_how_the_e2e_tests_get_jaeger() -> None:
+    text = " ".join(README.read_text().split())
+    assert "Go" in text and "CI=true" in text
+
+
+# --- every page ----------------------------------------------------------------------------
+
+
+def pages() -> list[Path]:
+    return [README, *sorted(DOCS.rglob("*.md"))]
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(page: Path) -> None:
+    text = page.read_text()
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        path = (page.parent / target.split("#")[0]).resolve()
+        assert path.exists(), f"{page.name} links to {target}, which does not exist"
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_examples_parse(page: Path) -> None:
+    for block in code_blocks(page.read_text(), "python"):
+        compile(block, str(page), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+
+
+def test_docs_exist_in_chinese_too() -> None:
+    for name in ("getting-started.md", "guide.md"):
+        text = (DOCS / "zh" / name).read_text()
+        assert re.search(r"[\u4e00-\u9fff]", text), f"docs/zh/{name} is not in Chinese"
+        english = (DOCS / name).read_text()
+        # The same commands and names in both languages.
+        for fragment in ("hangguard demo", "join_async_task", "HANGGUARD_SERIAL"):
+            assert (fragment in english) == (fragment in text), (name, fragment)
