@@ -32,7 +32,7 @@ import mcp_types
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED
+from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
@@ -96,6 +96,8 @@ T = TypeVar("T")
 
 _SECRET_KEY: Final = re.compile(r"key|token|secret|password|authorization", re.IGNORECASE)
 _REDACTED: Final = "[REDACTED]"
+# A server-side timeout this close to the caller's own deadline is that deadline.
+_SAME_DEADLINE: Final = 0.05
 _CLIENT_INFO: Final = mcp_types.Implementation(name="hangguard", version=__version__)
 
 
@@ -175,7 +177,8 @@ class McpClient:
 
     ``server`` is a URL (streamable HTTP; SSE when the path ends in ``/sse`` or
     ``transport="sse"``), a command to launch as a stdio server (a list of strings, or
-    the SDK's ``StdioServerParameters``) or an entry of an ``mcpServers`` config. As in
+    the SDK's ``StdioServerParameters``), an ``MCPServer`` to call in-process (tests,
+    benchmarks) or an entry of an ``mcpServers`` config. As in
     the seed, ``McpClient(name=..., config=...)`` looks the server up by name::
 
         async with hangguard.McpClient("http://127.0.0.1:8000/mcp", timeout=30) as client:
@@ -257,8 +260,10 @@ class McpClient:
             ATTR_GEN_AI_OPERATION_NAME: "execute_tool",
             ATTR_MCP_METHOD_NAME: "tools/call",
             ATTR_MCP_SERVER: self._label,
-            ATTR_NETWORK_TRANSPORT: "pipe" if self._target.transport == "stdio" else "tcp",
         }
+        if self._target.transport != "in-process":
+            network = "pipe" if self._target.transport == "stdio" else "tcp"
+            attrs[ATTR_NETWORK_TRANSPORT] = network
         if self._target.address is not None:
             attrs[ATTR_SERVER_ADDRESS] = self._target.address
         if self._target.port is not None:
@@ -278,7 +283,7 @@ class McpClient:
 
     @property
     def transport(self) -> str:
-        """``streamable-http``, ``sse`` or ``stdio``."""
+        """``streamable-http``, ``sse``, ``stdio`` or ``in-process``."""
         return self._target.transport
 
     @property
@@ -377,7 +382,9 @@ class McpClient:
         target = self._target
         async with contextlib.AsyncExitStack() as stack:
             transport: Any
-            if target.transport == "stdio":
+            if target.transport == "in-process":
+                transport = target.instance
+            elif target.transport == "stdio":
                 grace = _config.cancel_grace() * 0.4
 
                 def spawned(pid: int) -> None:
@@ -509,11 +516,12 @@ class McpClient:
         token = current_exchange.set(exchange)
         try:
             left = remaining()
-            meta = (
-                None
-                if math.isinf(left)
-                else cast(mcp_types.RequestParamsMeta, {TIMEOUT_META_KEY: int(left * 1000)})
-            )
+            meta = None
+            if not math.isinf(left):
+                # Rounded up, so that the server's deadline, which starts when the
+                # request arrives, never fires before the caller's own.
+                ms = math.ceil(left * 1000)
+                meta = cast(mcp_types.RequestParamsMeta, {TIMEOUT_META_KEY: ms})
             return await send(client, meta)
         except MCPError as exc:
             err = call_error(exc, exchange, self._label, what, conn.lost())
@@ -523,6 +531,10 @@ class McpClient:
                 or exchange.status == 404
             ):
                 conn.broken = True
+            if exc.code == REQUEST_TIMEOUT and remaining() < _SAME_DEADLINE:
+                # The server enforced the deadline we sent and answered a hair before
+                # ours fired: let ours fire, so the caller sees its own DeadlineExceeded.
+                await asyncio.sleep(remaining() + 0.001)
             raise err from exc
         except asyncio.CancelledError:
             if not exchange.claim_abort():

@@ -55,7 +55,7 @@ __all__ = [
 
 logger = logging.getLogger("hangguard.mcp")
 
-TransportName = Literal["streamable-http", "sse", "stdio"]
+TransportName = Literal["streamable-http", "sse", "stdio", "in-process"]
 _TRANSPORT_ALIASES: Mapping[str, TransportName] = {
     "streamable-http": "streamable-http",
     "streamable_http": "streamable-http",
@@ -63,6 +63,7 @@ _TRANSPORT_ALIASES: Mapping[str, TransportName] = {
     "http": "streamable-http",
     "sse": "sse",
     "stdio": "stdio",
+    "in-process": "in-process",
 }
 
 # Requests the SDK sends on its own (notifications, the session DELETE): nobody waits for
@@ -88,6 +89,7 @@ class Target:
     cwd: str | None = None
     address: str | None = None
     port: int | None = None
+    instance: object = None
 
 
 def _normalise_transport(value: object, param: str) -> TransportName | Literal["auto"]:
@@ -98,7 +100,8 @@ def _normalise_transport(value: object, param: str) -> TransportName | Literal["
         return "auto"
     if key not in _TRANSPORT_ALIASES:
         raise ValueError(
-            f"{param} must be 'auto', 'streamable-http', 'sse' or 'stdio', got {value!r}"
+            f"{param} must be 'auto', 'streamable-http', 'sse', 'stdio' or 'in-process', "
+            f"got {value!r}"
         )
     return _TRANSPORT_ALIASES[key]
 
@@ -140,12 +143,20 @@ def resolve_target(
     """Work out the server from ``McpClient``'s arguments; errors name the argument at fault.
 
     ``server`` is a URL, a command line as a sequence of strings, an object with
-    ``command``/``args``/``env``/``cwd`` (the SDK's ``StdioServerParameters``), or one
-    entry of an ``mcpServers`` config. Without it, ``config[name]`` (or
+    ``command``/``args``/``env``/``cwd`` (the SDK's ``StdioServerParameters``), an
+    ``MCPServer`` or low-level ``Server`` to run in-process, or one entry of an
+    ``mcpServers`` config. Without it, ``config[name]`` (or
     ``config["mcpServers"][name]``) is used, as in the seed's ``McpClient(name=, config=)``.
     """
     chosen = _normalise_transport(transport, "transport")
     source = "server"
+    from mcp.server import Server
+    from mcp.server.mcpserver import MCPServer
+
+    if isinstance(server, (Server, MCPServer)):
+        if chosen not in ("auto", "in-process"):
+            raise ValueError(f"transport={transport!r} needs a URL or command, not a server object")
+        return Target(transport="in-process", label=f"in-process:{server.name}", instance=server)
     if server is None:
         if config is None or name is None:
             raise TypeError("McpClient needs a server (URL or command), or name= and config=")

@@ -1,0 +1,98 @@
+"""The chaos MCP server itself: its faults, its event log, its command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import hangguard
+from hangguard.testing.chaos import ChaosRecorder, ChaosServer, HttpFault, main
+from mcp_helpers import ChaosProcess
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kind": "teapot"}, "kind"),
+        ({"kind": "status", "status": 42}, "status"),
+        ({"kind": "status", "first": 0}, "first"),
+        ({"kind": "status", "methods": "tools/call"}, "methods"),
+    ],
+)
+def test_bad_faults_are_named(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        HttpFault(**kwargs)  # type: ignore[arg-type]
+
+
+def test_fault_matching() -> None:
+    assert HttpFault("html").matches("initialize")
+    only = HttpFault("never_answer", methods=["tools/call"])
+    assert only.matches("tools/call") and not only.matches("tools/list")
+
+
+def test_bad_server_transport() -> None:
+    with pytest.raises(ValueError, match="transport"):
+        ChaosServer(transport="websocket")  # type: ignore[arg-type]
+
+
+async def test_waiting_for_an_event_that_never_comes_says_what_did() -> None:
+    recorder = ChaosRecorder()
+    recorder.record("started", "echo")
+    with pytest.raises(TimeoutError, match=r"\('started', 'echo'\)"):
+        await recorder.wait_for("finished", "echo", timeout=0.05)
+    recorder.record("finished", "echo")
+    assert (await recorder.wait_for("finished", "echo")).tool == "echo"
+    assert recorder.count("started") == 1
+
+
+async def test_every_tool_records_its_calls(chaos: ChaosServer) -> None:
+    async with hangguard.McpClient(chaos.url, timeout=5) as client:
+        await client.call_tool("echo", {"text": "a"})
+        await client.call_tool("sleep", {"seconds": 0})
+        await client.call_tool("is_error")
+        with pytest.raises(hangguard.McpCallError):
+            await client.call_tool("raise")
+        flaky = [await client.call_tool("flaky", {"key": "k", "failures": 1}) for _ in range(2)]
+    assert [r.is_error for r in flaky] == [True, False]
+    kinds = [(e.kind, e.tool) for e in chaos.events]
+    assert ("finished", "echo") in kinds and ("finished", "sleep") in kinds
+    assert ("failed", "is_error") in kinds and ("failed", "raise") in kinds
+    assert chaos.recorder.count("started", "flaky") == 2
+
+
+async def test_the_command_line_server_with_a_503_then_ok_fault() -> None:
+    args = ["--fault", "status", "--status", "503", "--fault-method", "tools/call"]
+    async with ChaosProcess(*args, "--fault-first", "1") as server:
+        async with hangguard.McpClient(server.url, timeout=10, retry=2) as client:
+            result = await client.call_tool("echo", {"text": "over the CLI"})
+        assert result.structured_content == {"result": "over the CLI"}
+        await server.recorder.wait_for("finished", "echo")
+        assert server.recorder.count("fault", "tools/call") == 1
+
+
+def test_stdio_rejects_http_faults() -> None:
+    with pytest.raises(SystemExit, match="does not apply"):
+        main(["--transport", "stdio", "--fault", "html"])
+
+
+def test_help_names_the_program() -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"], prog="hangguard chaos-mcp")
+
+
+def test_importing_hangguard_loads_no_mcp_and_works_without_it() -> None:
+    code = (
+        "import sys\n"
+        "import hangguard, hangguard.testing\n"
+        "assert 'mcp' not in sys.modules, 'mcp imported eagerly'\n"
+        "sys.modules['mcp'] = None  # as if the extra were not installed\n"
+        "try:\n"
+        "    hangguard.McpClient\n"
+        "except ImportError as exc:\n"
+        '    assert "hangguard[mcp]" in str(exc), exc\n'
+        "else:\n"
+        "    raise AssertionError('no ImportError')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
