@@ -681,11 +681,20 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog or "python -m hangguard.testing.chaos",
         description="A chaos MCP server for testing clients against hangs and failures.",
+        epilog=(
+            "tools: echo(text), sleep(seconds), hang(), raise(message, code) (a JSON-RPC "
+            "error), is_error(message) (an isError result), flaky(key, failures, mode) (fails "
+            "the first calls, then answers), deadline_info() (the budget the handler got). "
+            'Over HTTP it first prints {"event": "listening", "url": ...} on stdout.'
+        ),
     )
     parser.add_argument(
-        "--transport", choices=["streamable-http", "sse", "stdio"], default="streamable-http"
+        "--transport",
+        choices=["streamable-http", "sse", "stdio"],
+        default="streamable-http",
+        help="how clients connect (default: streamable-http, at /mcp; sse at /sse)",
     )
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument(
         "--fault",
@@ -708,8 +717,12 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
         metavar="N",
         help="fault only the first N matching requests",
     )
-    parser.add_argument("--json-response", action="store_true")
-    parser.add_argument("--stateless", action="store_true")
+    parser.add_argument(
+        "--json-response",
+        action="store_true",
+        help="answer streamable HTTP requests with JSON instead of an event stream",
+    )
+    parser.add_argument("--stateless", action="store_true", help="streamable HTTP without sessions")
     parser.add_argument(
         "--max-timeout",
         type=float,
@@ -717,7 +730,11 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="cap on any request's budget (DeadlineMiddleware)",
     )
-    parser.add_argument("--no-deadline-middleware", action="store_true")
+    parser.add_argument(
+        "--no-deadline-middleware",
+        action="store_true",
+        help="ignore the caller's hangguard/timeout-ms (to see a server without it)",
+    )
     parser.add_argument(
         "--announce",
         action="store_true",
