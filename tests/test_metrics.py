@@ -32,6 +32,7 @@ from hangguard._telemetry import (
     OUTCOME_TIMEOUT,
     TRACER_NAME,
 )
+from hangguard.testing import disable_backoff
 
 Points = dict[str, list[tuple[dict[str, Any], Any]]]
 
@@ -157,3 +158,58 @@ def test_no_sdk_means_no_instruments_and_next_to_no_cost() -> None:
     # 300k no-op calls; a few microseconds each would already be 1 s. The bound is wide
     # (a loaded 2-core CI box), it only catches building instruments or doing SDK work.
     assert float(proc.stdout) < 3.0
+
+
+async def test_task_group_counts_each_task_by_outcome(metric_reader: InMemoryMetricReader) -> None:
+    never = asyncio.Event()
+
+    async def ok() -> int:
+        return 1
+
+    async def boom() -> None:
+        raise ValueError("boom")
+
+    async def hang() -> None:
+        await never.wait()
+
+    # Tasks take their first step in submit order: ok ends, hang waits, boom fails and
+    # cancels hang.
+    with pytest.raises(ValueError, match="boom"):
+        async with hangguard.TaskGroup("fail-fast") as g:
+            g.submit(ok)
+            g.submit(hang)
+            g.submit(boom)
+    timed = hangguard.TaskGroup("timed", timeout=0.01)
+    timed.submit(hang)
+    with pytest.raises(hangguard.JoinTimeout):
+        await timed.join()
+    points, _ = collect(metric_reader)
+    assert counts(points, METRIC_TASKS, ATTR_TASK_OUTCOME) == {
+        "ok": 1,
+        "failed": 1,
+        "cancelled": 1,
+        "timeout": 1,
+    }
+
+
+async def test_retries_and_refusals_are_counted_where_they_happen(
+    metric_reader: InMemoryMetricReader,
+) -> None:
+    failures = {"flaky": 1, "down": 10}
+
+    @hangguard.retry(attempts=3, on=ConnectionError)
+    async def call(name: str) -> str:
+        if failures[name] > 0:
+            failures[name] -= 1
+            raise ConnectionError(name)
+        return name
+
+    with disable_backoff():
+        assert await call("flaky") == "flaky"
+        # A budget with no retries in it: the first retry of "down" is refused.
+        with pytest.raises(ConnectionError):
+            async with hangguard.retry_budget(ratio=0.0, floor=0):
+                await call("down")
+    points, _ = collect(metric_reader)
+    assert sum(counts(points, METRIC_RETRIES, ATTR_RETRY_NAME).values()) == 1
+    assert sum(counts(points, METRIC_RETRY_BUDGET_REFUSALS, ATTR_RETRY_NAME).values()) == 1

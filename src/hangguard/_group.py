@@ -26,7 +26,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from . import _config, _telemetry
+from . import _config, _metrics, _telemetry
 from ._deadline import check_timeout, current_deadline, remaining
 from ._exceptions import DeadlineExceeded, JoinTimeout
 from ._telemetry import (
@@ -366,6 +366,18 @@ class TaskGroup:
             and (self._pending == 0 or (failed and self._fail_fast))
         ):
             waiter.set_result(None)
+        _metrics.record_task_outcome(self._outcome(task, failed))
+
+    def _outcome(self, task: asyncio.Task[Any], failed: bool) -> str:
+        if failed:
+            return _telemetry.OUTCOME_FAILED
+        if not task.cancelled():
+            return _telemetry.OUTCOME_OK
+        info = self._cancel_info.get(task)
+        # Cut off by the join's timeout or a deadline: a timeout, not a plain cancellation.
+        if info is not None and info.reason in (CANCEL_TIMEOUT, CANCEL_DEADLINE):
+            return _telemetry.OUTCOME_TIMEOUT
+        return _telemetry.OUTCOME_CANCELLED
 
     def _cancel_all(self, reason: str, cause: str) -> int:
         """Cancel every unfinished task, noting why (and, for a few, where it was stuck)."""

@@ -39,6 +39,7 @@ from tenacity.wait import wait_base, wait_exponential, wait_random
 from . import _config
 from ._deadline import Deadline, DeadlineScope, check_timeout, current_deadline
 from ._exceptions import DeadlineExceeded
+from ._metrics import record_retry, record_retry_refused
 from ._retry_budget import RetryBudget, budget_var
 from ._telemetry import (
     ATTR_EXCEPTION_MESSAGE,
@@ -216,6 +217,7 @@ def _event(name: str, call: _Call[Any], attempt: int, exc: BaseException | None)
 
 def _on_retry(call: _Call[Any], attempt: int, exc: BaseException | None) -> None:
     _event(EVENT_RETRY, call, attempt, exc)
+    record_retry(call.name)
     logger.warning(
         "retrying %s: attempt %d of %d failed with %s: %s; next attempt in %.3gs",
         call.name,
@@ -234,6 +236,7 @@ def _on_budget_exhausted(call: _Call[Any], attempt: int, exc: BaseException | No
 
 def _on_budget_refused(call: _Call[Any], attempt: int, exc: BaseException | None) -> None:
     _event(EVENT_RETRY_BUDGET_REFUSED, call, attempt, exc)
+    record_retry_refused(call.name)
 
 
 async def _sleep(seconds: float) -> None:
