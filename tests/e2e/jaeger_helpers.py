@@ -197,6 +197,25 @@ class Collector:
     grpc: str
     http: str
     telemetry: str
+    prometheus: str
+
+    def app_metric(self, name: str, service: str) -> dict[str, float]:
+        """Series of ``name`` the app ``service`` sent, from the Prometheus endpoint, by
+        their labels other than ``job`` and ``instance``."""
+        status, body = http_get(self.prometheus)
+        assert status == 200, body
+        out: dict[str, float] = {}
+        for line in body.decode().splitlines():
+            if not line.startswith(name + "{") or f'job="{service}"' not in line:
+                continue
+            labels, value = line.rsplit(" ", 1)
+            kept = [
+                kv
+                for kv in labels[len(name) + 1 : -1].split(",")
+                if not kv.startswith(("job=", "instance=", "otel_scope_"))
+            ]
+            out[",".join(kept)] = float(value)
+        return out
 
     def tail_sampling_decisions(self) -> dict[str, float]:
         """The tail sampler's global decision counts, by ``sampled`` (from its own metrics)."""
@@ -243,6 +262,7 @@ def collector_env(jaeger_grpc: str) -> tuple[dict[str, str], dict[str, str]]:
         "http": f"http://127.0.0.1:{ports['http']}",
         "health": f"http://127.0.0.1:{ports['zpages']}/debug/servicez",
         "telemetry": f"http://127.0.0.1:{ports['telemetry']}/metrics",
+        "prometheus": f"http://127.0.0.1:{ports['prom']}/metrics",
     }
     return env, urls
 
@@ -252,7 +272,7 @@ def start_collector(binary: Path, jaeger_grpc: str, log_dir: Path, name: str) ->
     grpc_port = int(urls["grpc"].rsplit(":", 1)[1])
     config = COLLECTOR_DIR / "otel-collector.yaml"
     proc = start(binary, name, config, env, urls["health"], log_dir, port=grpc_port)
-    return Collector(proc, urls["grpc"], urls["http"], urls["telemetry"])
+    return Collector(proc, urls["grpc"], urls["http"], urls["telemetry"], urls["prometheus"])
 
 
 # -- the application under test -------------------------------------------------------------

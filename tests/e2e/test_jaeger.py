@@ -141,6 +141,20 @@ def test_the_whole_tree_reaches_jaeger_and_tail_sampling_keeps_only_what_matters
     assert set(traces) == {report["errored_trace"]}
     assert len(traces[report["errored_trace"]]) == ERRORED_SPANS
 
+    # The app's metrics went through the collector's metrics pipeline (sent at shutdown).
+    deadline = time.monotonic() + TRACE_TIMEOUT
+    while not (tasks := stack.collector.app_metric("hangguard_tasks_total", service)):
+        assert time.monotonic() < deadline, "no hangguard_tasks_total from the app"
+        pause()
+    assert tasks == {
+        # TimeboxedOp: fast, hang (its join timed out); FanOutOp: fast, flaky, slow
+        # (cancelled when broken failed), broken; the ok scenario: two more.
+        'hangguard_task_outcome="ok"': 5.0,
+        'hangguard_task_outcome="timeout"': 1.0,
+        'hangguard_task_outcome="cancelled"': 1.0,
+        'hangguard_task_outcome="failed"': 1.0,
+    }
+
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 def test_no_span_is_lost_against_a_healthy_receiver(stack: Stack, protocol: str) -> None:
