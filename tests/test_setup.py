@@ -276,6 +276,31 @@ def test_local_exporter_keeps_spans_and_writes_the_trace_file(
     assert h.stats().exported == 2
 
 
+def test_an_unwritable_trace_file_fails_setup_naming_where_it_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "no-such-dir" / "trace.jsonl"
+    with pytest.raises(ConfigError, match="trace_file") as info:
+        setup_tracing(trace_file=missing, set_global=False)
+    assert info.value.name == "trace_file"
+    monkeypatch.setenv(ENV_TRACE_FILE, str(missing))
+    with pytest.raises(ConfigError, match=ENV_TRACE_FILE) as info:
+        setup_tracing(set_global=False)
+    assert info.value.name == ENV_TRACE_FILE
+    with pytest.raises(ValueError, match="max_local_spans"):
+        setup_tracing(max_local_spans=0, set_global=False)
+
+
+def test_the_local_buffer_keeps_the_newest_spans(handles: list[TracingHandle]) -> None:
+    h = setup_tracing(max_local_spans=3, set_global=False)
+    handles.append(h)
+    tracer = h.provider.get_tracer("test")
+    for i in range(5):
+        with tracer.start_as_current_span(f"span {i}"):
+            pass
+    assert [r.name for r in h.local_spans()] == ["span 2", "span 3", "span 4"]
+
+
 def test_local_spans_refuses_when_spans_go_to_otlp(handles: list[TracingHandle]) -> None:
     h = setup_tracing(endpoint="http://127.0.0.1:4317", set_global=False)
     handles.append(h)

@@ -640,13 +640,13 @@ def local_spans() -> list[SpanRecord]:
     return handle.local_spans()
 
 
-def _check_globals_free() -> None:
+def _check_globals_free(*, meter: bool) -> None:
     taken = []
     if not _is_noop_tracer_provider(trace.get_tracer_provider()):
         taken.append("TracerProvider")
     from opentelemetry.metrics import _internal
 
-    if getattr(_internal, "_METER_PROVIDER", None) is not None:
+    if meter and getattr(_internal, "_METER_PROVIDER", None) is not None:
         taken.append("MeterProvider")
     if taken:
         raise RuntimeError(
@@ -670,7 +670,7 @@ def setup_tracing(
     export_timeout: float | None = None,
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     trace_file: str | os.PathLike[str] | None = None,
-    max_local_spans: int | None = None,
+    max_local_spans: int = 10_000,
     set_global: bool = True,
 ) -> TracingHandle:
     """Install an OpenTelemetry SDK tracer and meter provider exporting hangguard's telemetry.
@@ -739,8 +739,12 @@ def setup_tracing(
     interval = check_timeout(metric_export_interval, "metric_export_interval")
     if interval == 0 or math.isinf(interval):
         raise ValueError("metric_export_interval must be > 0 and finite")
+    if isinstance(max_local_spans, bool) or not isinstance(max_local_spans, int):
+        raise TypeError(f"max_local_spans must be a whole number, got {max_local_spans!r}")
+    if max_local_spans < 1:
+        raise ValueError(f"max_local_spans must be >= 1, got {max_local_spans!r}")
     if set_global:
-        _check_globals_free()
+        _check_globals_free(meter=metrics_enabled)
 
     attrs: dict[str, Any] = dict(resource_attributes or {})
     if service_name is not None:
@@ -759,11 +763,17 @@ def setup_tracing(
         guard = _make_guard(span_exporter, counters)
         provider.add_span_processor(BatchSpanProcessor(guard))
     else:
-        from ._local_export import DEFAULT_MAX_SPANS, LocalSpanExporter
+        from ._local_export import LocalSpanExporter
 
-        local = LocalSpanExporter(
-            max_spans=max_local_spans or DEFAULT_MAX_SPANS, trace_file=settings.trace_file
-        )
+        try:
+            local = LocalSpanExporter(max_spans=max_local_spans, trace_file=settings.trace_file)
+        except OSError as exc:
+            source = "trace_file" if trace_file is not None else ENV_TRACE_FILE
+            raise ConfigError(
+                f"{source}={settings.trace_file!r} cannot be opened for appending spans: {exc}",
+                name=source,
+                value=settings.trace_file,
+            ) from exc
         span_exporter = local
         guard = _make_guard(local, counters)
         # In memory only, export is a conversion and an append; with a file it is disk
