@@ -341,6 +341,12 @@ def _make_guard(inner: SpanExporter, counters: _Counters) -> SpanExporter:
 
         def __init__(self) -> None:
             self.abandoned = False
+            self._stopped = threading.Lock()  # held once the inner exporter is shut down
+
+        def _stop_inner(self) -> None:
+            # Once only: the stock exporters log a warning on a second shutdown.
+            if self._stopped.acquire(blocking=False):
+                inner.shutdown()
 
         def export(self, spans: Any) -> SpanExportResult:
             n = len(spans)
@@ -362,7 +368,7 @@ def _make_guard(inner: SpanExporter, counters: _Counters) -> SpanExporter:
 
         def shutdown(self) -> None:
             if not self.abandoned:
-                inner.shutdown()
+                self._stop_inner()
 
         def force_flush(self, timeout_millis: int = 30_000) -> bool:
             return inner.force_flush(timeout_millis)
@@ -372,7 +378,7 @@ def _make_guard(inner: SpanExporter, counters: _Counters) -> SpanExporter:
             # Shutting the OTLP exporter down cancels its in-flight gRPC call and its
             # retry wait, so its thread stops instead of lingering to exit.
             try:
-                inner.shutdown()
+                self._stop_inner()
             except Exception:
                 _log.exception("hangguard: stopping the span exporter raised")
 
@@ -503,15 +509,18 @@ class TracingHandle:
     def _flush_all(self) -> bool:
         failed_before = self._counters.snapshot().failed
         ok = self.provider.force_flush()
-        if self.meter_provider is not None:
+        # Given up on meanwhile: the exporters are stopped, do not wake them again.
+        if self.meter_provider is not None and not self._guard.abandoned:
             ok = self.meter_provider.force_flush() and ok
         # The stock processor reports success even when its exports failed.
         return ok and self._counters.snapshot().failed == failed_before
 
     def _shutdown_all(self) -> bool:
         ok = self._flush_all()
+        if self._guard.abandoned:
+            return False
         self.provider.shutdown()
-        if self.meter_provider is not None:
+        if self.meter_provider is not None and not self._guard.abandoned:
             self.meter_provider.shutdown()
         return ok
 
@@ -552,7 +561,10 @@ class TracingHandle:
 
     def _abandon(self, waited: float) -> None:
         self._guard.abandon()
-        if self._metric_exporter is not None:
+        # The stock exporters mark themselves shut down (and warn when it happens twice).
+        if self._metric_exporter is not None and not getattr(
+            self._metric_exporter, "_shutdown", False
+        ):
             try:
                 self._metric_exporter.shutdown(timeout_millis=0)
             except Exception:
