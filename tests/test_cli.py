@@ -575,3 +575,22 @@ def test_without_rich_it_says_how_to_install_it() -> None:
     assert proc.returncode == 1
     assert "pip install 'hangguard[cli]'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_demo_without_the_mcp_extra_says_how_to_install_it() -> None:
+    code = (
+        "import sys; sys.modules['mcp_types'] = None\n"
+        "from hangguard._cli import main\n"
+        "sys.exit(main(['demo']))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "pip install 'hangguard[all]'" in proc.stderr  # printed as is, not as markup
+    assert "Traceback" not in proc.stderr

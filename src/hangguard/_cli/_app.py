@@ -262,8 +262,9 @@ def run(argv: list[str]) -> int:
         # Its own parser owns every flag, --help included.
         return _chaos(argv[1:])
     args = build_parser().parse_args(argv)
-    out = Console(highlight=False)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    # No markup or emoji codes: tool results, errors and paths are shown as they are.
+    out = Console(highlight=False, markup=False, emoji=False)
+    err = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
     if not out.is_terminal:
         out.width = max(out.width, 160)  # piped: keep each tree line whole
     if args.command == "config":
@@ -293,6 +294,12 @@ def run(argv: list[str]) -> int:
             hide_scopes=() if args.all_spans else (MCP_SDK_SCOPE,),
             as_json=args.json,
         )
-    from ._demo import run_demo
-
+    try:
+        from ._demo import run_demo
+    except ImportError as exc:
+        err.print(
+            f"hangguard demo needs the MCP client and the OpenTelemetry SDK ({exc}); "
+            "install them with: pip install 'hangguard[all]'"
+        )
+        return 1
     return run_demo(args, out, err)

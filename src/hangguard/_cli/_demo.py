@@ -165,6 +165,10 @@ def run_demo(args: argparse.Namespace, out: Console, err: Console) -> int:
     except (ValueError, ConfigError) as exc:
         err.print(Text(f"error: {exc}", style="red"))
         return 2
+    except RuntimeError as exc:
+        # Another tracer provider is installed already (e.g. by opentelemetry-instrument).
+        err.print(Text(f"error: the demo cannot install its tracing: {exc}", style="red"))
+        return 1
 
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
@@ -201,9 +205,7 @@ def run_demo(args: argparse.Namespace, out: Console, err: Console) -> int:
     items = outcomes(searches, results) if results is not None else []
     mine = [s for s in spans if s.trace_id == trace_id]
     if args.json:
-        _print_json(
-            out, args, budgets, serial, items, mine, trace_id, link, took, failure, timed_out
-        )
+        _print_json(out, budgets, serial, items, mine, trace_id, link, took, failure, timed_out)
     else:
         hide = () if args.all_spans else (MCP_SDK_SCOPE,)
         _print_text(out, budgets, serial, items, mine, trace_id, took, timed_out, hide)
@@ -253,7 +255,6 @@ def _print_text(
 
 def _print_json(
     out: Console,
-    args: argparse.Namespace,
     budgets: Budgets,
     serial: bool,
     items: list[Outcome],
