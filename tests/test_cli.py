@@ -52,8 +52,11 @@ from hangguard._telemetry import (
 )
 
 OP = "CompanySegmentFactorOp"
-# Wide on purpose: the demo's default budget is 3 s; a loaded 2-core machine may be slow
-# to start Python and the server, but nothing may hang.
+# The demo's default budget is 3 s (join timeout 1.5 s), which its slow searches meet
+# about three times over; the tests give it 6 s (join 3 s) so that a loaded 2-core
+# machine cannot turn a slow search into a cancelled one. The process timeout is wider
+# still: nothing may hang.
+BUDGET = "6"
 DEMO_TIMEOUT = 60
 
 
@@ -95,7 +98,7 @@ def hangguard_cmd(
 
 @pytest.fixture(scope="module")
 def demo_json() -> Run:
-    run = hangguard_cmd("demo", "--json")
+    run = hangguard_cmd("demo", "--json", "--budget", BUDGET)
     assert run.rc == 0, run.err
     return run
 
@@ -111,8 +114,8 @@ def test_demo_json_keeps_the_partial_results(demo_json: Run) -> None:
     doc = demo_json.json()  # stdout is exactly one JSON document: progress and logs go to stderr
     assert doc["ok"] is True and doc["error"] is None
     assert doc["op"] == OP
-    assert doc["budget_s"] == 3.0 and doc["budget_source"] == "the demo's default"
-    assert doc["join_timeout_s"] == 1.5
+    assert doc["budget_s"] == 6.0 and doc["budget_source"] == "--budget"
+    assert doc["join_timeout_s"] == 3.0 and doc["join_timeout_source"] == "half the op's budget"
     assert doc["counts"] == {"ok": 4, "failed": 1, "cancelled": 1}
     kinds = by_kind(doc)
     assert [s["outcome"] for s in kinds["slow"]] == ["ok", "ok", "ok"]
@@ -155,7 +158,7 @@ def test_demo_json_events_explain_what_happened(demo_json: Run) -> None:
 
 
 def test_demo_prints_the_trace_as_a_tree() -> None:
-    run = hangguard_cmd("demo")
+    run = hangguard_cmd("demo", env=clean_env(HANGGUARD_DEFAULT_BUDGET=BUDGET))
     assert run.rc == 0, run.err
     lines = run.out.splitlines()
 
@@ -164,7 +167,7 @@ def test_demo_prints_the_trace_as_a_tree() -> None:
         assert found, f"no line with {fragment!r} in:\n{run.out}"
         return found[0]
 
-    assert index(f"{OP}: budget 3s") == 0
+    assert index(f"{OP}: budget 6s (HANGGUARD_DEFAULT_BUDGET), join timeout 3s") == 0
     op = index(f"── {OP}  ")
     group = index(f"── group {OP}  ")
     assert op < group
@@ -186,7 +189,9 @@ def test_demo_prints_the_trace_as_a_tree() -> None:
 
 
 def test_demo_serial_runs_the_searches_one_at_a_time() -> None:
-    run = hangguard_cmd("demo", "--json", "--serial", "--tasks", "4", "--no-flaky")
+    run = hangguard_cmd(
+        "demo", "--json", "--serial", "--tasks", "4", "--no-flaky", "--budget", BUDGET
+    )
     assert run.rc == 0, run.err
     doc = run.json()
     assert doc["serial"] is True
@@ -265,12 +270,12 @@ def test_demo_exports_to_the_collector_and_links_to_jaeger(otlp_http: HttpServer
         OTEL_EXPORTER_OTLP_ENDPOINT=otlp_http.url,
         OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
         HANGGUARD_JAEGER_UI="http://jaeger.example:16686/",
-        HANGGUARD_BUDGETS=f"{OP}=2s,SearchOp=30",
+        HANGGUARD_BUDGETS=f"{OP}={BUDGET}s,SearchOp=30",
     )
     run = hangguard_cmd("demo", "--json", "--tasks", "3", "--no-flaky", env=env)
     assert run.rc == 0, run.err
     doc = run.json()
-    assert doc["budget_s"] == 2.0 and doc["budget_source"] == "HANGGUARD_BUDGETS"
+    assert doc["budget_s"] == 6.0 and doc["budget_source"] == "HANGGUARD_BUDGETS"
     assert doc["jaeger_url"] == f"http://jaeger.example:16686/trace/{doc['trace_id']}"
     assert doc["jaeger_url"] in run.err
     exported: set[str] = set()
