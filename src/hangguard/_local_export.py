@@ -24,15 +24,12 @@ from opentelemetry.trace import format_span_id, format_trace_id
 
 from ._span_record import SpanEventRecord, SpanRecord
 
-__all__ = ["DEFAULT_MAX_SPANS", "LocalSpanExporter", "active_local_exporter", "to_record"]
+__all__ = ["DEFAULT_MAX_SPANS", "LocalSpanExporter", "to_record"]
 
 _log = logging.getLogger("hangguard")
 
 #: How many finished spans the in-memory buffer keeps (the oldest go first).
 DEFAULT_MAX_SPANS = 10_000
-
-_active: LocalSpanExporter | None = None
-_active_lock = threading.Lock()
 
 
 def to_record(span: ReadableSpan) -> SpanRecord:
@@ -146,14 +143,3 @@ class LocalSpanExporter(SpanExporter):
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Nothing is held back: every export is written at once."""
         return True
-
-    def activate(self) -> None:
-        """Make this the exporter :func:`hangguard.local_spans` reads."""
-        global _active
-        with _active_lock:
-            _active = self
-
-
-def active_local_exporter() -> LocalSpanExporter | None:
-    """The local exporter :func:`hangguard.setup_tracing` installed last, if any."""
-    return _active
