@@ -28,6 +28,7 @@ from .._setup import ENV_TRACE_FILE, TracingSettings, resolve_settings
 
 __all__ = [
     "CLI_ENV_VARS",
+    "DEFAULT_JAEGER_UI",
     "ENV_JAEGER_UI",
     "OTEL_ENV_VARS",
     "ConfigReport",

@@ -46,7 +46,7 @@ from ._demo_report import (
 )
 from ._tree import MCP_SDK_SCOPE, format_budget, trace_tree
 
-__all__ = ["DEFAULT_BUDGET", "run_demo"]
+__all__ = ["DEFAULT_BUDGET", "Budgets", "run_demo"]
 
 #: The op's budget when neither a flag nor the env gives one: the demo ends in seconds.
 DEFAULT_BUDGET = 3.0

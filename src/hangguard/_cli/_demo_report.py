@@ -27,7 +27,15 @@ from .._telemetry import ATTR_OP_NAME, EVENT_CANCELLED, EVENT_RETRY, error_type
 from ._demo_ops import Search
 from ._tree import format_duration
 
-__all__ = ["Outcome", "Progress", "events_json", "outcomes", "results_table"]
+__all__ = [
+    "Outcome",
+    "Progress",
+    "events_json",
+    "op_span",
+    "outcomes",
+    "results_table",
+    "summary_line",
+]
 
 
 class Progress:

@@ -29,7 +29,17 @@ from .._exceptions import ConfigError
 from .._setup import resolve_settings
 from ._config_cmd import ENV_JAEGER_UI, collect
 
-__all__ = ["Check", "Endpoint", "check_jaeger", "check_otlp", "resolve_endpoint", "run_doctor"]
+__all__ = [
+    "PACKAGES",
+    "Check",
+    "Endpoint",
+    "check_config",
+    "check_jaeger",
+    "check_otlp",
+    "check_packages",
+    "resolve_endpoint",
+    "run_doctor",
+]
 
 Status = Literal["ok", "info", "warn", "fail"]
 
