@@ -13,6 +13,7 @@ from typing import Any
 
 import mcp
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -374,3 +375,29 @@ async def test_100_concurrent_calls_with_one_hanging(chaos: ChaosServer) -> None
     assert len(latencies) == 99
     assert echoes_done < budget / 2, f"99 echoes took {echoes_done:.3f}s"
     await chaos.wait_for("cancelled", "hang")
+
+
+# --- metrics -------------------------------------------------------------------------
+
+
+async def test_each_call_is_timed_in_the_mcp_duration_histogram(
+    chaos: ChaosServer, metric_reader: InMemoryMetricReader
+) -> None:
+    async with hangguard.McpClient(chaos.url, timeout=5) as client:
+        await client.call_tool("echo", {"text": "timed"})
+        await client.call_tool("is_error")
+        with pytest.raises(hangguard.McpCallError):
+            await client.call_tool("raise", {"code": -32602})
+    data = metric_reader.get_metrics_data()
+    points: dict[tuple[Any, Any], int] = {}
+    for rm in data.resource_metrics if data is not None else ():
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name != "mcp.client.operation.duration":
+                    continue
+                for p in metric.data.data_points:
+                    attrs = dict(p.attributes or {})
+                    assert attrs["mcp.method.name"] == "tools/call"
+                    key = (attrs["gen_ai.tool.name"], attrs.get("error.type"))
+                    points[key] = points.get(key, 0) + p.count  # type: ignore[union-attr]
+    assert points == {("echo", None): 1, ("is_error", "tool_error"): 1, ("raise", "-32602"): 1}

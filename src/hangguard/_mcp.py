@@ -124,6 +124,12 @@ def _captured(value: object, limit: int) -> str:
     return text
 
 
+def _record_duration(started: float, tool: str, error_type: str | None) -> None:
+    record_mcp_duration(
+        time.monotonic() - started, method="tools/call", tool=tool, error_type=error_type
+    )
+
+
 def _retry_policy(retry: RetryPolicy | int | None) -> RetryPolicy:
     if retry is None:
         return RetryPolicy(on=is_transient)
@@ -513,6 +519,7 @@ class McpClient:
         exchange = Exchange()
         if self._target.transport == "sse":
             exchange.arm()
+        # Read by the HTTP client in the context the SDK sends this request's messages in.
         token = current_exchange.set(exchange)
         try:
             left = remaining()
@@ -604,7 +611,14 @@ class McpClient:
 
         tracer = get_tracer()
         if tracer is None:
-            return await self._bounded(name, budget, attempt)
+            started = time.monotonic()
+            try:
+                result = await self._bounded(name, budget, attempt)
+            except Exception as exc:
+                _record_duration(started, name, span_error_type(exc))
+                raise
+            _record_duration(started, name, ERROR_TYPE_TOOL_ERROR if result.is_error else None)
+            return result
         attrs = dict(self._span_attrs)
         attrs[ATTR_GEN_AI_TOOL_NAME] = name
         attrs[ATTR_TIMEOUT_S] = min(budget, remaining())
@@ -637,9 +651,8 @@ class McpClient:
                 status = http_status(exc)
                 if status is not None:
                     span.set_attribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status)
-                record_mcp_duration(
-                    time.monotonic() - started, method="tools/call", tool=name, error_type=kind
-                )
+                if isinstance(exc, Exception):
+                    _record_duration(started, name, kind)
                 raise
             if result.is_error:
                 span.set_attribute(ATTR_ERROR_TYPE, ERROR_TYPE_TOOL_ERROR)
@@ -649,12 +662,7 @@ class McpClient:
                 span.set_attribute(
                     ATTR_GEN_AI_TOOL_CALL_RESULT, _captured(dumped, self._capture_limit)
                 )
-            record_mcp_duration(
-                time.monotonic() - started,
-                method="tools/call",
-                tool=name,
-                error_type=ERROR_TYPE_TOOL_ERROR if result.is_error else None,
-            )
+            _record_duration(started, name, ERROR_TYPE_TOOL_ERROR if result.is_error else None)
             return result
 
     async def list_tools(self, *, timeout: float | None = None) -> list[mcp_types.Tool]:
