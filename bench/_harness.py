@@ -1,0 +1,271 @@
+"""What every benchmark shares: rows and targets, the table, and the worker subprocesses.
+
+A row is one variant at one size: its samples (one per round), the baseline it is
+compared with, and the ratios of each round's pair. Ratios are taken pair by pair
+(``variant[i] / baseline[i]``) so that drift of the machine during the run (another
+process, CPU frequency) hits both sides of a pair alike; the table shows their median.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "RESULT_PREFIX",
+    "Config",
+    "Provider",
+    "Row",
+    "Target",
+    "WorkerError",
+    "install_sdk",
+    "machine_info",
+    "print_rows",
+    "quiet_hangguard_logging",
+    "rss_bytes",
+    "run_worker",
+]
+
+#: The line a worker prints its JSON result after (anything before it is ignored).
+RESULT_PREFIX = "BENCH-RESULT "
+
+#: The global tracer provider state a worker runs under: nothing installed, or the SDK
+#: with a BatchSpanProcessor feeding an exporter that drops everything.
+Provider = Literal["none", "sdk"]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The sizes and rounds a benchmark runs at (smoke: small and one round)."""
+
+    smoke: bool
+    rounds: int | None = None  # None: each benchmark's own default
+    sizes: tuple[int, ...] | None = None  # None: each benchmark's own default
+
+    def rounds_or(self, default: int) -> int:
+        if self.smoke:
+            return 1
+        return self.rounds if self.rounds is not None else default
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A benchmark's goal for one row.
+
+    ``kind="ratio"``: median pair ratio <= ``factor``; ``"ratio_plus"``: median <=
+    ``factor`` x baseline median + ``plus`` (same unit as the row); ``"abs"``: median <=
+    ``plus``.
+    """
+
+    kind: Literal["ratio", "ratio_plus", "abs"]
+    factor: float = 1.0
+    plus: float = 0.0
+
+    def text(self, unit: str) -> str:
+        if self.kind == "ratio":
+            return f"<= {self.factor:g}x"
+        if self.kind == "ratio_plus":
+            return f"<= {self.factor:g}x + {self.plus:g} {unit}"
+        return f"<= {self.plus:g} {unit}"
+
+
+@dataclass(slots=True)
+class Row:
+    """One variant at one size, with its samples and (optionally) its baseline's."""
+
+    bench: str
+    size: str
+    variant: str
+    unit: str
+    samples: list[float]
+    baseline: Row | None = None
+    target: Target | None = None
+    note: str = ""
+    ratios: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.baseline is not None and not self.ratios:
+            self.ratios = [
+                a / b for a, b in zip(self.samples, self.baseline.samples, strict=False) if b > 0
+            ]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples) if self.samples else float("nan")
+
+    @property
+    def ratio(self) -> float | None:
+        return statistics.median(self.ratios) if self.ratios else None
+
+    def verdict(self) -> str:
+        t = self.target
+        if t is None:
+            return ""
+        if t.kind == "abs":
+            return "pass" if self.median <= t.plus else "FAIL"
+        if self.baseline is None or self.ratio is None:
+            return "n/a"
+        if t.kind == "ratio":
+            return "pass" if self.ratio <= t.factor else "FAIL"
+        return "pass" if self.median <= t.factor * self.baseline.median + t.plus else "FAIL"
+
+
+def _num(value: float) -> str:
+    if value != value:  # NaN
+        return "-"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def print_rows(title: str, rows: Sequence[Row], *, out: Callable[[str], None] = print) -> None:
+    """Print ``rows`` as a Markdown table (readable as is in a terminal)."""
+    header = ["size", "variant", "median", "min", "max", "ratio", "target", "result"]
+    lines = [header]
+    for r in rows:
+        ratio = r.ratio
+        lines.append(
+            [
+                r.size,
+                r.variant + (f" ({r.note})" if r.note else ""),
+                f"{_num(r.median)} {r.unit}",
+                _num(min(r.samples)) if r.samples else "-",
+                _num(max(r.samples)) if r.samples else "-",
+                "" if ratio is None else f"{ratio:.2f}x",
+                "" if r.target is None else r.target.text(r.unit),
+                r.verdict(),
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out("")
+    out(f"### {title}")
+    out("")
+    for n, line in enumerate(lines):
+        out("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) + " |")
+        if n == 0:
+            out("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    sys.stdout.flush()
+
+
+class WorkerError(RuntimeError):
+    """A benchmark worker subprocess failed or printed no result."""
+
+
+def run_worker(
+    target: str,
+    params: Mapping[str, Any],
+    *,
+    provider: Provider,
+    timeout: float = 600.0,
+    env: Mapping[str, str] | None = None,
+) -> Any:
+    """Run ``module:function(params)`` in a fresh interpreter under ``provider``.
+
+    Returns the function's JSON-able result. Its stderr goes to ours, so a failing
+    worker's traceback is shown where it happened.
+    """
+    argv = [sys.executable, "-m", "bench._worker", target, provider, json.dumps(dict(params))]
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        argv,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        check=False,
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            if proc.returncode != 0:
+                break
+            return json.loads(line[len(RESULT_PREFIX) :])
+    raise WorkerError(
+        f"benchmark worker {target} ({provider}) exited {proc.returncode} without a result; "
+        f"stdout tail: {proc.stdout[-2000:]!r}"
+    )
+
+
+class _DropAll:
+    """A span exporter that takes every batch and keeps nothing (the issue's no-op)."""
+
+    def export(self, spans: object) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def install_sdk() -> None:
+    """Install the SDK provider with defaults, a BatchSpanProcessor and a no-op exporter."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+    exporter: SpanExporter = type("DropAllExporter", (_DropAll, SpanExporter), {})()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+
+
+def quiet_hangguard_logging() -> None:
+    """Send hangguard's log records to /dev/null: still formatted (a cost users pay), not shown.
+
+    Failing and cancelled tasks are logged with their tracebacks; printed, they would
+    bury the tables of the failure benchmarks.
+    """
+    log = logging.getLogger("hangguard")
+    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - lives with the process
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def machine_info() -> str:
+    """One line naming the CPU, cores, Python and OpenTelemetry versions of this run."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "absent"
+
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, opentelemetry-sdk {ver('opentelemetry-sdk')}, "
+        f"mcp {ver('mcp')}, hangguard {ver('hangguard')}, "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}"
+    )
