@@ -154,6 +154,25 @@ async def test_calls_connect_lazily_and_aclose_closes(chaos: ChaosServer) -> Non
     await leaks.verify()
 
 
+async def test_a_connect_error_within_a_call_names_the_tool() -> None:
+    client = hangguard.McpClient(closed_port_url(), retry=1)
+    with pytest.raises(hangguard.McpConnectError, match="calling 'search'") as info:
+        await client.call_tool("search")
+    assert info.value.tool == "search"
+    await client.aclose()
+
+
+async def test_a_closed_client_refuses_calls_until_connected_again(chaos: ChaosServer) -> None:
+    async with hangguard.McpClient(chaos.url) as client:
+        pass
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.call_tool("echo")
+    async with client:  # an explicit connect reopens it
+        assert (await client.call_tool("echo", {"text": "again"})).structured_content == {
+            "result": "again"
+        }
+
+
 async def test_connect_errors_come_out_of_async_with_as_one_exception() -> None:
     url = closed_port_url()
     with pytest.raises(hangguard.McpConnectError) as info:

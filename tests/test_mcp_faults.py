@@ -253,6 +253,20 @@ async def test_503_then_ok_at_connect(
     assert faults(target) == 2
 
 
+@pytest.mark.parametrize("target", HTTP, indirect=True)
+async def test_an_http_error_during_the_handshake_fails_the_connect_at_once(
+    target: Target, leaks: LeakCheck
+) -> None:
+    assert target.server is not None
+    handshake = {"server/discover", "initialize"}
+    target.server.fault = HttpFault("status", status=503, methods=handshake)
+    # SSE included: there the SDK's writer dies on the failed POST, and the handshake
+    # would otherwise wait for an answer until connect_timeout.
+    with within(BUDGET), pytest.raises(hangguard.McpConnectError, match="503"):
+        async with target.client(connect_timeout=10, retry=1):
+            pass
+
+
 async def test_connection_closed_mid_response_is_retried_then_raised(
     chaos: ChaosServer, spans: InMemorySpanExporter
 ) -> None:

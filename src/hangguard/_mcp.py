@@ -149,6 +149,10 @@ def _timeout_arg(value: float | None, param: str) -> float | None:
     return None if value is None else check_timeout(value, param)
 
 
+class _HandshakeAborted(Exception):
+    """The owner's handshake was cut short by a failure its :class:`Exchange` saw."""
+
+
 class _Connection:
     """One session: the SDK client and the task that owns it."""
 
@@ -339,7 +343,7 @@ class McpClient:
         Raises ``McpConnectError`` naming the server and the reason, or
         ``DeadlineExceeded`` when an enclosing deadline fired first.
         """
-        await self._live(retry=True)
+        await self._live(explicit=True)
 
     async def aclose(self, *, abrupt: bool = False) -> None:
         """Close the session and wait (boundedly) until its transport and process are gone.
@@ -385,6 +389,16 @@ class McpClient:
         self, conn: _Connection, ready: asyncio.Future[None], exchange: Exchange
     ) -> None:
         current_exchange.set(exchange)  # this task's own context: the connect's requests
+        try:
+            await self._serve(conn, ready, exchange)
+        except asyncio.CancelledError:
+            if exchange.claim_abort():
+                raise _HandshakeAborted from None
+            raise
+
+    async def _serve(
+        self, conn: _Connection, ready: asyncio.Future[None], exchange: Exchange
+    ) -> None:
         target = self._target
         async with contextlib.AsyncExitStack() as stack:
             transport: Any
@@ -417,7 +431,14 @@ class McpClient:
                     )
                     transport = streamable_http_client(target.url, http_client=http)
             client = mcp.Client(transport, mode=self._protocol, client_info=_CLIENT_INFO)
-            await stack.enter_async_context(client)
+            if target.transport == "sse":
+                # The SDK's SSE writer dies on a failed POST and the handshake would wait
+                # for an answer that cannot come: fail it at once instead.
+                exchange.arm()
+            try:
+                await stack.enter_async_context(client)
+            finally:
+                exchange.disarm()
             conn.client = client
             ready.set_result(None)
             await conn.closing.wait()
@@ -450,6 +471,8 @@ class McpClient:
             )
         exc = task.exception()
         assert exc is not None  # the owner only returns after `closing`, which is unset
+        if isinstance(exc, _HandshakeAborted):
+            raise connect_error(exc, exchange, self._label) from exchange.error
         cause = root_cause(exc)
         if cause is not exc:
             logger.debug("connecting to MCP server %s failed", self._label, exc_info=exc)
@@ -476,15 +499,17 @@ class McpClient:
             # A connect that timed out may succeed on the next attempt of a call.
             raise mark_transient(err) from exc
 
-    async def _live(self, *, retry: bool = False) -> _Connection:
+    async def _live(self, *, explicit: bool = False) -> _Connection:
         """The live connection, connecting first if needed.
 
-        Only an explicit connect retries on its own; within a call, the call's retries
-        cover the connect too, so that they do not multiply.
+        Only an ``explicit`` connect retries on its own (within a call, the call's retries
+        cover the connect too, so that they do not multiply) or reopens a closed client.
         """
         conn = self._conn
         if conn is not None and conn.alive:
             return conn
+        if self._closed and not explicit:
+            raise RuntimeError(f"McpClient for {self._label} is closed")
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
@@ -495,7 +520,7 @@ class McpClient:
                 self._conn = None
                 await self._close(conn, abrupt=True)
             self._closed = False
-            self._conn = await self._connect(retry=retry)
+            self._conn = await self._connect(retry=explicit)
             return self._conn
 
     # --- calls ---------------------------------------------------------------------------
@@ -513,7 +538,13 @@ class McpClient:
         send: Callable[[mcp.Client, mcp_types.RequestParamsMeta | None], Awaitable[T]],
     ) -> T:
         """One attempt of a request: connect if needed, send with the time left, map errors."""
-        conn = await self._live()
+        try:
+            conn = await self._live()
+        except McpError as exc:
+            if exc.tool is None:
+                exc.tool = what
+                exc.args = (f"{exc} (calling {what!r})", *exc.args[1:])
+            raise
         client = conn.client
         assert client is not None
         exchange = Exchange()

@@ -259,23 +259,25 @@ class Exchange:
     task: asyncio.Task[Any] | None = None
     aborted: bool = False
     requests: int = 0
+    _armed: asyncio.Task[Any] | None = field(default=None, repr=False)
     _cancelling: int = field(default=0, repr=False)
 
     def arm(self) -> None:
         """Let a failure cancel the current task (see the class docstring)."""
-        self.task = asyncio.current_task()
+        self.task = self._armed = asyncio.current_task()
         self._cancelling = self.task.cancelling() if self.task is not None else 0
+
+    def disarm(self) -> None:
+        """No more aborts from now on (a later failure is not this attempt's)."""
+        self.task = None
 
     def claim_abort(self) -> bool:
         """After a ``CancelledError``: whether it was this exchange's abort, and only that."""
-        task = self.task
+        task, self._armed = self._armed, None
         self.task = None
         if not self.aborted or task is None:
             return False
         return task.uncancel() <= self._cancelling
-
-    def disarm(self) -> None:
-        self.task = None
 
     def _abort(self) -> None:
         task = self.task
