@@ -52,10 +52,16 @@ def _rounds(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("smoke", help="every benchmark at a small size, one round (for CI)")
-    sub.add_parser("all", help="every benchmark at the issue's sizes (several minutes)")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--output", metavar="FILE", help="also write the tables to FILE")
+    sub.add_parser(
+        "smoke", parents=[output], help="every benchmark at a small size, one round (for CI)"
+    )
+    sub.add_parser(
+        "all", parents=[output], help="every benchmark at the issue's sizes (several minutes)"
+    )
     for name, (_, title) in BENCHMARKS.items():
-        p = sub.add_parser(name, help=title)
+        p = sub.add_parser(name, parents=[output], help=title)
         p.add_argument("--sizes", type=_sizes, default=None, help="comma-separated sizes")
         p.add_argument("--rounds", type=_rounds, default=None, help="rounds per variant")
         p.add_argument("--smoke", action="store_true", help="small size, one round")
@@ -70,31 +76,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(names: Sequence[str], cfg: Config) -> list[tuple[str, list[Row]]]:
-    print(f"machine: {machine_info()}", flush=True)
-    done: list[tuple[str, list[Row]]] = []
+def _run(names: Sequence[str], cfg: Config, output: str | None) -> None:
+    lines: list[str] = []
+
+    def out(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    out(f"machine: {machine_info()}")
+    started = time.perf_counter()
     for name in names:
         module, title = BENCHMARKS[name]
-        started = time.perf_counter()
+        began = time.perf_counter()
         rows: list[Row] = importlib.import_module(module).run(cfg)
-        print_rows(f"{title} [{time.perf_counter() - started:.1f} s]", rows)
-        done.append((name, rows))
-    return done
+        print_rows(f"{title} [{time.perf_counter() - began:.1f} s]", rows, out=out)
+    out("")
+    out(f"total: {time.perf_counter() - started:.1f} s")
+    if output is not None:
+        with open(output, "w") as f:
+            f.write("\n".join(lines) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    started = time.perf_counter()
     if args.command == "profile":
         from .profile import run_profile
 
         print(run_profile(args.scenario, args.provider, args.n, args.rounds, args.all))
         return 0
     if args.command in ("smoke", "all"):
-        _run(list(BENCHMARKS), Config(smoke=args.command == "smoke"))
+        _run(list(BENCHMARKS), Config(smoke=args.command == "smoke"), args.output)
     else:
-        _run([args.command], Config(smoke=args.smoke, rounds=args.rounds, sizes=args.sizes))
-    print(f"\ntotal: {time.perf_counter() - started:.1f} s", flush=True)
+        cfg = Config(smoke=args.smoke, rounds=args.rounds, sizes=args.sizes)
+        _run([args.command], cfg, args.output)
     return 0
 
 

@@ -18,7 +18,7 @@ from ._harness import Config, Row, Target, run_worker
 __all__ = ["Boom", "measure", "run"]
 
 SIZES = (10_000,)
-ROUNDS = 7
+ROUNDS = 9
 
 
 class Boom(Exception):

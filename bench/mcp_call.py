@@ -23,7 +23,7 @@ from ._harness import Config, Row, Target, install_sdk, run_worker
 
 __all__ = ["measure", "run", "serve"]
 
-ROUNDS = 7
+ROUNDS = 11
 CALLS = {"http": 200, "in-process": 500}
 SMOKE_CALLS = {"http": 20, "in-process": 50}
 ARGS = {"text": "hello"}

@@ -17,7 +17,7 @@ from ._harness import Config, Row, Target, run_worker
 __all__ = ["measure", "run"]
 
 SIZES = (100, 10_000)
-ROUNDS = 7
+ROUNDS = 9
 #: The join's timeout, counted from the moment every task is running and stuck.
 TIMEOUT = 0.05
 
