@@ -6,16 +6,13 @@ hangguard deadline; the time left sent to the server (``hangguard/timeout-ms``);
 retries of transient failures within the budget; one clear exception per failure; and
 an ``execute_tool <tool>`` span per call.
 
-The SDK client lives in a task of its own (the connection's owner). When its transport
-crashes, the SDK cancels whichever task entered it: with the owner in between, that is
-never the caller, whose call instead fails with a typed error, and the next call
-reconnects.
+The SDK client lives in a task of its own (see ``_mcp_session``), so a crashing transport
+never cancels the caller: the call fails with a typed error and the next one reconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -29,8 +26,6 @@ from typing import IO, Any, Final, TypeVar, cast
 
 import mcp
 import mcp_types
-from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -40,28 +35,17 @@ from pydantic import ValidationError
 
 from . import _config
 from ._deadline import check_timeout, deadline, remaining
-from ._exceptions import DeadlineExceeded, McpConnectError, McpError
+from ._exceptions import DeadlineExceeded, McpError
 from ._mcp_errors import (
     call_error,
-    connect_error,
     http_status,
     is_transient,
-    mark_transient,
-    root_cause,
     span_error_type,
     tool_error,
 )
 from ._mcp_server import TIMEOUT_META_KEY
-from ._mcp_transport import (
-    Exchange,
-    Target,
-    buffered_writes,
-    current_exchange,
-    open_http_client,
-    resolve_target,
-    sse_client_factory,
-    stdio_transport,
-)
+from ._mcp_session import Session
+from ._mcp_transport import Exchange, Target, current_exchange, resolve_target
 from ._metrics import record_mcp_duration
 from ._retry import RetryPolicy, retry_call
 from ._telemetry import (
@@ -86,7 +70,6 @@ from ._telemetry import (
     get_tracer,
     record_failure,
 )
-from ._version import __version__
 
 __all__ = ["McpClient", "redact"]
 
@@ -98,7 +81,6 @@ _SECRET_KEY: Final = re.compile(r"key|token|secret|password|authorization", re.I
 _REDACTED: Final = "[REDACTED]"
 # A server-side timeout this close to the caller's own deadline is that deadline.
 _SAME_DEADLINE: Final = 0.05
-_CLIENT_INFO: Final = mcp_types.Implementation(name="hangguard", version=__version__)
 
 
 def redact(value: object) -> object:
@@ -147,39 +129,6 @@ def _retry_policy(retry: RetryPolicy | int | None) -> RetryPolicy:
 
 def _timeout_arg(value: float | None, param: str) -> float | None:
     return None if value is None else check_timeout(value, param)
-
-
-class _HandshakeAborted(Exception):
-    """The owner's handshake was cut short by a failure its :class:`Exchange` saw."""
-
-
-class _Connection:
-    """One session: the SDK client and the task that owns it."""
-
-    __slots__ = ("broken", "client", "closing", "pid", "task")
-
-    def __init__(self) -> None:
-        self.client: mcp.Client | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.closing = asyncio.Event()
-        self.broken = False
-        self.pid: int | None = None
-
-    @property
-    def alive(self) -> bool:
-        return (
-            not self.broken
-            and self.client is not None
-            and self.task is not None
-            and not self.task.done()
-        )
-
-    def lost(self) -> BaseException | None:
-        """Why the owner ended, if it has."""
-        task = self.task
-        if task is None or not task.done() or task.cancelled():
-            return None
-        return task.exception()
 
 
 class McpClient:
@@ -249,23 +198,26 @@ class McpClient:
             cwd=cwd,
         )
         self._name = name
-        self._stderr = stderr
         self._timeout = _timeout_arg(timeout, "timeout")
         self._connect_timeout = _timeout_arg(connect_timeout, "connect_timeout")
         self._policy = _retry_policy(retry)
         self._raise_on_error = bool(raise_on_error)
         self._capture = bool(capture_content)
         self._capture_limit = capture_limit
-        self._protocol = protocol
         if protocol not in ("auto", "legacy") and protocol not in MODERN_PROTOCOL_VERSIONS:
             raise ValueError(
                 f"protocol must be 'auto', 'legacy' or one of {list(MODERN_PROTOCOL_VERSIONS)}, "
                 f"got {protocol!r}"
             )
         self._label = f"{name!r} at {self._target.label}" if name else self._target.label
-        self._conn: _Connection | None = None
-        self._lock: asyncio.Lock | None = None
-        self._closed = False
+        self._session = Session(
+            self._target,
+            self._label,
+            protocol=protocol,
+            connect_timeout=self._connect_timeout,
+            policy=self._policy,
+            stderr=stderr,
+        )
         attrs: dict[str, AttributeValue] = {
             ATTR_GEN_AI_OPERATION_NAME: "execute_tool",
             ATTR_MCP_METHOD_NAME: "tools/call",
@@ -298,23 +250,25 @@ class McpClient:
 
     @property
     def connected(self) -> bool:
-        return self._conn is not None and self._conn.alive
+        conn = self._session.conn
+        return conn is not None and conn.alive
 
     @property
     def server_pid(self) -> int | None:
         """The process id of the stdio server of the current connection (else ``None``)."""
-        return self._conn.pid if self._conn is not None else None
+        conn = self._session.conn
+        return conn.pid if conn is not None else None
 
     @property
     def protocol_version(self) -> str | None:
         """The MCP protocol version negotiated on the current connection."""
-        conn = self._conn
+        conn = self._session.conn
         return conn.client.protocol_version if conn is not None and conn.client else None
 
     @property
     def sdk_client(self) -> mcp.Client:
         """The mcp SDK's ``Client`` of the current connection, unguarded (advanced use)."""
-        conn = self._conn
+        conn = self._session.conn
         if conn is None or conn.client is None or not conn.alive:
             raise RuntimeError(f"McpClient for {self._label} is not connected")
         return conn.client
@@ -343,185 +297,14 @@ class McpClient:
         Raises ``McpConnectError`` naming the server and the reason, or
         ``DeadlineExceeded`` when an enclosing deadline fired first.
         """
-        await self._live(explicit=True)
+        await self._session.live(explicit=True)
 
     async def aclose(self, *, abrupt: bool = False) -> None:
         """Close the session and wait (boundedly) until its transport and process are gone.
 
         ``abrupt`` skips the polite shutdown (session DELETE, stdin close and grace).
         """
-        self._closed = True
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await self._close(conn, abrupt=abrupt)
-
-    async def _close(self, conn: _Connection, *, abrupt: bool) -> None:
-        task = conn.task
-        if task is None:
-            return
-        grace = _config.cancel_grace()
-        try:
-            if not abrupt:
-                conn.closing.set()
-                await asyncio.wait({task}, timeout=grace)
-            if not task.done():
-                task.cancel("hangguard: closing the MCP connection")
-                await asyncio.wait({task}, timeout=grace)
-        finally:
-            # Cancelled while waiting: the owner must still go, even if unawaited.
-            if not task.done():
-                task.cancel("hangguard: closing the MCP connection")
-        if not task.done():
-            logger.warning(
-                "MCP connection to %s did not close within %gs; abandoned", self._label, grace
-            )
-
-    def _owner_done(self, conn: _Connection, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or conn.client is None:
-            return  # closed by us, or a failed connect (raised to the caller)
-        exc = task.exception()
-        if exc is not None and not conn.closing.is_set():
-            logger.warning(
-                "MCP connection to %s lost: %s", self._label, root_cause(exc), exc_info=exc
-            )
-
-    async def _own(
-        self, conn: _Connection, ready: asyncio.Future[None], exchange: Exchange
-    ) -> None:
-        current_exchange.set(exchange)  # this task's own context: the connect's requests
-        try:
-            await self._serve(conn, ready, exchange)
-        except asyncio.CancelledError:
-            if exchange.claim_abort():
-                raise _HandshakeAborted from None
-            raise
-
-    async def _serve(
-        self, conn: _Connection, ready: asyncio.Future[None], exchange: Exchange
-    ) -> None:
-        target = self._target
-        async with contextlib.AsyncExitStack() as stack:
-            transport: Any
-            if target.transport == "in-process":
-                transport = target.instance
-            elif target.transport == "stdio":
-                grace = _config.cancel_grace() * 0.4
-
-                def spawned(pid: int) -> None:
-                    conn.pid = pid
-
-                transport = stdio_transport(
-                    target, grace=grace, stderr=self._stderr, on_spawn=spawned
-                )
-            else:
-                assert target.url is not None
-                connect = self._connect_timeout_s()
-                if target.transport == "sse":
-                    transport = buffered_writes(
-                        sse_client(
-                            target.url,
-                            httpx_client_factory=sse_client_factory(
-                                lambda: open_http_client(target.headers, connect)
-                            ),
-                        )
-                    )
-                else:
-                    http = await stack.enter_async_context(
-                        open_http_client(target.headers, connect)
-                    )
-                    transport = streamable_http_client(target.url, http_client=http)
-            client = mcp.Client(transport, mode=self._protocol, client_info=_CLIENT_INFO)
-            if target.transport == "sse":
-                # The SDK's SSE writer dies on a failed POST and the handshake would wait
-                # for an answer that cannot come: fail it at once instead.
-                exchange.arm()
-            try:
-                await stack.enter_async_context(client)
-            finally:
-                exchange.disarm()
-            conn.client = client
-            ready.set_result(None)
-            await conn.closing.wait()
-
-    def _connect_timeout_s(self) -> float:
-        if self._connect_timeout is not None:
-            return self._connect_timeout
-        return _config.mcp_connect_timeout()
-
-    async def _connect_once(self) -> _Connection:
-        conn = _Connection()
-        exchange = Exchange()
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(
-            self._own(conn, ready, exchange), name=f"hangguard MCP {self._label}"
-        )
-        conn.task = task
-        try:
-            await asyncio.wait((ready, task), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            await self._close(conn, abrupt=True)
-            raise
-        if ready.done() and not task.done():
-            task.add_done_callback(lambda t: self._owner_done(conn, t))
-            return conn
-        ready.cancel()
-        if task.cancelled():
-            raise McpConnectError(
-                f"the connection to MCP server {self._label} was cancelled", server=self._label
-            )
-        exc = task.exception()
-        assert exc is not None  # the owner only returns after `closing`, which is unset
-        if isinstance(exc, _HandshakeAborted):
-            raise connect_error(exc, exchange, self._label) from exchange.error
-        cause = root_cause(exc)
-        if cause is not exc:
-            logger.debug("connecting to MCP server %s failed", self._label, exc_info=exc)
-        raise connect_error(exc, exchange, self._label) from cause
-
-    async def _connect(self, *, retry: bool) -> _Connection:
-        budget = self._connect_timeout_s()
-        scope = deadline(budget, name=f"MCP connect {self._target.label}")
-        try:
-            async with scope:
-                if not retry:
-                    return await self._connect_once()
-                return await retry_call(
-                    self._connect_once, self._policy, name=f"MCP connect {self._label}"
-                )
-        except DeadlineExceeded as exc:
-            if not scope.expired:
-                raise
-            err = McpConnectError(
-                f"cannot connect to MCP server {self._label}: no handshake within "
-                f"connect_timeout {budget:g}s",
-                server=self._label,
-            )
-            # A connect that timed out may succeed on the next attempt of a call.
-            raise mark_transient(err) from exc
-
-    async def _live(self, *, explicit: bool = False) -> _Connection:
-        """The live connection, connecting first if needed.
-
-        Only an ``explicit`` connect retries on its own (within a call, the call's retries
-        cover the connect too, so that they do not multiply) or reopens a closed client.
-        """
-        conn = self._conn
-        if conn is not None and conn.alive:
-            return conn
-        if self._closed and not explicit:
-            raise RuntimeError(f"McpClient for {self._label} is closed")
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            conn = self._conn
-            if conn is not None and conn.alive:
-                return conn
-            if conn is not None:
-                self._conn = None
-                await self._close(conn, abrupt=True)
-            self._closed = False
-            self._conn = await self._connect(retry=explicit)
-            return self._conn
+        await self._session.close(abrupt=abrupt)
 
     # --- calls ---------------------------------------------------------------------------
 
@@ -539,7 +322,7 @@ class McpClient:
     ) -> T:
         """One attempt of a request: connect if needed, send with the time left, map errors."""
         try:
-            conn = await self._live()
+            conn = await self._session.live()
         except McpError as exc:
             if exc.tool is None:
                 exc.tool = what
