@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
@@ -33,7 +34,11 @@ __all__ = [
     "quiet_hangguard_logging",
     "rss_bytes",
     "run_worker",
+    "worker_env",
 ]
+
+#: The directory holding the bench package: child processes import it from there.
+ROOT = Path(__file__).resolve().parents[1]
 
 #: The line a worker prints its JSON result after (anything before it is ignored).
 RESULT_PREFIX = "BENCH-RESULT "
@@ -176,14 +181,12 @@ def run_worker(
     worker's traceback is shown where it happened.
     """
     argv = [sys.executable, "-m", "bench._worker", target, provider, json.dumps(dict(params))]
-    full_env = dict(os.environ)
-    full_env.update(env or {})
     proc = subprocess.run(
         argv,
         stdout=subprocess.PIPE,
         text=True,
         timeout=timeout,
-        env=full_env,
+        env=worker_env(env),
         check=False,
     )
     for line in reversed(proc.stdout.splitlines()):
@@ -195,6 +198,15 @@ def run_worker(
         f"benchmark worker {target} ({provider}) exited {proc.returncode} without a result; "
         f"stdout tail: {proc.stdout[-2000:]!r}"
     )
+
+
+def worker_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a child, with the bench package importable."""
+    env = dict(os.environ)
+    env.update(extra or {})
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(ROOT) if not path else f"{ROOT}{os.pathsep}{path}"
+    return env
 
 
 class _DropAll:

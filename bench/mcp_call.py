@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from ._harness import Config, Row, Target, install_sdk, run_worker
+from ._harness import Config, Row, Target, install_sdk, run_worker, worker_env
 
 __all__ = ["measure", "run", "serve"]
 
@@ -44,6 +44,7 @@ def _server() -> Iterator[str]:
         [sys.executable, "-m", "bench.mcp_call", "serve"],
         stdout=subprocess.PIPE,
         text=True,
+        env=worker_env(),
     )
     try:
         assert proc.stdout is not None

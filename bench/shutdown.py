@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from ._harness import Config, Row, Target
+from ._harness import Config, Row, Target, worker_env
 
 __all__ = ["child", "run"]
 
@@ -74,6 +74,7 @@ def _time_exit(variant: str, endpoint: str, cap: float) -> tuple[float, bool]:
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
+            env=worker_env(),
         )
         try:
             assert proc.stdout is not None
