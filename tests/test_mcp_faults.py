@@ -34,6 +34,7 @@ from mcp_helpers import ChaosProcess, LeakCheck, child_pids, eventually, pid_ali
 BUDGET = 1.0
 ALL = ["http", "http-legacy", "sse", "stdio"]
 HTTP = ["http", "http-legacy", "sse"]
+DEAD = {"GET", "tools/call", "tools/list", "notifications/cancelled"}
 
 pytestmark = pytest.mark.usefixtures("no_backoff")
 
@@ -343,6 +344,28 @@ async def test_server_never_answering_mid_session_ends_at_the_timeout(
             await client.call_tool("echo", {"text": "x"})
         target.server.fault = None
     assert_failed(tool_span(spans, "echo"), "timeout")
+
+
+@pytest.mark.parametrize("target", HTTP, indirect=True)
+async def test_concurrent_calls_to_a_server_that_stopped_answering_all_end_on_time(
+    target: Target, leaks: LeakCheck
+) -> None:
+    # Each timed-out call makes the SDK send a cancellation notice; before 2026-07-28
+    # (and over SSE) its writer waits for each such POST, which this server never
+    # answers. The next caller's own notice must not wait behind it.
+    assert target.server is not None
+    async with target.client() as client:
+        # Dead to everything, the client's cancellation notices included.
+        target.server.fault = HttpFault("never_answer", methods=DEAD)
+
+        async def call(budget: float) -> None:
+            with within(budget), pytest.raises(hangguard.DeadlineExceeded):
+                await client.call_tool("echo", {"text": "x"}, timeout=budget)
+
+        async with asyncio.TaskGroup() as tg:
+            for budget in (0.3, 0.6, 0.9):
+                tg.create_task(call(budget))
+        target.server.fault = None
 
 
 async def test_http_server_killed_mid_call(spans: InMemorySpanExporter) -> None:

@@ -19,6 +19,7 @@ import mcp
 import mcp_types
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from . import _config
 from ._deadline import deadline
@@ -50,9 +51,10 @@ class _HandshakeAborted(Exception):
 class Connection:
     """One session: the SDK client and the task that owns it."""
 
-    __slots__ = ("broken", "client", "closing", "pid", "task")
+    __slots__ = ("broken", "buffer_writes", "client", "closing", "pid", "task")
 
     def __init__(self) -> None:
+        self.buffer_writes = False
         self.client: mcp.Client | None = None
         self.task: asyncio.Task[None] | None = None
         self.closing = asyncio.Event()
@@ -181,7 +183,11 @@ class Session:
                     http = await stack.enter_async_context(
                         open_http_client(target.headers, connect)
                     )
-                    transport = streamable_http_client(target.url, http_client=http)
+
+                    transport = buffered_writes(
+                        streamable_http_client(target.url, http_client=http),
+                        lambda: conn.buffer_writes,
+                    )
             client = mcp.Client(transport, mode=self._protocol, client_info=_CLIENT_INFO)
             if target.transport == "sse":
                 # The SDK's SSE writer dies on a failed POST and the handshake would wait
@@ -191,6 +197,8 @@ class Session:
                 await stack.enter_async_context(client)
             finally:
                 exchange.disarm()
+            # Before 2026-07-28, the SDK's HTTP writer POSTs notifications and waits.
+            conn.buffer_writes = client.protocol_version not in MODERN_PROTOCOL_VERSIONS
             conn.client = client
             ready.set_result(None)
             await conn.closing.wait()

@@ -8,7 +8,8 @@ Three jobs the mcp SDK leaves to its caller:
   runs each outgoing message in its sender's context, which is how it is found);
 * bounding the requests the SDK sends on its own (cancellation notices, the session
   DELETE), which no caller's deadline covers;
-* for SSE, writes that never block the caller (:func:`buffered_writes`).
+* writes that never block the caller where the SDK's writer waits for each POST
+  (:func:`buffered_writes`).
 
 The stdio transport is in ``_mcp_stdio``.
 """
@@ -354,25 +355,35 @@ def sse_client_factory(
 
 
 class _BufferedWriter:
-    """The write end handed to the SDK session: ``send`` never waits.
+    """The write end handed to the SDK session: while ``buffered()``, ``send`` never waits.
 
-    The SDK's SSE writer POSTs one message at a time, so one POST the server never
-    answers blocks every later write, including the cancellation notice the SDK sends
-    (shielded, for up to 5 s) when a caller's deadline fires. Queueing here keeps the
-    caller's deadline; a forwarder hands the messages on in order, each in the context
-    its sender had (which the SDK reads for request metadata and hangguard for the
-    call's :class:`Exchange`).
+    The SDK's writers POST some messages one at a time and wait for the answer: every
+    message over SSE, and notifications over streamable HTTP before the 2026-07-28
+    protocol (among them the cancellation notice the SDK sends, shielded, for up to 5 s,
+    when a caller's deadline fires). One POST a dead server never answers then blocks
+    every later write, and the caller's deadline with it. Queueing here keeps the
+    deadline; a forwarder hands the messages on in order, each in the context its sender
+    had (which the SDK reads for request metadata and hangguard for the call's
+    :class:`Exchange`). When ``buffered()`` is false, messages go straight through.
     """
 
-    __slots__ = ("_queue",)
+    __slots__ = ("_buffered", "_queue", "_stream")
 
     def __init__(
-        self, queue: MemoryObjectSendStream[tuple[contextvars.Context, SessionMessage]]
+        self,
+        stream: Any,
+        queue: MemoryObjectSendStream[tuple[contextvars.Context, SessionMessage]],
+        buffered: Callable[[], bool],
     ) -> None:
+        self._stream = stream
         self._queue = queue
+        self._buffered = buffered
 
     async def send(self, item: SessionMessage, /) -> None:
-        self._queue.send_nowait((contextvars.copy_context(), item))
+        if self._buffered():
+            self._queue.send_nowait((contextvars.copy_context(), item))
+        else:
+            await self._stream.send(item)
 
     async def aclose(self) -> None:
         await self._queue.aclose()
@@ -392,8 +403,12 @@ class _BufferedWriter:
 @contextlib.asynccontextmanager
 async def buffered_writes(
     transport: contextlib.AbstractAsyncContextManager[tuple[Any, Any]],
+    buffered: Callable[[], bool] = lambda: True,
 ) -> AsyncIterator[tuple[Any, _BufferedWriter]]:
-    """Wrap an SDK transport so that writes to it never block (see :class:`_BufferedWriter`)."""
+    """Wrap an SDK transport so that writes to it do not block while ``buffered()``.
+
+    See :class:`_BufferedWriter`.
+    """
     async with transport as (read_stream, write_stream):
         queue_in, queue_out = anyio.create_memory_object_stream[
             tuple[contextvars.Context, SessionMessage]
@@ -410,6 +425,6 @@ async def buffered_writes(
         async with anyio.create_task_group() as tg:
             tg.start_soon(forward)
             try:
-                yield read_stream, _BufferedWriter(queue_in)
+                yield read_stream, _BufferedWriter(write_stream, queue_in, buffered)
             finally:
                 tg.cancel_scope.cancel()

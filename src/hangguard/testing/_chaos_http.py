@@ -46,9 +46,9 @@ class HttpFault:
     ``html`` (200 with ``text/html``), ``status`` (``status`` with a plain-text body, no
     JSON-RPC) or ``close_mid_response`` (start an event stream, then drop the connection).
     ``methods``: the JSON-RPC methods it hits (``"GET"`` for HTTP GETs); ``None`` means
-    every request (notifications are never faulted). ``first``: only the first N matching
-    requests, then the server behaves (``HttpFault("status", status=503, first=2)`` is
-    503-then-ok)::
+    every request and GET, but notifications only when named (``notifications/cancelled``).
+    ``first``: only the first N matching messages, then the server behaves
+    (``HttpFault("status", status=503, first=2)`` is 503-then-ok)::
 
         chaos.fault = HttpFault("never_answer", methods={"tools/call"})
     """
@@ -82,8 +82,10 @@ class HttpFault:
         object.__setattr__(self, "first", first)
 
     def matches(self, method: str) -> bool:
-        """Whether a request for ``method`` (or ``"GET"``) is hit by this fault."""
-        return self.methods is None or method in self.methods
+        """Whether a message of ``method`` (or ``"GET"``) is hit by this fault."""
+        if self.methods is None:
+            return not method.startswith("notifications/")
+        return method in self.methods
 
 
 class _AbortConnection(Exception):
@@ -154,9 +156,9 @@ def _request_method(body: bytes) -> str | None:
         message = json.loads(body)
     except ValueError:
         return None
-    if isinstance(message, dict) and "id" in message and isinstance(message.get("method"), str):
+    if isinstance(message, dict) and isinstance(message.get("method"), str):
         return str(message["method"])
-    return None
+    return None  # a response to a server's request, or not JSON-RPC
 
 
 def _replay(buffered: list[Message], receive: Receive) -> Receive:
