@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import hangguard
-from hangguard._mcp import redact
+from hangguard._mcp_capture import redact
 from hangguard.testing.chaos import Blackhole, ChaosServer, HttpFault, closed_port_url
 from mcp_helpers import LeakCheck, within
 

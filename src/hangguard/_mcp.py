@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
@@ -36,6 +34,7 @@ from pydantic import ValidationError
 from . import _config
 from ._deadline import check_timeout, deadline, remaining
 from ._exceptions import DeadlineExceeded, McpError
+from ._mcp_capture import captured
 from ._mcp_errors import (
     call_error,
     http_status,
@@ -71,39 +70,14 @@ from ._telemetry import (
     record_failure,
 )
 
-__all__ = ["McpClient", "redact"]
+__all__ = ["McpClient"]
 
 logger = logging.getLogger("hangguard.mcp")
 
 T = TypeVar("T")
 
-_SECRET_KEY: Final = re.compile(r"key|token|secret|password|authorization", re.IGNORECASE)
-_REDACTED: Final = "[REDACTED]"
 # A server-side timeout this close to the caller's own deadline is that deadline.
 _SAME_DEADLINE: Final = 0.05
-
-
-def redact(value: object) -> object:
-    """A copy of ``value`` with the values of secret-looking keys replaced.
-
-    Keys containing ``key``, ``token``, ``secret``, ``password`` or ``authorization``
-    (any case) are redacted, at any depth of dicts and lists.
-    """
-    if isinstance(value, Mapping):
-        return {
-            k: _REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else redact(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
-    return value
-
-
-def _captured(value: object, limit: int) -> str:
-    text = json.dumps(redact(value), default=str, ensure_ascii=False, separators=(",", ":"))
-    if len(text) > limit:
-        return f"{text[:limit]}...[{len(text) - limit} more characters]"
-    return text
 
 
 def _record_duration(started: float, tool: str, error_type: str | None) -> None:
@@ -137,8 +111,8 @@ class McpClient:
     ``server`` is a URL (streamable HTTP; SSE when the path ends in ``/sse`` or
     ``transport="sse"``), a command to launch as a stdio server (a list of strings, or
     the SDK's ``StdioServerParameters``), an ``MCPServer`` to call in-process (tests,
-    benchmarks) or an entry of an ``mcpServers`` config. As in
-    the seed, ``McpClient(name=..., config=...)`` looks the server up by name::
+    benchmarks) or an entry of an ``mcpServers`` config. As in the seed,
+    ``McpClient(name=..., config=...)`` looks the server up by name::
 
         async with hangguard.McpClient("http://127.0.0.1:8000/mcp", timeout=30) as client:
             result = await client.call_tool("search", {"query": "hangguard"})
@@ -446,7 +420,7 @@ class McpClient:
         ) as span:
             if self._capture:
                 span.set_attribute(
-                    ATTR_GEN_AI_TOOL_CALL_ARGUMENTS, _captured(args or {}, self._capture_limit)
+                    ATTR_GEN_AI_TOOL_CALL_ARGUMENTS, captured(args or {}, self._capture_limit)
                 )
             try:
                 result = await self._bounded(name, budget, attempt)
@@ -474,13 +448,18 @@ class McpClient:
             if self._capture:
                 dumped = result.model_dump(mode="json", by_alias=True, exclude_none=True)
                 span.set_attribute(
-                    ATTR_GEN_AI_TOOL_CALL_RESULT, _captured(dumped, self._capture_limit)
+                    ATTR_GEN_AI_TOOL_CALL_RESULT, captured(dumped, self._capture_limit)
                 )
             _record_duration(started, name, ERROR_TYPE_TOOL_ERROR if result.is_error else None)
             return result
 
     async def list_tools(self, *, timeout: float | None = None) -> list[mcp_types.Tool]:
-        """All the server's tools (every page), within ``timeout`` and the deadline."""
+        """All the server's tools (every page), within ``timeout`` and the deadline.
+
+        The same errors as :meth:`call_tool`, and transient failures are retried::
+
+            names = [tool.name for tool in await client.list_tools()]
+        """
         budget = self._call_budget(timeout)
 
         async def send(
