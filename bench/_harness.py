@@ -147,7 +147,7 @@ def print_rows(title: str, rows: Sequence[Row], *, out: Callable[[str], None] = 
                 f"{_num(r.median)} {r.unit}",
                 _num(min(r.samples)) if r.samples else "-",
                 _num(max(r.samples)) if r.samples else "-",
-                "" if ratio is None else f"{ratio:.2f}x",
+                "" if ratio is None else f"{ratio:.3f}x",
                 "" if r.target is None else r.target.text(r.unit),
                 r.verdict(),
             ]
