@@ -192,6 +192,30 @@ async def test_the_enclosing_deadline_binds_when_it_is_tighter(chaos: ChaosServe
     await chaos.wait_for("cancelled", "hang")
 
 
+@pytest.mark.parametrize("kind", ["http", "sse"])
+async def test_headers_reach_the_server(
+    kind: str, chaos: ChaosServer, chaos_sse: ChaosServer
+) -> None:
+    url = chaos_sse.url if kind == "sse" else chaos.url
+    headers = {"Authorization": "Bearer s3cret", "X-Tenant": "acme"}
+    async with hangguard.McpClient(url, headers=headers) as client:
+        result = await client.call_tool("request_headers")
+    assert result.structured_content is not None
+    assert {"authorization", "x-tenant"} <= set(result.structured_content["result"])
+
+
+async def test_a_503_to_the_protocol_probe_is_reported_not_hidden(
+    chaos: ChaosServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Known mcp 2.3 behaviour: any error to server/discover means "legacy server" to it.
+    chaos.fault = HttpFault("status", status=503, methods={"server/discover"}, first=1)
+    async with hangguard.McpClient(chaos.url) as client:
+        assert client.protocol_version == "2025-11-25"
+        await client.call_tool("echo")
+    (record,) = [r for r in caplog.records if "protocol probe" in r.getMessage()]
+    assert "HTTP 503" in record.getMessage() and record.levelname == "WARNING"
+
+
 # --- the deadline across the wire ------------------------------------------------------
 
 

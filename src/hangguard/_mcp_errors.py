@@ -27,6 +27,7 @@ from ._mcp_transport import Exchange
 from ._telemetry import ERROR_TYPE_TIMEOUT, ERROR_TYPE_TOOL_ERROR, error_type
 
 __all__ = [
+    "TRANSIENT_STATUSES",
     "call_error",
     "connect_error",
     "describe",

@@ -24,7 +24,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from . import _config
 from ._deadline import deadline
 from ._exceptions import DeadlineExceeded, McpConnectError
-from ._mcp_errors import connect_error, mark_transient, root_cause
+from ._mcp_errors import TRANSIENT_STATUSES, connect_error, mark_transient, root_cause
 from ._mcp_stdio import stdio_transport
 from ._mcp_transport import (
     Exchange,
@@ -199,6 +199,19 @@ class Session:
                 exchange.disarm()
             # Before 2026-07-28, the SDK's HTTP writer POSTs notifications and waits.
             conn.buffer_writes = client.protocol_version not in MODERN_PROTOCOL_VERSIONS
+            if (
+                self._protocol == "auto"
+                and conn.buffer_writes
+                and exchange.status in TRANSIENT_STATUSES
+            ):
+                # The SDK takes any error to server/discover for "a legacy server".
+                logger.warning(
+                    "MCP server %s answered the protocol probe with HTTP %s; the session "
+                    "fell back to protocol %s",
+                    self.label,
+                    exchange.status,
+                    client.protocol_version,
+                )
             conn.client = client
             ready.set_result(None)
             await conn.closing.wait()

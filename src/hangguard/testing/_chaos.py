@@ -6,12 +6,12 @@ a thread of the current process (:class:`ChaosServer`), as a subprocess
 (``python -m hangguard.testing.chaos``) or over stdio (``--transport stdio``).
 
 Tools: ``echo``, ``sleep``, ``hang``, ``raise`` (a JSON-RPC error), ``is_error`` (a result
-with ``isError``), ``flaky`` (fails its first N calls, then succeeds) and
-``deadline_info`` (what budget the handler got). Every call is recorded as
-:class:`ChaosEvent` objects, so a test can wait until a handler started or see that it
-was cancelled. Transport faults are an :class:`HttpFault` (never answer, ``text/html``,
-an HTTP status, close mid-response), optionally only for some JSON-RPC methods or only
-for the first N matching requests.
+with ``isError``), ``flaky`` (fails its first N calls, then succeeds), ``deadline_info``
+(what budget the handler got) and ``request_headers`` (the names of the HTTP headers it
+came with). Every call is recorded as :class:`ChaosEvent` objects, so a test can wait
+until a handler started or see that it was cancelled. Transport faults are an
+:class:`HttpFault` (never answer, ``text/html``, an HTTP status, close mid-response),
+optionally only for some JSON-RPC methods or only for the first N matching requests.
 """
 
 from __future__ import annotations

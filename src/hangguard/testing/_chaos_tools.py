@@ -228,6 +228,12 @@ def build_chaos_server(
                 "timeout_ms": meta.get(TIMEOUT_META_KEY),
             }
 
+    @server.tool(description="Report the names of the HTTP headers the request came with.")
+    async def request_headers(ctx: Context) -> list[str]:
+        async with _track(recorder, "request_headers"):
+            # Names only: values may be credentials.
+            return sorted(name.lower() for name in (ctx.headers or {}))
+
     return server
 
 
