@@ -226,6 +226,22 @@ async def test_502_is_retried_then_raised(
     assert faults(target, "tools/call") == 3
 
 
+async def test_concurrent_calls_all_fail_fast_when_the_sse_writer_dies(
+    chaos_sse: ChaosServer,
+) -> None:
+    # Over SSE the SDK's writer dies at the first failed POST: the calls queued behind
+    # it must fail as well, not wait for their deadlines.
+    async with hangguard.McpClient(chaos_sse.url, timeout=5, retry=1) as client:
+        chaos_sse.fault = HttpFault("status", status=503, methods={"tools/call"})
+        with within(0.5, margin=0):
+            results = await asyncio.gather(
+                *(client.call_tool("echo", {"text": str(i)}) for i in range(5)),
+                return_exceptions=True,
+            )
+        chaos_sse.fault = None
+    assert all(isinstance(r, hangguard.McpConnectError) for r in results), results
+
+
 @pytest.mark.parametrize("target", HTTP, indirect=True)
 async def test_503_then_ok_succeeds_after_retries(
     target: Target, leaks: LeakCheck, spans: InMemorySpanExporter

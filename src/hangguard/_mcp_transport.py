@@ -420,7 +420,10 @@ async def buffered_writes(
                     async for context, message in queue_out:
                         await asyncio.create_task(write_stream.send(message), context=context)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    pass  # the transport is gone; later sends fail on the closed queue
+                    # The SDK's writer died (over SSE: at a failed POST), so nothing more
+                    # reaches the server: end the read side too, and the session fails
+                    # every waiting request at once instead of at each one's deadline.
+                    await read_stream.aclose()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(forward)
