@@ -266,7 +266,12 @@ class Blackhole:
 
 
 def closed_port_url(host: str = "127.0.0.1", path: str = "/mcp") -> str:
-    """A URL on a port where nothing listens (connection refused)."""
+    """A URL on a port where nothing listens (connection refused).
+
+    The port was free a moment ago; nothing on this machine listens on it::
+
+        hangguard.McpClient(closed_port_url())  # connecting raises McpConnectError
+    """
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     with sock:
         sock.bind((host, 0))

@@ -51,7 +51,10 @@ class ChaosEvent:
 class ChaosRecorder:
     """Thread-safe log of :class:`ChaosEvent` objects that tests can wait on.
 
-    Recording costs the same however long the log is (benchmarks record thousands).
+    Recording costs the same however long the log is (benchmarks record thousands)::
+
+        await chaos.recorder.wait_for("started", "hang")   # the handler is running
+        assert chaos.recorder.count("cancelled", "hang") == 0
     """
 
     def __init__(self, on_event: Callable[[ChaosEvent], None] | None = None) -> None:
@@ -160,7 +163,10 @@ def build_chaos_server(
     """The chaos ``MCPServer`` with its tools, not yet served on any transport.
 
     With ``deadline_middleware`` it enforces the caller's ``hangguard/timeout-ms``,
-    capped by ``max_timeout``.
+    capped by ``max_timeout``. Serve it yourself, or call it in-process::
+
+        async with hangguard.McpClient(build_chaos_server(), timeout=1) as client:
+            await client.call_tool("echo", {"text": "hi"})
     """
     recorder = recorder if recorder is not None else ChaosRecorder()
     middleware = [DeadlineMiddleware(max_timeout)] if deadline_middleware else []
