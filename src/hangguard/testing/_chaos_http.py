@@ -268,7 +268,7 @@ class Blackhole:
 def closed_port_url(host: str = "127.0.0.1", path: str = "/mcp") -> str:
     """A URL on a port where nothing listens (connection refused).
 
-    The port was free a moment ago; nothing on this machine listens on it::
+    The port was free a moment ago (another program could take it since, but rarely does)::
 
         hangguard.McpClient(closed_port_url())  # connecting raises McpConnectError
     """
