@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="one scenario under pyinstrument (needs the bench extra)")
     p.add_argument("scenario", choices=sorted(SCENARIOS))
-    p.add_argument("--provider", choices=("none", "sdk"), default="none")
+    p.add_argument("--provider", choices=("none", "sdk", "sdk+metrics"), default="none")
     p.add_argument("-n", type=_rounds, default=10_000, help="size of one run (10000)")
     p.add_argument("--rounds", type=_rounds, default=5, help="runs profiled (5)")
     p.add_argument("--all", action="store_true", help="show library frames too")

@@ -43,9 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The line a worker prints its JSON result after (anything before it is ignored).
 RESULT_PREFIX = "BENCH-RESULT "
 
-#: The global tracer provider state a worker runs under: nothing installed, or the SDK
-#: with a BatchSpanProcessor feeding an exporter that drops everything.
-Provider = Literal["none", "sdk"]
+#: The global provider state a worker runs under: nothing installed; the SDK's tracer
+#: provider with a BatchSpanProcessor feeding an exporter that drops everything; or that
+#: plus the SDK's meter provider (as ``hangguard.setup_tracing`` installs by default).
+Provider = Literal["none", "sdk", "sdk+metrics"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,8 +225,12 @@ class _DropAll:
         return True
 
 
-def install_sdk() -> None:
-    """Install the SDK provider with defaults, a BatchSpanProcessor and a no-op exporter."""
+def install_sdk(*, metrics: bool = False) -> None:
+    """Install the SDK provider with defaults, a BatchSpanProcessor and a no-op exporter.
+
+    With ``metrics``, also a meter provider whose reader collects only when asked, so
+    that recording costs what it costs and exporting costs nothing.
+    """
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -234,6 +239,12 @@ def install_sdk() -> None:
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    if metrics:
+        from opentelemetry import metrics as metrics_api
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        metrics_api.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
 
 
 def quiet_hangguard_logging() -> None:

@@ -15,10 +15,10 @@ from ._harness import RESULT_PREFIX, install_sdk, quiet_hangguard_logging
 
 def main(argv: list[str]) -> int:
     target, provider, raw = argv
-    if provider == "sdk":
-        install_sdk()
+    if provider in ("sdk", "sdk+metrics"):
+        install_sdk(metrics=provider == "sdk+metrics")
     elif provider != "none":
-        raise SystemExit(f"provider must be 'none' or 'sdk', got {provider!r}")
+        raise SystemExit(f"provider must be 'none', 'sdk' or 'sdk+metrics', got {provider!r}")
     quiet_hangguard_logging()
     module_name, _, func_name = target.partition(":")
     func = getattr(importlib.import_module(module_name), func_name)

@@ -144,4 +144,30 @@ def run(cfg: Config) -> list[Row]:
                 target=Target("ratio", 1.15),
             )
         )
+        # What setup_tracing's defaults cost: the meter provider too, so the group's
+        # per-task outcome counter records for real. Shown for reference.
+        metered = run_worker(
+            "bench.fanout:measure",
+            {"n": n, "rounds": rounds, "variants": ["raw+span", "hangguard"]},
+            provider="sdk+metrics",
+        )
+        raw_metered = Row(
+            "fanout",
+            size,
+            "SDK+metrics: raw TaskGroup + SDK span",
+            "us/task",
+            _us(metered["raw+span"]),
+        )
+        rows.append(raw_metered)
+        rows.append(
+            Row(
+                "fanout",
+                size,
+                "SDK+metrics: hangguard.TaskGroup",
+                "us/task",
+                _us(metered["hangguard"]),
+                baseline=raw_metered,
+                note="reference",
+            )
+        )
     return rows
