@@ -31,6 +31,7 @@ from ._deadline import check_timeout, current_deadline, remaining
 from ._exceptions import DeadlineExceeded, JoinTimeout
 from ._telemetry import (
     ATTR_CANCEL_CAUSE,
+    ATTR_CANCEL_GRACE_S,
     ATTR_CANCEL_REASON,
     ATTR_GROUP_CANCELLED,
     ATTR_GROUP_FAILED,
@@ -569,7 +570,7 @@ class TaskGroup:
         )
         if self._span is not None:
             self._span.add_event(
-                EVENT_CANCEL_IGNORED, {ATTR_TASK_NAME: names, "hangguard.cancel_grace_s": grace}
+                EVENT_CANCEL_IGNORED, {ATTR_TASK_NAME: names, ATTR_CANCEL_GRACE_S: grace}
             )
         for t in stuck:
             _abandoned.add(t)

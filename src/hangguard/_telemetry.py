@@ -18,6 +18,7 @@ from ._version import __version__
 
 __all__ = [
     "ATTR_CANCEL_CAUSE",
+    "ATTR_CANCEL_GRACE_S",
     "ATTR_CANCEL_REASON",
     "ATTR_DEADLINE_BUDGET_S",
     "ATTR_DEADLINE_NAME",
@@ -106,6 +107,7 @@ ATTR_TASK_INDEX: Final = "hangguard.task.index"
 ATTR_TASK_STACK: Final = "hangguard.task.stack"
 ATTR_CANCEL_REASON: Final = "hangguard.cancel.reason"
 ATTR_CANCEL_CAUSE: Final = "hangguard.cancel.cause"
+ATTR_CANCEL_GRACE_S: Final = "hangguard.cancel_grace_s"
 ATTR_DEADLINE_NAME: Final = "hangguard.deadline.name"
 ATTR_DEADLINE_BUDGET_S: Final = "hangguard.deadline.budget_s"
 # On retry events: the number of the attempt that failed (1-based), the most attempts
