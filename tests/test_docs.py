@@ -69,7 +69,11 @@ def backticked(text: str) -> set[str]:
 
 def env_vars_in_code() -> set[str]:
     names = set(_config.ENV_VARS)
-    names |= {v for k, v in vars(_config).items() if k.startswith("ENV_") and isinstance(v, str)}
+    names |= {
+        v
+        for k, v in vars(_config).items()
+        if k.startswith(("ENV_", "OTEL_")) and isinstance(v, str)
+    }
     pattern = re.compile(r"^(HANGGUARD|OTEL)_[A-Z0-9_]+$")
     literals = {s for s in string_literals(source_files()) if pattern.match(s)}
     names |= literals - public_identifiers()

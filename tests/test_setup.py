@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace import sampling
 
 import hangguard
 from hangguard import ConfigError, SpanRecord, TracingHandle, resolve_settings, setup_tracing
-from hangguard._setup import ENV_TRACE_FILE
+from hangguard._config import ENV_TRACE_FILE
 
 OTEL_VARS = [
     "OTEL_EXPORTER_OTLP_ENDPOINT",

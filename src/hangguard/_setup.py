@@ -35,6 +35,18 @@ from urllib.parse import urlsplit
 
 from opentelemetry import metrics, trace
 
+from ._config import (
+    ENV_TRACE_FILE,
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
+    OTEL_EXPORTER_OTLP_METRICS_PROTOCOL,
+    OTEL_EXPORTER_OTLP_PROTOCOL,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+    OTEL_RESOURCE_ATTRIBUTES,
+    OTEL_TRACES_SAMPLER,
+    OTEL_TRACES_SAMPLER_ARG,
+)
 from ._deadline import check_timeout
 from ._exceptions import ConfigError
 from ._span_record import SpanRecord
@@ -51,7 +63,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SHUTDOWN_TIMEOUT",
-    "ENV_TRACE_FILE",
     "ExportStats",
     "TracingHandle",
     "TracingSettings",
@@ -62,20 +73,6 @@ __all__ = [
 
 _log = logging.getLogger("hangguard")
 
-#: Names the JSON-lines file the local exporter appends finished spans to.
-ENV_TRACE_FILE: Final = "HANGGUARD_TRACE_FILE"
-
-# The standard variables (the SDK has constants for them, but importing it is optional).
-OTEL_EXPORTER_OTLP_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
-OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
-OTEL_EXPORTER_OTLP_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_PROTOCOL"
-OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
-OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"
-OTEL_SERVICE_NAME: Final = "OTEL_SERVICE_NAME"
-OTEL_RESOURCE_ATTRIBUTES: Final = "OTEL_RESOURCE_ATTRIBUTES"
-OTEL_TRACES_SAMPLER: Final = "OTEL_TRACES_SAMPLER"
-OTEL_TRACES_SAMPLER_ARG: Final = "OTEL_TRACES_SAMPLER_ARG"
 
 #: How long ``shutdown()`` and the process exit may wait for telemetry, by default.
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 2.0

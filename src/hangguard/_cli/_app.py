@@ -13,9 +13,10 @@ from typing import Final
 from rich.console import Console
 
 from .. import _config
+from .._config import ENV_JAEGER_UI
 from .._exceptions import ConfigError
 from .._version import __version__
-from ._config_cmd import DEFAULT_JAEGER_UI, ENV_JAEGER_UI
+from ._config_cmd import DEFAULT_JAEGER_UI
 from ._tree import MCP_SDK_SCOPE
 
 __all__ = ["build_parser", "run"]

@@ -23,13 +23,13 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import _config
+from .._config import ENV_JAEGER_UI, ENV_TRACE_FILE
 from .._exceptions import ConfigError
-from .._setup import ENV_TRACE_FILE, TracingSettings, resolve_settings
+from .._setup import TracingSettings, resolve_settings
 
 __all__ = [
     "CLI_ENV_VARS",
     "DEFAULT_JAEGER_UI",
-    "ENV_JAEGER_UI",
     "OTEL_ENV_VARS",
     "ConfigReport",
     "EnvRow",
@@ -37,8 +37,6 @@ __all__ = [
     "print_config",
 ]
 
-#: Base URL of the Jaeger UI the demo links its trace to.
-ENV_JAEGER_UI: Final = "HANGGUARD_JAEGER_UI"
 DEFAULT_JAEGER_UI: Final = "http://localhost:16686"
 
 #: Variables only the command reads, with their default and meaning.
@@ -62,7 +60,7 @@ OTEL_ENV_VARS: Final[Mapping[str, tuple[str, str]]] = {
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": ("", "the protocol for traces only"),
     "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": ("", "the protocol for metrics only"),
     "OTEL_EXPORTER_OTLP_HEADERS": ("", "headers sent to the collector, k=v,k=v (the SDK's)"),
-    "OTEL_EXPORTER_OTLP_TIMEOUT": ("10000", "one export's timeout in ms (the SDK's)"),
+    "OTEL_EXPORTER_OTLP_TIMEOUT": ("10", "one export's timeout (the Python SDK reads seconds)"),
     "OTEL_TRACES_SAMPLER": ("parentbased_always_on", "which traces are recorded"),
     "OTEL_TRACES_SAMPLER_ARG": ("1.0", "the ratio of the *traceidratio samplers"),
     "OTEL_SDK_DISABLED": ("false", "true: the SDK records nothing (the SDK's)"),

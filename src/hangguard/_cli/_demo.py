@@ -31,9 +31,10 @@ from rich.text import Text
 import hangguard
 
 from .. import _config
+from .._config import ENV_JAEGER_UI
 from .._exceptions import ConfigError
 from .._span_record import SpanRecord
-from ._config_cmd import DEFAULT_JAEGER_UI, ENV_JAEGER_UI
+from ._config_cmd import DEFAULT_JAEGER_UI
 from ._demo_ops import OP_NAME, Search, SearchOp, make_op, plan
 from ._demo_report import (
     Outcome,

@@ -25,9 +25,11 @@ from typing import Any, Final, Literal
 from rich.console import Console
 from rich.text import Text
 
+from .. import _config
+from .._config import ENV_JAEGER_UI
 from .._exceptions import ConfigError
 from .._setup import resolve_settings
-from ._config_cmd import ENV_JAEGER_UI, collect
+from ._config_cmd import collect
 
 __all__ = [
     "PACKAGES",
@@ -43,9 +45,9 @@ __all__ = [
 
 Status = Literal["ok", "info", "warn", "fail"]
 
-ENV_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
-ENV_TRACES_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-ENV_PROTOCOL: Final = "OTEL_EXPORTER_OTLP_PROTOCOL"
+ENV_ENDPOINT: Final = _config.OTEL_EXPORTER_OTLP_ENDPOINT
+ENV_TRACES_ENDPOINT: Final = _config.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+ENV_PROTOCOL: Final = _config.OTEL_EXPORTER_OTLP_PROTOCOL
 
 _GRPC_PORT: Final = 4317
 _HTTP_PORT: Final = 4318
