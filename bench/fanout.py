@@ -19,7 +19,7 @@ from ._harness import Config, Row, Target, run_worker
 __all__ = ["measure", "run"]
 
 SIZES = (1_000, 10_000, 100_000)
-ROUNDS = {1_000: 15, 10_000: 9, 100_000: 3}
+ROUNDS = {1_000: 15, 10_000: 9, 100_000: 5}
 
 
 async def _noop() -> None:
