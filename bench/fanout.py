@@ -63,7 +63,12 @@ _VARIANTS: dict[str, Callable[[int], Awaitable[None]]] = {
 
 
 def measure(params: dict[str, Any]) -> dict[str, list[float]]:
-    """Worker: seconds per task of each variant, one sample per round."""
+    """Worker: CPU seconds per task of each variant, one sample per round.
+
+    CPU time of the process, not the wall clock: on a shared machine the wall clock
+    also counts the time other processes held the core, which is noise here (the
+    exporter thread's CPU is counted, alike for every variant).
+    """
     n: int = params["n"]
     rounds: int = params["rounds"]
     names: list[str] = params["variants"]
@@ -76,9 +81,9 @@ def measure(params: dict[str, Any]) -> dict[str, list[float]]:
             # Rotating the order spreads any drift within a round over every variant.
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 gc.collect()
-                started = time.perf_counter()
+                started = time.process_time()
                 await _VARIANTS[name](n)
-                samples[name].append((time.perf_counter() - started) / n)
+                samples[name].append((time.process_time() - started) / n)
         return samples
 
     return asyncio.run(main())
