@@ -40,7 +40,6 @@ from ._telemetry import (
     ATTR_GROUP_SERIAL,
     ATTR_GROUP_SIZE,
     ATTR_GROUP_TIMED_OUT,
-    ATTR_TASK_INDEX,
     ATTR_TASK_NAME,
     ATTR_TASK_STACK,
     ATTR_TIMEOUT_S,
@@ -196,6 +195,7 @@ class TaskGroup:
         self._joined = False
         self._body_task: asyncio.Task[Any] | None = None
         self._body_cancelled = False
+        self._finished = False
 
     # -- submitting -------------------------------------------------------------------
 
@@ -299,7 +299,7 @@ class TaskGroup:
         return self._tracer.start_span(
             SPAN_TASK.format(name),
             context=self._span_ctx,
-            attributes={ATTR_TASK_NAME: name, ATTR_TASK_INDEX: index},
+            attributes={ATTR_TASK_NAME: name},
         )
 
     async def _run_logged(
@@ -367,7 +367,10 @@ class TaskGroup:
             and (self._pending == 0 or (failed and self._fail_fast))
         ):
             waiter.set_result(None)
-        _metrics.record_task_outcome(self._outcome(task, failed))
+        if self._finished:
+            # Outcomes are counted once per group when join ends; a task that outlived
+            # the join (it ignored its cancellation) is counted when it ends.
+            _metrics.record_task_outcome(self._outcome(task, failed))
 
     def _outcome(self, task: asyncio.Task[Any], failed: bool) -> str:
         if failed:
@@ -487,7 +490,7 @@ class TaskGroup:
                 # results rather than a bare cancellation (its scope uncancels the task).
                 binding = dl.binding()
                 raise self._join_timeout(binding.name, binding.budget) from None
-            self._end_span(timed_out=False)
+            self._finish(timed_out=False)
             raise
 
         if timed_out:
@@ -516,12 +519,12 @@ class TaskGroup:
                     n,
                 )
             await self._finish_cancelled(grace)
-            self._end_span(timed_out=False)
+            self._finish(timed_out=False)
             error = first.exception()
             assert error is not None
             raise error
 
-        self._end_span(timed_out=False)
+        self._finish(timed_out=False)
         return [_outcome(t) for t in self._tasks]
 
     def _join_timeout(self, deadline_name: str | None, budget: float) -> JoinTimeout:
@@ -542,7 +545,7 @@ class TaskGroup:
                 )
             else:
                 results.append(_outcome(t))
-        self._end_span(timed_out=True)
+        self._finish(timed_out=True)
         shown = ", ".join(pending[:5]) + (", ..." if len(pending) > 5 else "")
         budget_text = "no limit" if math.isinf(budget) else f"{budget:g}s"
         return JoinTimeout(
@@ -576,7 +579,17 @@ class TaskGroup:
             _abandoned.add(t)
             t.add_done_callback(_abandoned.discard)
 
-    def _end_span(self, *, timed_out: bool) -> None:
+    def _finish(self, *, timed_out: bool) -> None:
+        """Count the outcomes (one metric update per outcome) and end the group span."""
+        if not self._finished:
+            self._finished = True
+            counts: collections.Counter[str] = collections.Counter(
+                self._outcome(t, not t.cancelled() and t.exception() is not None)
+                for t in self._tasks
+                if t.done()
+            )
+            for outcome, n in counts.items():
+                _metrics.record_task_outcome(outcome, n)
         span = self._span
         if span is None:
             return
@@ -625,7 +638,7 @@ class TaskGroup:
             self._cancel_all(reason, f"{self.name} body raised {type(exc).__name__}")
             await self._finish_cancelled(_config.cancel_grace())
             self._joined = True
-            self._end_span(timed_out=False)
+            self._finish(timed_out=False)
             return
         await self.join()
 

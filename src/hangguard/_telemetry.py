@@ -48,7 +48,6 @@ __all__ = [
     "ATTR_RETRY_SLEEP_S",
     "ATTR_SERVER_ADDRESS",
     "ATTR_SERVER_PORT",
-    "ATTR_TASK_INDEX",
     "ATTR_TASK_NAME",
     "ATTR_TASK_OUTCOME",
     "ATTR_TASK_STACK",
@@ -103,7 +102,6 @@ ATTR_GROUP_LIMIT: Final = "hangguard.group.limit"
 ATTR_GROUP_SERIAL: Final = "hangguard.group.serial"
 ATTR_TIMEOUT_S: Final = "hangguard.timeout_s"
 ATTR_TASK_NAME: Final = "hangguard.task.name"
-ATTR_TASK_INDEX: Final = "hangguard.task.index"
 ATTR_TASK_STACK: Final = "hangguard.task.stack"
 ATTR_CANCEL_REASON: Final = "hangguard.cancel.reason"
 ATTR_CANCEL_CAUSE: Final = "hangguard.cancel.cause"

@@ -439,9 +439,8 @@ def render(records: list[SpanRecord]) -> str:
     for r in records:
         children.setdefault(r.parent_span_id, []).append(r)
 
-    def order(r: SpanRecord) -> tuple[int, int]:
-        index = r.attributes.get("hangguard.task.index")
-        return (index if isinstance(index, int) else -1, r.start_ns)
+    def order(r: SpanRecord) -> int:
+        return r.start_ns
 
     lines: list[str] = []
 
