@@ -29,6 +29,8 @@ from opentelemetry.trace import Span
 from . import _config, _metrics, _telemetry
 from ._deadline import check_timeout, current_deadline, remaining
 from ._exceptions import DeadlineExceeded, JoinTimeout
+from ._limiter import Limiter
+from ._task_info import fn_name, is_coroutine_function, outcome_of, stack_of
 from ._telemetry import (
     ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_GRACE_S,
@@ -62,61 +64,12 @@ T = TypeVar("T")
 #: Await stacks are captured for at most this many cancelled tasks per group, so that
 #: cancelling 10,000 tasks stays cheap; the rest get the event without a stack.
 STACK_CAPTURES: Final = 5
-_STACK_DEPTH: Final = 6
 
 # Tasks that ignored their cancellation past the grace: kept referenced so they are not
 # garbage collected mid-run, and their eventual outcome is still logged.
 _abandoned: set[asyncio.Task[Any]] = set()
 
-_CO_COROUTINE: Final = inspect.CO_COROUTINE
 _NOT_CHECKED: Final = object()
-
-
-def _is_coroutine_function(fn: object) -> bool:
-    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
-    if code is not None:
-        return bool(code.co_flags & _CO_COROUTINE)
-    if inspect.iscoroutinefunction(fn):
-        return True
-    call = getattr(fn, "__call__", None)  # noqa: B004 - objects with an async __call__
-    return call is not None and inspect.iscoroutinefunction(call)
-
-
-def _fn_name(fn: object) -> str:
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
-
-
-class _Limiter:
-    """A FIFO semaphore: with ``limit=1`` (serial mode) tasks run in submit order."""
-
-    __slots__ = ("_free", "_waiters")
-
-    def __init__(self, n: int) -> None:
-        self._free = n
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    async def acquire(self) -> None:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()  # handed a slot while being cancelled: pass it on
-            else:
-                self._waiters.remove(fut)
-            raise
-
-    def release(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self._free += 1
 
 
 class _CancelInfo:
@@ -171,7 +124,7 @@ class TaskGroup:
             raise ValueError(f"limit must be >= 1, got {limit!r}")
         self._serial = _config.serial()
         self._limit = 1 if self._serial else limit
-        self._limiter = _Limiter(self._limit) if self._limit is not None else None
+        self._limiter = Limiter(self._limit) if self._limit is not None else None
         self._tracer = _telemetry.get_tracer()
         self._span: Span | None = None
         self._span_ctx: otel_context.Context | None = None
@@ -214,7 +167,7 @@ class TaskGroup:
         """
         if self._joined:
             raise RuntimeError(f"task group {self.name!r} was already joined")
-        if fn is not self._checked_fn and not _is_coroutine_function(fn):
+        if fn is not self._checked_fn and not is_coroutine_function(fn):
             if inspect.iscoroutine(fn):
                 fn.close()  # it will never run: close it so Python does not warn later
                 raise TypeError(
@@ -222,7 +175,7 @@ class TaskGroup:
                     f"write submit(fn, *args), not submit(fn(*args)) (group {self.name!r})"
                 )
             raise TypeError(
-                f"submit() takes a coroutine function (async def), got {_fn_name(fn)!r} "
+                f"submit() takes a coroutine function (async def), got {fn_name(fn)!r} "
                 f"(group {self.name!r}); wrap blocking code with asyncio.to_thread"
             )
         self._checked_fn = fn
@@ -252,7 +205,7 @@ class TaskGroup:
             return name
         fn = self._fns[index]
         if fn is not self._named_fn:  # one function submitted many times: name it once
-            self._named_fn, self._fn_label = fn, _fn_name(fn)
+            self._named_fn, self._fn_label = fn, fn_name(fn)
         return f"{self._fn_label}[{index}]"
 
     def __len__(self) -> int:
@@ -403,7 +356,7 @@ class TaskGroup:
         attrs = {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: cause}
         if self._stacks_taken < STACK_CAPTURES:
             self._stacks_taken += 1
-            attrs[ATTR_TASK_STACK] = _stack_of(task)
+            attrs[ATTR_TASK_STACK] = stack_of(task)
         span = self._task_spans.get(task)
         if span is not None:
             span.add_event(EVENT_CANCELLED, attrs)
@@ -525,7 +478,7 @@ class TaskGroup:
             raise error
 
         self._finish(timed_out=False)
-        return [_outcome(t) for t in self._tasks]
+        return [outcome_of(t) for t in self._tasks]
 
     def _join_timeout(self, deadline_name: str | None, budget: float) -> JoinTimeout:
         cancelled = self._cancel_info
@@ -544,7 +497,7 @@ class TaskGroup:
                     )
                 )
             else:
-                results.append(_outcome(t))
+                results.append(outcome_of(t))
         self._finish(timed_out=True)
         shown = ", ".join(pending[:5]) + (", ..." if len(pending) > 5 else "")
         budget_text = "no limit" if math.isinf(budget) else f"{budget:g}s"
@@ -646,26 +599,3 @@ class TaskGroup:
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def _outcome(task: asyncio.Task[Any]) -> Any:
-    if task.cancelled():
-        # Cancelled by someone other than the group: its place holds the cancellation.
-        return asyncio.CancelledError(f"task {task.get_name()!r} was cancelled")
-    exc = task.exception()
-    return exc if exc is not None else task.result()
-
-
-def _stack_of(task: asyncio.Task[Any]) -> str:
-    """Where a task is suspended: the innermost frames of its await chain, one a line."""
-    frames: list[Any] = []
-    coro: Any = task.get_coro()
-    while coro is not None and len(frames) < 64:
-        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        if frame is not None:
-            frames.append(frame)
-        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    return "\n".join(
-        f"{f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
-        for f in reversed(frames[-_STACK_DEPTH:])
-    )
