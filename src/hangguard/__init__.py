@@ -21,20 +21,16 @@ from ._exceptions import (
     McpError,
     McpToolError,
 )
+from ._export_guard import ExportStats
 from ._group import TaskGroup
 from ._op import GuardedOpMixin, guarded_op
 from ._retry import Backoff, RetryOn, RetryPolicy, retry, retry_call
 from ._retry_budget import RetryBudget, retry_budget
-from ._setup import (
-    ExportStats,
-    TracingHandle,
-    TracingSettings,
-    local_spans,
-    resolve_settings,
-    setup_tracing,
-)
+from ._setup import local_spans, setup_tracing
 from ._span_record import SpanEventRecord, SpanRecord, read_span_file
 from ._traced import traced
+from ._tracing_handle import TracingHandle
+from ._tracing_settings import TracingSettings, resolve_settings
 from ._version import __version__
 
 if TYPE_CHECKING:
