@@ -409,3 +409,83 @@ def test_untraced_group_does_no_span_work() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "work"
+
+
+# -- regressions --------------------------------------------------------------------
+
+
+async def test_cancelled_waiters_for_a_slot_stay_cancelled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Queued tasks cancelled by a join timeout end cancelled, not with a limiter error."""
+    g = TaskGroup("g", limit=1)
+    tasks = [g.submit(hang, name=f"t{i}") for i in range(3)]
+    with pytest.raises(JoinTimeout) as info:
+        await g.join(timeout=0.01)
+    assert all(t.cancelled() for t in tasks)
+    assert info.value.pending == ["t0", "t1", "t2"]
+    assert failure_records(caplog) == []
+
+
+async def test_deadline_during_the_grace_still_gives_the_join_timeout(
+    monkeypatch: pytest.MonkeyPatch, spans: InMemorySpanExporter
+) -> None:
+    monkeypatch.setenv("HANGGUARD_CANCEL_GRACE", "5")
+    cleaning = asyncio.Event()
+    cleaned = asyncio.Event()
+
+    async def slow_cleanup() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaning.set()
+            await cleaned.wait()  # cleanup outlives the enclosing deadline
+
+    g = TaskGroup("g")
+    task = g.submit(slow_cleanup, name="s")
+    with pytest.raises(JoinTimeout) as info:
+        async with hangguard.deadline(0.3, name="outer"):
+            await g.join(timeout=0.05)
+    assert info.value.deadline_name == "join g"  # the join's own timeout fired first
+    assert cleaning.is_set()
+    assert "group g" in [s.name for s in spans.get_finished_spans()]
+    cleaned.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_bad_timeout_leaves_the_group_joinable() -> None:
+    g = TaskGroup("g")
+    task = g.submit(value, 7)
+    with pytest.raises(ValueError, match="timeout"):
+        await g.join(timeout=-1)
+    assert await g.join(timeout=5) == [7]
+    assert task.done()
+
+
+async def test_async_with_and_a_bad_env_cancels_the_tasks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HANGGUARD_JOIN_TIMEOUT", "soon")
+    with pytest.raises(hangguard.ConfigError, match="HANGGUARD_JOIN_TIMEOUT"):
+        async with TaskGroup("g") as g:
+            child = g.submit(hang)
+    assert child.cancelled()
+
+
+async def test_a_task_that_finishes_within_the_grace_keeps_its_outcome() -> None:
+    async def answer_when_cancelled() -> str:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return "partial"
+        return "never"
+
+    g = TaskGroup("g")
+    g.submit(answer_when_cancelled, name="a")
+    g.submit(hang, name="b")
+    with pytest.raises(JoinTimeout) as info:
+        await g.join(timeout=0.01)
+    assert info.value.results[0] == "partial"
+    assert isinstance(info.value.results[1], hangguard.DeadlineExceeded)
+    assert info.value.pending == ["b"]

@@ -41,6 +41,7 @@ __all__ = [
     "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG",
     "Config",
+    "DEFAULT_CANCEL_GRACE",
     "budgets",
     "cancel_grace",
     "default_budget",
@@ -239,9 +240,15 @@ def retry_attempts() -> int:
     return _read(ENV_RETRY_ATTEMPTS, 3, _parse_attempts)
 
 
+#: The grace a join gives cancelled tasks when ``HANGGUARD_CANCEL_GRACE`` is unset.
+DEFAULT_CANCEL_GRACE = 1.0
+
+
 def cancel_grace() -> float:
     """``HANGGUARD_CANCEL_GRACE`` in seconds (1 when unset)."""
-    return _read(ENV_CANCEL_GRACE, 1.0, _duration(ENV_CANCEL_GRACE, allow_none=False))
+    return _read(
+        ENV_CANCEL_GRACE, DEFAULT_CANCEL_GRACE, _duration(ENV_CANCEL_GRACE, allow_none=False)
+    )
 
 
 def serial() -> bool:

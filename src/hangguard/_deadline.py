@@ -147,6 +147,8 @@ def split_budget(
         per_call = hangguard.split_budget(30, fraction=0.5, reserve=1.0)
     """
     own = check_timeout(timeout, "timeout")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise TypeError(f"fraction must be a number in (0, 1], got {fraction!r}")
     if not 0.0 < fraction <= 1.0 or math.isnan(fraction):
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     reserve = check_timeout(reserve, "reserve")

@@ -2,9 +2,10 @@
 
 It realises the seed's ``submit_async_task`` / ``join_async_task`` done right: results in
 submit order, the first failure raised as itself once every sibling is cancelled and
-finished, a join that always ends (its own timeout or the enclosing deadline, whichever
-is earlier, plus a bounded grace for tasks that ignore their cancellation), every
-failure logged once with its traceback, and every cancellation recorded with its cause.
+finished, a join that ends on time (its own timeout, ``HANGGUARD_JOIN_TIMEOUT`` or the
+enclosing deadline, whichever is earliest, plus a bounded grace for tasks that ignore
+their cancellation; with none of them set it waits, like ``gather``), every failure
+logged once with its traceback, and every cancellation recorded with its cause.
 
 Untraced use (no SDK installed) adds one done-callback per task to a raw
 ``loop.create_task``; span work happens only when a real tracer provider is installed.
@@ -27,8 +28,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from . import _config, _metrics, _telemetry
-from ._deadline import check_timeout, current_deadline, remaining
-from ._exceptions import DeadlineExceeded, JoinTimeout
+from ._deadline import Deadline, check_timeout, current_deadline, remaining
+from ._exceptions import ConfigError, DeadlineExceeded, JoinTimeout
 from ._limiter import Limiter
 from ._task_info import fn_name, is_coroutine_function, outcome_of, stack_of
 from ._telemetry import (
@@ -393,18 +394,20 @@ class TaskGroup:
         """
         if self._joined:
             raise RuntimeError(f"task group {self.name!r} was already joined")
-        self._joined = True
+        # Arguments and env are read before anything changes: a bad value raises here and
+        # leaves the group joinable.
         if timeout is not None:
             own = check_timeout(timeout, "timeout")
         elif self._timeout is not None:
             own = self._timeout
         else:
             own = _config.join_timeout()
+        grace = _config.cancel_grace()
+        self._joined = True
         mode = return_exceptions
         if mode is None:
             mode = bool(self._return_exceptions)
         self._fail_fast = not mode
-        grace = _config.cancel_grace()
         if self._span is not None and not math.isinf(own):
             self._span.set_attribute(ATTR_TIMEOUT_S, own)
 
@@ -421,29 +424,22 @@ class TaskGroup:
                 await self._wait_pending(limit)
                 timed_out = self._pending > 0 and not (self._fail_fast and self._failures)
         except asyncio.CancelledError as cancel:
+            fired = self._own_deadline_fired(cancel, task, cancelling)
             dl = current_deadline()
-            expired = dl is not None and (
-                remaining() <= 0
-                or str(cancel.args[0] if cancel.args else "").startswith("hangguard deadline")
-            )
-            if expired and dl is not None:
-                cause = dl.binding().name or ""
-                self._cancel_all(CANCEL_DEADLINE, cause)
+            if fired is not None or (dl is not None and remaining() <= 0):
+                bound = fired or (dl.binding() if dl is not None else None)
+                self._cancel_all(CANCEL_DEADLINE, (bound.name if bound else None) or "")
             else:
                 self._cancel_all(CANCEL_PARENT, self.name)
-            await self._finish_cancelled(grace)
-            if (
-                expired
-                and dl is not None
-                and task is not None
-                and dl.enforced_in is task
-                and task.cancelling() == cancelling + 1
-            ):
-                # The enclosing deadline of this very task fired: answer with the partial
-                # results rather than a bare cancellation (its scope uncancels the task).
-                binding = dl.binding()
-                raise self._join_timeout(binding.name, binding.budget) from None
-            self._finish(timed_out=False)
+            try:
+                await self._finish_cancelled(grace)
+            finally:
+                if fired is None:
+                    self._finish(timed_out=False)
+            if fired is not None:
+                # This task's own deadline fired: answer with the partial results rather
+                # than a bare cancellation (the deadline's scope withdraws its cancel).
+                raise self._join_timeout(fired.name, fired.budget) from None
             raise
 
         if timed_out:
@@ -456,7 +452,7 @@ class TaskGroup:
             else:
                 dname, budget = f"join {self.name}", own
                 self._cancel_all(CANCEL_TIMEOUT, self.name)
-            await self._finish_cancelled(grace)
+            await self._after_cancelling(grace, task, cancelling, timed_out=True)
             raise self._join_timeout(dname, budget)
 
         if self._fail_fast and self._failures:
@@ -471,7 +467,7 @@ class TaskGroup:
                     type(exc).__name__,
                     n,
                 )
-            await self._finish_cancelled(grace)
+            await self._after_cancelling(grace, task, cancelling, timed_out=False)
             self._finish(timed_out=False)
             error = first.exception()
             assert error is not None
@@ -480,13 +476,44 @@ class TaskGroup:
         self._finish(timed_out=False)
         return [outcome_of(t) for t in self._tasks]
 
+    def _own_deadline_fired(
+        self, cancel: asyncio.CancelledError, task: asyncio.Task[Any] | None, cancelling: int
+    ) -> Deadline | None:
+        """The deadline, when ``cancel`` is this task's own deadline scope firing (alone)."""
+        dl = current_deadline()
+        if dl is None or task is None or dl.enforced_in is not task:
+            return None
+        if task.cancelling() != cancelling + 1:
+            return None  # someone else cancelled this task too: not ours to turn into data
+        message = str(cancel.args[0]) if cancel.args else ""
+        if remaining() <= 0 or message.startswith("hangguard deadline"):
+            return dl.binding()
+        return None
+
+    async def _after_cancelling(
+        self, grace: float, task: asyncio.Task[Any] | None, cancelling: int, *, timed_out: bool
+    ) -> None:
+        """Wait out the grace; if this task is cancelled meanwhile, finish the books first.
+
+        When the cancellation is this task's own deadline firing, it is absorbed (the
+        deadline's scope withdraws it) and the join ends as it was about to.
+        """
+        try:
+            await self._finish_cancelled(grace)
+        except asyncio.CancelledError as cancel:
+            if self._own_deadline_fired(cancel, task, cancelling) is None:
+                self._finish(timed_out=timed_out)
+                raise
+
     def _join_timeout(self, deadline_name: str | None, budget: float) -> JoinTimeout:
         cancelled = self._cancel_info
         pending: list[str] = []
         results: list[Any] = []
         label = deadline_name or "(unnamed)"
         for i, t in enumerate(self._tasks):
-            if t in cancelled:
+            # A task that was cancelled but still returned or raised within the grace did
+            # finish: its own outcome stands in its place.
+            if t in cancelled and (not t.done() or t.cancelled()):
                 name = self.task_name(i)
                 pending.append(name)
                 results.append(
@@ -587,13 +614,34 @@ class TaskGroup:
                 exc_type, exc = None, None
         if exc is not None:
             # The body failed or was cancelled: nothing more should run.
-            reason = CANCEL_PARENT
-            self._cancel_all(reason, f"{self.name} body raised {type(exc).__name__}")
-            await self._finish_cancelled(_config.cancel_grace())
             self._joined = True
-            self._finish(timed_out=False)
+            self._cancel_all(CANCEL_PARENT, f"{self.name} body raised {type(exc).__name__}")
+            try:
+                await self._finish_cancelled(_grace_or_default())
+            finally:
+                self._finish(timed_out=False)
             return
-        await self.join()
+        try:
+            await self.join()
+        except BaseException:
+            if not self._joined:
+                # join refused to start (a bad setting): its tasks must not run on unowned.
+                self._joined = True
+                self._cancel_all(CANCEL_PARENT, f"{self.name} join failed")
+                try:
+                    await self._finish_cancelled(_grace_or_default())
+                finally:
+                    self._finish(timed_out=False)
+            raise
+
+
+def _grace_or_default() -> float:
+    """The cancel grace, on a path that is already raising another error."""
+    try:
+        return _config.cancel_grace()
+    except ConfigError:
+        logger.error("using the default cancel grace", exc_info=True)
+        return _config.DEFAULT_CANCEL_GRACE
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

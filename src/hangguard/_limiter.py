@@ -28,7 +28,8 @@ class Limiter:
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.release()  # handed a slot while being cancelled: pass it on
-            else:
+            elif fut in self._waiters:
+                # Not yet skipped by release() (which drops cancelled waiters itself).
                 self._waiters.remove(fut)
             raise
 
