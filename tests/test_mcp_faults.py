@@ -461,3 +461,21 @@ async def test_stdio_connect_cancelled_twice_still_reaps_the_child() -> None:
     with within(BUDGET), pytest.raises(asyncio.CancelledError):
         await connecting
     await leaks.verify()
+
+
+async def test_an_sse_abort_leaves_no_cancellation_behind(chaos_sse: ChaosServer) -> None:
+    # A failed POST cancels the caller to end its wait; that cancel must be taken back,
+    # or it would surface at the caller's next await (or confuse an enclosing timeout).
+    async def call_then_await() -> int:
+        with pytest.raises(hangguard.McpConnectError):
+            await client.call_tool("echo", {"text": "x"})
+        await asyncio.sleep(0)  # a stray cancellation would be raised here
+        task = asyncio.current_task()
+        assert task is not None
+        return task.cancelling()
+
+    async with hangguard.McpClient(chaos_sse.url, timeout=5, retry=1) as client:
+        chaos_sse.fault = HttpFault("status", status=503, methods={"tools/call"})
+        left = await asyncio.gather(*(asyncio.create_task(call_then_await()) for _ in range(3)))
+        chaos_sse.fault = None
+    assert left == [0, 0, 0]

@@ -51,13 +51,24 @@ class _HandshakeAborted(Exception):
 class Connection:
     """One session: the SDK client and the task that owns it."""
 
-    __slots__ = ("broken", "buffer_writes", "client", "closing", "pid", "task")
+    __slots__ = (
+        "abandoned",
+        "broken",
+        "buffer_writes",
+        "client",
+        "closed",
+        "closing",
+        "pid",
+        "task",
+    )
 
     def __init__(self) -> None:
         self.buffer_writes = False
         self.client: mcp.Client | None = None
         self.task: asyncio.Task[None] | None = None
-        self.closing = asyncio.Event()
+        self.closing = asyncio.Event()  # the polite close: the owner leaves on its own
+        self.closed = False  # a close (polite or not) was started
+        self.abandoned = False  # the owner outlived the close's grace (logged once)
         self.broken = False
         self.pid: int | None = None
 
@@ -100,18 +111,35 @@ class Session:
         self.conn: Connection | None = None
         self._lock: asyncio.Lock | None = None
         self._closed = False
+        # Bumped by each close(): a connect begun before it must not outlive it.
+        self._epoch = 0
+        self._connecting: set[Connection] = set()
 
     async def close(self, *, abrupt: bool = False) -> None:
-        """Close the current connection (if any).
+        """Close the current connection (if any) and tear down a connect in flight.
 
-        Requests are refused afterwards, until an explicit ``live(explicit=True)``.
+        Requests are refused afterwards, until an explicit ``live(explicit=True)``; a
+        connect that was in flight fails with ``McpConnectError``.
         """
         self._closed = True
+        self._epoch += 1
         conn, self.conn = self.conn, None
+        closes = [self._close(c, abrupt=True) for c in self._connecting if c is not conn]
         if conn is not None:
-            await self._close(conn, abrupt=abrupt)
+            closes.append(self._close(conn, abrupt=abrupt))
+        if len(closes) == 1:
+            await closes[0]
+        elif closes:
+            await asyncio.gather(*closes)
+
+    def _closed_error(self) -> McpConnectError:
+        return McpConnectError(
+            f"cannot connect to MCP server {self.label}: the client was closed while connecting",
+            server=self.label,
+        )
 
     async def _close(self, conn: Connection, *, abrupt: bool) -> None:
+        conn.closed = True
         task = conn.task
         if task is None:
             return
@@ -127,16 +155,27 @@ class Session:
             # Cancelled while waiting: the owner must still go, even if unawaited.
             if not task.done():
                 task.cancel("hangguard: closing the MCP connection")
-        if not task.done():
+        if not task.done() and not conn.abandoned:
+            conn.abandoned = True
             logger.warning(
                 "MCP connection to %s did not close within %gs; abandoned", self.label, grace
             )
 
     def _owner_done(self, conn: Connection, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or conn.client is None:
-            return  # closed by us, or a failed connect (raised to the caller)
+        """Log how an owner ended whose outcome is no caller's to see (attached for that)."""
+        if task.cancelled():
+            return
         exc = task.exception()
-        if exc is not None and not conn.closing.is_set():
+        if exc is None:
+            return
+        if conn.closed:
+            logger.warning(
+                "MCP connection to %s failed while closing: %s",
+                self.label,
+                root_cause(exc),
+                exc_info=exc,
+            )
+        else:
             logger.warning(
                 "MCP connection to %s lost: %s", self.label, root_cause(exc), exc_info=exc
             )
@@ -221,7 +260,9 @@ class Session:
             return self._connect_timeout
         return _config.mcp_connect_timeout()
 
-    async def _connect_once(self) -> Connection:
+    async def _connect_once(self, epoch: int) -> Connection:
+        if self._epoch != epoch:
+            raise self._closed_error()
         conn = Connection()
         exchange = Exchange()
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -229,11 +270,24 @@ class Session:
             self._own(conn, ready, exchange), name=f"hangguard MCP {self.label}"
         )
         conn.task = task
+        self._connecting.add(conn)  # close() tears it down from now on
         try:
             await asyncio.wait((ready, task), return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
+            task.add_done_callback(lambda t: self._owner_done(conn, t))
             await self._close(conn, abrupt=True)
             raise
+        finally:
+            self._connecting.discard(conn)
+        if self._epoch != epoch:
+            # close() was called meanwhile and has cancelled the owner: see it gone.
+            await self._close(conn, abrupt=True)
+            if not task.done():
+                task.add_done_callback(lambda t: self._owner_done(conn, t))
+                raise self._closed_error()
+            if task.cancelled() or task.exception() is None:
+                raise self._closed_error()
+            raise self._closed_error() from task.exception()
         if ready.done() and not task.done():
             task.add_done_callback(lambda t: self._owner_done(conn, t))
             return conn
@@ -251,15 +305,17 @@ class Session:
             logger.debug("connecting to MCP server %s failed", self.label, exc_info=exc)
         raise connect_error(exc, exchange, self.label) from cause
 
-    async def _connect(self, *, retry: bool) -> Connection:
+    async def _connect(self, *, retry: bool, epoch: int) -> Connection:
         budget = self._connect_timeout_s()
         scope = deadline(budget, name=f"MCP connect {self.target.label}")
         try:
             async with scope:
                 if not retry:
-                    return await self._connect_once()
+                    return await self._connect_once(epoch)
                 return await retry_call(
-                    self._connect_once, self._policy, name=f"MCP connect {self.label}"
+                    lambda: self._connect_once(epoch),
+                    self._policy,
+                    name=f"MCP connect {self.label}",
                 )
         except DeadlineExceeded as exc:
             if not scope.expired:
@@ -277,21 +333,32 @@ class Session:
 
         Only an ``explicit`` connect retries on its own (within a call, the call's retries
         cover the connect too, so that they do not multiply) or reopens a closed client.
+        A ``close()`` from the moment this is called on makes it fail with
+        ``McpConnectError`` (the connection it was making is torn down).
         """
         conn = self.conn
         if conn is not None and conn.alive:
             return conn
         if self._closed and not explicit:
             raise RuntimeError(f"McpClient for {self.label} is closed")
+        epoch = self._epoch
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
+            if self._epoch != epoch:
+                raise self._closed_error()
             conn = self.conn
             if conn is not None and conn.alive:
                 return conn
             if conn is not None:
                 self.conn = None
                 await self._close(conn, abrupt=True)
+                if self._epoch != epoch:
+                    raise self._closed_error()
             self._closed = False
-            self.conn = await self._connect(retry=explicit)
-            return self.conn
+            conn = await self._connect(retry=explicit, epoch=epoch)
+            if self._epoch != epoch:  # closed since _connect_once checked
+                await self._close(conn, abrupt=True)
+                raise self._closed_error()
+            self.conn = conn
+            return conn
