@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -215,7 +216,7 @@ def test_grpc_exporters_from_the_environment(
     handles.append(h)
     assert isinstance(h.span_exporter, GrpcSpanExporter)
     assert h.span_exporter._endpoint == "127.0.0.1:4317"
-    assert isinstance(h._metric_exporter, GrpcMetricExporter)
+    assert isinstance(h._metric_guard.inner, GrpcMetricExporter)
     attrs = h.provider.resource.attributes
     assert attrs["service.name"] == "from-env"
     assert attrs["deployment.environment"] == "test"
@@ -327,6 +328,92 @@ def test_shutdown_is_idempotent_and_flush_after_it_is_false(
     assert h.force_flush() is False
     with pytest.raises(ValueError, match="timeout"):
         h.force_flush(-1)
+
+
+def test_a_flush_waits_for_the_one_in_flight_instead_of_queueing_another(
+    handles: list[TracingHandle],
+) -> None:
+    h = setup_tracing(set_global=False)
+    handles.append(h)
+    gate = threading.Event()
+    running = threading.Event()
+    started: list[float] = []
+
+    def stuck_flush() -> bool:  # a collector that does not answer, until the gate opens
+        started.append(time.monotonic())
+        running.set()
+        return gate.wait(30)
+
+    h._flush_all = stuck_flush  # type: ignore[method-assign]
+    for _ in range(5):
+        assert h.force_flush(0.05) is False
+    assert running.wait(10)
+    # Only the first one runs; the other four waited for it rather than queueing.
+    assert h._worker._jobs.qsize() == 0
+    gate.set()
+    # The stuck flush started before this call, so one more runs after it: two in all,
+    # where queued flushes would make it six.
+    assert h.force_flush(5) is True
+    assert len(started) == 2
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_an_abandoned_shutdown_still_ends_the_sdk_threads(
+    closed_port: str, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = set(threading.enumerate())
+    h = setup_tracing(
+        endpoint=f"http://{closed_port}",
+        protocol=protocol,
+        metric_export_interval=0.5,
+        shutdown_timeout=0.5,
+        set_global=False,
+    )
+    started = [t for t in threading.enumerate() if t not in before]
+    # The batch span processor, the periodic metric reader, our worker.
+    assert len(started) >= 3, started
+    with h.provider.get_tracer("test").start_as_current_span("lost"):
+        pass
+    t0 = time.monotonic()
+    assert h.shutdown() is False
+    assert time.monotonic() - t0 < 0.5 + EXIT_MARGIN
+    deadline = time.monotonic() + 3
+    for thread in started:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert not [t.name for t in started if t.is_alive()]
+    assert "1 of 1 spans not delivered" in caplog.text
+    assert "already shutdown" not in caplog.text  # each exporter stopped once, quietly
+
+
+def test_a_concurrent_shutdown_waits_for_the_first_result(
+    handles: list[TracingHandle],
+) -> None:
+    h = setup_tracing(set_global=False)
+    handles.append(h)
+    gate = threading.Event()
+    running = threading.Event()
+
+    def slow_shutdown() -> bool:
+        running.set()
+        return gate.wait(30)
+
+    h._shutdown_all = slow_shutdown  # type: ignore[method-assign]
+    results: dict[str, bool] = {}
+    first = threading.Thread(target=lambda: results.update(first=h.shutdown(30)))
+    first.start()
+    assert running.wait(10)
+    # Still running: the second call waits, at most its own timeout, instead of
+    # returning the not-yet-known result at once.
+    t0 = time.monotonic()
+    assert h.shutdown(0.2) is False
+    assert time.monotonic() - t0 >= 0.19
+    second = threading.Thread(target=lambda: results.update(second=h.shutdown(30)))
+    second.start()
+    gate.set()
+    first.join(10)
+    second.join(10)
+    assert results == {"first": True, "second": True}
+    assert h.shutdown(0) is True
 
 
 # -- in a fresh interpreter ---------------------------------------------------------------

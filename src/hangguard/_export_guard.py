@@ -3,7 +3,8 @@
 Every blocking SDK call (flush, shutdown) runs on :class:`Worker`, one daemon thread
 started at setup, so the caller can stop waiting at its timeout. :func:`make_guard` wraps
 the span exporter: it counts what happens to each batch and, once the shutdown gave up,
-drops instead of waiting (and stops the inner exporter so its retries end). The counts,
+drops instead of waiting (and stops the inner exporter so its retries end);
+:func:`make_metric_guard` does the same for the metric exporter. The counts,
 with the ended spans :func:`make_counting_processor` counts, are :class:`ExportStats`.
 The SDK is imported only when a guard or processor is built.
 """
@@ -11,6 +12,7 @@ The SDK is imported only when a guard or processor is built.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 from collections.abc import Callable
@@ -18,10 +20,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-__all__ = ["ExportStats", "Counters", "Worker", "make_counting_processor", "make_guard"]
+__all__ = [
+    "Counters",
+    "ExportStats",
+    "Job",
+    "Worker",
+    "make_counting_processor",
+    "make_guard",
+    "make_metric_guard",
+]
 
 _log = logging.getLogger("hangguard")
 
@@ -56,6 +67,22 @@ class Counters:
             return ExportStats(self.ended, self.exported, self.failed, self.dropped)
 
 
+class Job:
+    """One call handed to :class:`Worker`: ``done`` is set once ``result`` is final."""
+
+    __slots__ = ("done", "fn", "result")
+
+    def __init__(self, fn: Callable[[], bool]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result = False
+
+    def wait(self, timeout: float) -> bool:
+        """``True`` once the job ended within ``timeout`` seconds (``inf``: no limit)."""
+        # Event.wait overflows on an infinite timeout; None is its "no limit".
+        return self.done.wait(None if math.isinf(timeout) else timeout)
+
+
 class Worker:
     """One daemon thread that runs blocking SDK calls, so callers can stop waiting.
 
@@ -64,33 +91,37 @@ class Worker:
     """
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], bool], threading.Event, list[bool]]]
-        self._jobs = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="hangguard-telemetry", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while True:
-            fn, done, box = self._jobs.get()
+            job = self._jobs.get()
             try:
-                box.append(fn())
+                job.result = bool(job.fn())
             except Exception:
                 _log.exception("hangguard: telemetry flush/shutdown failed")
-                box.append(False)
+                job.result = False
             finally:
-                done.set()
-            if fn is _stop_marker:
+                job.done.set()
+            if job.fn is _stop_marker:
                 return
+
+    def submit(self, fn: Callable[[], bool]) -> Job:
+        """Queue ``fn`` to run on the thread after the jobs already queued."""
+        job = Job(fn)
+        self._jobs.put(job)
+        return job
 
     def run(self, fn: Callable[[], bool], timeout: float) -> bool:
         """Run ``fn`` on the thread; ``False`` when it fails or is still running at ``timeout``."""
-        done = threading.Event()
-        box: list[bool] = []
-        self._jobs.put((fn, done, box))
-        return done.wait(timeout) and bool(box and box[0])
+        job = self.submit(fn)
+        return job.wait(timeout) and job.result
 
     def stop(self) -> None:
-        self._jobs.put((_stop_marker, threading.Event(), []))
+        """End the thread once the jobs queued so far have run."""
+        self.submit(_stop_marker)
 
 
 def _stop_marker() -> bool:
@@ -147,6 +178,55 @@ def make_guard(inner: SpanExporter, counters: Counters) -> SpanExporter:
                 _log.exception("hangguard: stopping the span exporter raised")
 
     return _GuardedExporter()
+
+
+def make_metric_guard(inner: MetricExporter) -> MetricExporter:
+    """Wrap the metric exporter so a shutdown that gave up can stop it, once.
+
+    Once abandoned, batches are dropped instead of sent (the metrics are not counted; the
+    shutdown's warning already says telemetry was not delivered), and the reader's own
+    later ``shutdown`` does not stop the inner exporter a second time (the stock
+    exporters warn when that happens).
+    """
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
+
+    class _GuardedMetricExporter(MetricExporter):
+        def __init__(self) -> None:
+            super().__init__(
+                preferred_temporality=inner._preferred_temporality,
+                preferred_aggregation=inner._preferred_aggregation,
+            )
+            self.inner = inner
+            self.abandoned = False
+            self._stopped = threading.Lock()  # held once the inner exporter is shut down
+
+        def _stop_inner(self, timeout_millis: float) -> None:
+            if self._stopped.acquire(blocking=False):
+                inner.shutdown(timeout_millis=timeout_millis)
+
+        def export(
+            self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+        ) -> MetricExportResult:
+            if self.abandoned:
+                return MetricExportResult.FAILURE
+            return inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return inner.force_flush(timeout_millis=timeout_millis)
+
+        def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+            self._stop_inner(timeout_millis)
+
+        def abandon(self) -> None:
+            self.abandoned = True
+            # Like the span exporter: cancels the in-flight call and the retry wait, so
+            # the reader's thread can be joined.
+            try:
+                self._stop_inner(0)
+            except Exception:
+                _log.exception("hangguard: stopping the metric exporter raised")
+
+    return _GuardedMetricExporter()
 
 
 def make_counting_processor(counters: Counters) -> Any:

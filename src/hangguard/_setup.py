@@ -26,7 +26,13 @@ from opentelemetry import metrics, trace
 from ._config import ENV_TRACE_FILE
 from ._deadline import check_timeout
 from ._exceptions import ConfigError
-from ._export_guard import Counters, ExportStats, make_counting_processor, make_guard
+from ._export_guard import (
+    Counters,
+    ExportStats,
+    make_counting_processor,
+    make_guard,
+    make_metric_guard,
+)
 from ._span_record import SpanRecord
 from ._telemetry import _is_noop as _is_noop_tracer_provider
 from ._tracing_handle import TracingHandle
@@ -265,13 +271,13 @@ def setup_tracing(
 
     meter_provider: MeterProvider | None = None
     memory_reader: InMemoryMetricReader | None = None
-    metric_exporter: MetricExporter | None = None
+    metric_guard: Any = None
     if metrics_enabled:
         reader: MetricReader
         if settings.metrics_endpoint is not None:
-            metric_exporter = _metric_exporter(settings, headers, per_export)
+            metric_guard = make_metric_guard(_metric_exporter(settings, headers, per_export))
             reader = PeriodicExportingMetricReader(
-                metric_exporter, export_interval_millis=interval * 1000
+                metric_guard, export_interval_millis=interval * 1000
             )
         else:
             reader = memory_reader = InMemoryMetricReader()
@@ -287,7 +293,7 @@ def setup_tracing(
         local_exporter=local,
         span_exporter=span_exporter,
         guard=guard,
-        metric_exporter=metric_exporter,
+        metric_guard=metric_guard,
         counters=counters,
         is_global=set_global,
     )

@@ -16,19 +16,20 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import math
 import threading
 import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 from ._deadline import check_timeout
-from ._export_guard import Counters, ExportStats, Worker
+from ._export_guard import Counters, ExportStats, Job, Worker
 from ._span_record import SpanRecord
 from ._tracing_settings import TracingSettings
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExporter
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
@@ -64,7 +65,7 @@ class TracingHandle:
         local_exporter: LocalSpanExporter | None,
         span_exporter: SpanExporter,
         guard: Any,
-        metric_exporter: MetricExporter | None,
+        metric_guard: Any,
         counters: Counters,
         is_global: bool,
     ) -> None:
@@ -77,12 +78,17 @@ class TracingHandle:
         self.span_exporter = span_exporter
         self._local = local_exporter
         self._guard = guard
-        self._metric_exporter = metric_exporter
+        self._metric_guard = metric_guard
         self._counters = counters
         self._worker = Worker()
         self._lock = threading.Lock()
+        #: The flush running or queued on the worker, and how many were started: at most
+        #: one is in flight, later calls wait for it instead of queueing more.
+        self._flush: Job | None = None
+        self._flushes = 0
         self._closed = False
         self._shutdown_ok = False
+        self._shutdown_done = threading.Event()
         atexit.register(self._at_exit)
 
     @property
@@ -105,58 +111,79 @@ class TracingHandle:
 
     def _shutdown_all(self) -> bool:
         ok = self._flush_all()
-        if self._guard.abandoned:
-            return False
+        # Also once given up on (the caller has returned by then): with the exporters
+        # stopped and dropping, this is quick, and it ends the SDK's batch and metric
+        # reader threads instead of leaving them to the process exit. (An OTLP/HTTP
+        # request already on the wire cannot be cancelled: that one thread ends at its
+        # export timeout, ~10 s by default, measured 9.5 s against a blackhole.)
         self.provider.shutdown()
-        if self.meter_provider is not None and not self._guard.abandoned:
+        if self.meter_provider is not None:
             self.meter_provider.shutdown()
-        return ok
+        return ok and not self._guard.abandoned
 
     def force_flush(self, timeout: float | None = None) -> bool:
         """Export everything queued now; ``True`` when it all went out within ``timeout``.
 
         ``timeout`` defaults to ``shutdown_timeout``. A ``False`` leaves the rest queued
-        (the flush keeps going in the background)::
+        (the flush keeps going in the background; a later call waits for that one before
+        starting another, so flushes do not pile up while the collector is down)::
 
             if not tracing.force_flush(5):
                 log.warning("collector is slow or down")
         """
         seconds = check_timeout(timeout, "timeout", none_means=self.shutdown_timeout)
-        if self._closed:
-            return False
-        return self._worker.run(self._flush_all, seconds)
+        deadline = time.monotonic() + seconds
+        with self._lock:
+            asked_after = self._flushes
+        while True:
+            with self._lock:
+                if self._closed:
+                    return False
+                job = self._flush
+                if job is None or job.done.is_set():
+                    job = self._flush = self._worker.submit(self._flush_all)
+                    self._flushes += 1
+                mine = self._flushes > asked_after
+            if not job.wait(max(0.0, deadline - time.monotonic())):
+                return False
+            if mine:
+                return job.result
+            # That flush started before this call, so it may have missed what was queued
+            # since: run (or join) one that started after.
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Flush and stop, waiting at most ``timeout`` (``shutdown_timeout`` by default).
 
         Returns ``True`` when every span went out. Otherwise the rest is dropped, one
         warning says how many, and the exporters are stopped so nothing lingers to the
-        process exit. Calling it again does nothing and returns the first result.
+        process exit (the SDK's threads end in the background once the exporters are).
+        Calling it again does nothing and returns the first result; a call made while the
+        first is still running waits for it, at most its own ``timeout`` (``False`` then).
         """
         seconds = check_timeout(timeout, "timeout", none_means=self.shutdown_timeout)
         with self._lock:
-            if self._closed:
-                return self._shutdown_ok
+            first = not self._closed
             self._closed = True
-        atexit.unregister(self._at_exit)
-        start = time.monotonic()
-        ok = self._worker.run(self._shutdown_all, seconds)
-        if not ok:
-            self._abandon(time.monotonic() - start)
-        self._worker.stop()
-        self._shutdown_ok = ok
+        if not first:
+            waited = self._shutdown_done.wait(None if math.isinf(seconds) else seconds)
+            return waited and self._shutdown_ok
+        ok = False
+        try:
+            atexit.unregister(self._at_exit)
+            start = time.monotonic()
+            ok = self._worker.run(self._shutdown_all, seconds)
+            if not ok:
+                self._abandon(time.monotonic() - start)
+        finally:
+            self._worker.stop()
+            self._shutdown_ok = ok
+            self._shutdown_done.set()
         return ok
 
     def _abandon(self, waited: float) -> None:
         self._guard.abandon()
-        # The stock exporters mark themselves shut down (and warn when it happens twice).
-        if self._metric_exporter is not None and not getattr(
-            self._metric_exporter, "_shutdown", False
-        ):
-            try:
-                self._metric_exporter.shutdown(timeout_millis=0)
-            except Exception:
-                _log.exception("hangguard: stopping the metric exporter raised")
+        if self._metric_guard is not None:
+            self._metric_guard.abandon()
         s = self.stats()
         lost = s.ended - s.exported
         target = self.settings.traces_endpoint or "the local exporter"
