@@ -8,6 +8,8 @@ process, CPU frequency) hits both sides of a pair alike; the table shows their m
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import logging
 import os
@@ -16,12 +18,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
+    "measure_pairs",
     "RESULT_PREFIX",
     "Config",
     "Provider",
@@ -265,6 +268,32 @@ def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure_pairs(
+    variants: Mapping[str, Callable[[int, bool], Awaitable[float]]], params: Mapping[str, Any]
+) -> dict[str, list[float]]:
+    """Worker side of a latency pair: each variant once per round, the order rotating.
+
+    ``params`` carries ``n``, ``rounds`` and ``spans``; a warm-up round at ``min(n, 100)``
+    comes first, and ``gc.collect()`` runs before every timed run.
+    """
+    n: int = params["n"]
+    rounds: int = params["rounds"]
+    spans: bool = params["spans"]
+    names = list(variants)
+
+    async def main() -> dict[str, list[float]]:
+        for name in names:
+            await variants[name](min(n, 100), spans)
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        for r in range(rounds):
+            for name in names[r % 2 :] + names[: r % 2]:
+                gc.collect()
+                samples[name].append(await variants[name](n, spans))
+        return samples
+
+    return asyncio.run(main())
 
 
 def machine_info() -> str:

@@ -8,11 +8,10 @@ letting them unwind and, for hangguard, building the partial results. The baseli
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._harness import Config, Row, Target, run_worker
+from ._harness import Config, Row, Target, measure_pairs, run_worker
 
 __all__ = ["measure", "run"]
 
@@ -86,22 +85,7 @@ _VARIANTS: dict[str, Callable[[int, bool], Awaitable[float]]] = {
 
 def measure(params: dict[str, Any]) -> dict[str, list[float]]:
     """Worker: seconds past the deadline at the join's exit, one sample per round."""
-    n: int = params["n"]
-    rounds: int = params["rounds"]
-    spans: bool = params["spans"]
-    names = list(_VARIANTS)
-
-    async def main() -> dict[str, list[float]]:
-        for name in names:
-            await _VARIANTS[name](min(n, 100), spans)
-        samples: dict[str, list[float]] = {name: [] for name in names}
-        for r in range(rounds):
-            for name in names[r % 2 :] + names[: r % 2]:
-                gc.collect()
-                samples[name].append(await _VARIANTS[name](n, spans))
-        return samples
-
-    return asyncio.run(main())
+    return measure_pairs(_VARIANTS, params)
 
 
 def run(cfg: Config) -> list[Row]:
