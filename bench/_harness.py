@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
+    "Stuck",
     "measure_pairs",
     "RESULT_PREFIX",
     "Config",
@@ -268,6 +269,31 @@ def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+class Stuck:
+    """N tasks that park forever (in an SDK span each when ``spans``); ``all_started`` is set
+    once every one of them is running."""
+
+    def __init__(self, n: int, spans: bool) -> None:
+        self.n = n
+        self.started = 0
+        self.all_started = asyncio.Event()
+        self.tracer: Any = None
+        if spans:
+            from opentelemetry import trace
+
+            self.tracer = trace.get_tracer("bench")
+
+    async def stuck(self) -> None:
+        self.started += 1
+        if self.started == self.n:
+            self.all_started.set()
+        await asyncio.get_running_loop().create_future()
+
+    async def stuck_in_span(self) -> None:
+        with self.tracer.start_as_current_span("task"):
+            await self.stuck()
 
 
 def measure_pairs(

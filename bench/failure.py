@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._harness import Config, Row, Target, measure_pairs, run_worker
+from ._harness import Config, Row, Stuck, Target, measure_pairs, run_worker
 
 __all__ = ["Boom", "measure", "run"]
 
@@ -24,30 +24,13 @@ class Boom(Exception):
     """The one failure."""
 
 
-class _Scenario:
+class _Scenario(Stuck):
     """N stuck tasks plus one that fails when ``fire`` is set, stamping the time first."""
 
     def __init__(self, n: int, spans: bool) -> None:
-        self.n = n
-        self.started = 0
-        self.all_started = asyncio.Event()
+        super().__init__(n, spans)
         self.fire = asyncio.Event()
         self.failed_at = 0.0
-        self.tracer: Any = None
-        if spans:
-            from opentelemetry import trace
-
-            self.tracer = trace.get_tracer("bench")
-
-    async def stuck(self) -> None:
-        self.started += 1
-        if self.started == self.n:
-            self.all_started.set()
-        await asyncio.get_running_loop().create_future()
-
-    async def stuck_in_span(self) -> None:
-        with self.tracer.start_as_current_span("task"):
-            await self.stuck()
 
     async def fail(self) -> None:
         await self.fire.wait()

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._harness import Config, Row, Target, measure_pairs, run_worker
+from ._harness import Config, Row, Stuck, Target, measure_pairs, run_worker
 
 __all__ = ["measure", "run"]
 
@@ -21,30 +21,8 @@ ROUNDS = 9
 TIMEOUT = 0.05
 
 
-class _Stuck:
-    def __init__(self, n: int, spans: bool) -> None:
-        self.n = n
-        self.started = 0
-        self.all_started = asyncio.Event()
-        self.tracer: Any = None
-        if spans:
-            from opentelemetry import trace
-
-            self.tracer = trace.get_tracer("bench")
-
-    async def stuck(self) -> None:
-        self.started += 1
-        if self.started == self.n:
-            self.all_started.set()
-        await asyncio.get_running_loop().create_future()
-
-    async def stuck_in_span(self) -> None:
-        with self.tracer.start_as_current_span("task"):
-            await self.stuck()
-
-
 async def _raw(n: int, spans: bool) -> float:
-    s = _Stuck(n, spans)
+    s = Stuck(n, spans)
     loop = asyncio.get_running_loop()
     body = s.stuck_in_span if spans else s.stuck
     deadline = 0.0
@@ -63,7 +41,7 @@ async def _raw(n: int, spans: bool) -> float:
 async def _hangguard(n: int, spans: bool) -> float:
     import hangguard
 
-    s = _Stuck(n, False)
+    s = Stuck(n, False)
     loop = asyncio.get_running_loop()
     group = hangguard.TaskGroup("timeout")
     for _ in range(n):
