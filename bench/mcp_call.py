@@ -1,4 +1,4 @@
-"""Guarded MCP calls: ``hangguard.McpClient.call_tool`` against the SDK's ``mcp.Client``.
+"""Guarded MCP calls: ``hangguard.mcp.McpClient.call_tool`` against the SDK's ``mcp.Client``.
 
 The ``echo`` tool of hangguard's chaos server is called over streamable HTTP on
 loopback (the server in a subprocess of its own) and in-process (the server object
@@ -68,6 +68,7 @@ def measure(params: dict[str, Any]) -> dict[str, list[float]]:
     import mcp
 
     import hangguard
+    import hangguard.mcp
 
     calls: int = params["calls"]
     rounds: int = params["rounds"]
@@ -84,7 +85,7 @@ def measure(params: dict[str, Any]) -> dict[str, list[float]]:
         return (time.perf_counter() - started) / count
 
     async def main() -> dict[str, list[float]]:
-        async with mcp.Client(target) as raw, hangguard.McpClient(target, timeout=30) as ours:
+        async with mcp.Client(target) as raw, hangguard.mcp.McpClient(target, timeout=30) as ours:
             variants: dict[str, Callable[[], Awaitable[object]]] = {
                 "raw": lambda: raw.call_tool("echo", ARGS),
                 "hangguard": lambda: ours.call_tool("echo", ARGS),
@@ -122,7 +123,7 @@ def run(cfg: Config) -> list[Row]:
                 Row(
                     "mcp",
                     size,
-                    "hangguard.McpClient.call_tool",
+                    "hangguard.mcp.McpClient.call_tool",
                     "ms/call",
                     _ms(result["hangguard"]),
                     baseline=raw,

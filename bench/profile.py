@@ -36,6 +36,7 @@ async def _timeout(n: int) -> None:
 
 async def _retry(n: int) -> None:
     import hangguard
+    import hangguard.mcp
 
     from .retry import _work
 
@@ -46,9 +47,10 @@ async def _retry(n: int) -> None:
 
 async def _mcp(n: int) -> None:
     import hangguard
+    import hangguard.mcp
     from hangguard.testing.chaos import build_chaos_server
 
-    async with hangguard.McpClient(build_chaos_server(), timeout=30) as client:
+    async with hangguard.mcp.McpClient(build_chaos_server(), timeout=30) as client:
         for _ in range(max(1, n // 20)):
             await client.call_tool("echo", {"text": "hello"})
 

@@ -19,6 +19,7 @@ import logging
 from typing import Any
 
 import hangguard
+import hangguard.mcp
 from hangguard.testing.chaos import ChaosServer, HttpFault
 
 logger = logging.getLogger("company_segment_factor")
@@ -79,7 +80,7 @@ class SearchMcpOp(BaseAsyncOp):
         self.timeout = timeout
 
     async def async_execute(self) -> str:
-        async with hangguard.McpClient(
+        async with hangguard.mcp.McpClient(
             name=self.mcp_name, config=self.config, timeout=self.timeout
         ) as client:
             result = await client.call_tool(

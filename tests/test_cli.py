@@ -38,8 +38,7 @@ from rich.console import Console
 import hangguard
 from hangguard import _config
 from hangguard._cli._tree import trace_tree
-from hangguard._local_export import to_record
-from hangguard._telemetry import (
+from hangguard._semconv import (
     ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_REASON,
     ATTR_ERROR_TYPE,
@@ -50,6 +49,7 @@ from hangguard._telemetry import (
     EVENT_CANCELLED,
     EVENT_RETRY,
 )
+from hangguard.tracing._local import to_record
 
 OP = "CompanySegmentFactorOp"
 # The demo's default budget is 3 s (join timeout 1.5 s), which its slow searches meet

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import hangguard
 from hangguard import DeadlineExceeded, current_deadline, deadline, remaining, split_budget
 from hangguard._deadline import check_timeout, get_clock, now, set_clock
-from hangguard._telemetry import ATTR_DEADLINE_BUDGET_S, ATTR_DEADLINE_NAME, EVENT_DEADLINE_EXCEEDED
+from hangguard._semconv import ATTR_DEADLINE_BUDGET_S, ATTR_DEADLINE_NAME, EVENT_DEADLINE_EXCEEDED
 from hangguard.testing import FakeClock, use_clock
 
 MARGIN = 0.5  # seconds of slack for real-clock assertions

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import hangguard
-from hangguard import _config, _telemetry
+from hangguard import _config, _semconv
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "hangguard"
@@ -117,8 +117,8 @@ def test_env_md_gives_each_default_the_code_has() -> None:
 def telemetry_names() -> dict[str, str]:
     prefixes = ("ATTR_", "EVENT_", "CANCEL_", "OUTCOME_", "ERROR_TYPE_", "METRIC_")
     return {
-        k: getattr(_telemetry, k)
-        for k in _telemetry.__all__
+        k: getattr(_semconv, k)
+        for k in _semconv.__all__
         if k.startswith(prefixes) or k == "TRACER_NAME"
     }
 
@@ -131,7 +131,7 @@ def test_every_span_attribute_event_and_metric_is_in_the_trace_schema() -> None:
     missing = sorted(f"{k} = {v!r}" for k, v in names.items() if v not in documented)
     assert not missing, f"docs/trace-schema.md does not document {missing}"
     for const in ("SPAN_GROUP", "SPAN_TASK", "SPAN_EXECUTE_TOOL"):
-        shown = getattr(_telemetry, const).format("<x>").split("<")[0]
+        shown = getattr(_semconv, const).format("<x>").split("<")[0]
         assert any(d.startswith(shown) for d in documented), const
 
 

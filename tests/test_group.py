@@ -394,11 +394,11 @@ def test_untraced_group_does_no_span_work() -> None:
     code = textwrap.dedent(
         """
         import asyncio, hangguard
-        from hangguard import _telemetry
+        from hangguard import _semconv, _spans
         async def work():
             return asyncio.current_task().get_coro().__qualname__
         async def main():
-            assert _telemetry.get_tracer() is None
+            assert _spans.get_tracer() is None
             g = hangguard.TaskGroup("g")
             g.submit(work)
             print((await g.join())[0])

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import hangguard
+import hangguard.mcp
 from hangguard.testing.chaos import ChaosRecorder, ChaosServer, HttpFault, main
 from mcp_helpers import ChaosProcess
 
@@ -48,7 +49,7 @@ async def test_waiting_for_an_event_that_never_comes_says_what_did() -> None:
 
 
 async def test_every_tool_records_its_calls(chaos: ChaosServer) -> None:
-    async with hangguard.McpClient(chaos.url, timeout=5) as client:
+    async with hangguard.mcp.McpClient(chaos.url, timeout=5) as client:
         await client.call_tool("echo", {"text": "a"})
         await client.call_tool("sleep", {"seconds": 0})
         await client.call_tool("is_error")
@@ -65,7 +66,7 @@ async def test_every_tool_records_its_calls(chaos: ChaosServer) -> None:
 async def test_the_command_line_server_with_a_503_then_ok_fault() -> None:
     args = ["--fault", "status", "--status", "503", "--fault-method", "tools/call"]
     async with ChaosProcess(*args, "--fault-first", "1") as server:
-        async with hangguard.McpClient(server.url, timeout=10, retry=2) as client:
+        async with hangguard.mcp.McpClient(server.url, timeout=10, retry=2) as client:
             result = await client.call_tool("echo", {"text": "over the CLI"})
         assert result.structured_content == {"result": "over the CLI"}
         await server.recorder.wait_for("finished", "echo")
@@ -89,7 +90,7 @@ def test_importing_hangguard_loads_no_mcp_and_works_without_it() -> None:
         "assert 'mcp' not in sys.modules, 'mcp imported eagerly'\n"
         "sys.modules['mcp'] = None  # as if the extra were not installed\n"
         "try:\n"
-        "    hangguard.McpClient\n"
+        "    hangguard.mcp.McpClient\n"
         "except ImportError as exc:\n"
         '    assert "hangguard[mcp]" in str(exc), exc\n'
         "else:\n"

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import hangguard
-from hangguard._mcp_capture import redact
+from hangguard.mcp._capture import redact
 from hangguard.testing.chaos import Blackhole, ChaosServer, HttpFault, closed_port_url
 from mcp_helpers import LeakCheck, within
 
@@ -58,20 +58,20 @@ def test_bad_arguments_are_named(
     kwargs: dict[str, Any], error: type[Exception], names: str
 ) -> None:
     with pytest.raises(error, match=names.replace("[", r"\[").replace("(", r"\(")):
-        hangguard.McpClient(**kwargs)
+        hangguard.mcp.McpClient(**kwargs)
 
 
 def test_servers_resolve_to_transports() -> None:
-    http = hangguard.McpClient("https://user:pw@example.com:8443/mcp?key=s3cret")
+    http = hangguard.mcp.McpClient("https://user:pw@example.com:8443/mcp?key=s3cret")
     assert http.transport == "streamable-http"
     assert http.server == "https://example.com:8443/mcp"  # no credentials, no query
-    assert hangguard.McpClient("http://example.com/sse").transport == "sse"
-    assert hangguard.McpClient("http://example.com/events", transport="sse").transport == "sse"
-    stdio = hangguard.McpClient(["my-server", "--flag", "two words"])
+    assert hangguard.mcp.McpClient("http://example.com/sse").transport == "sse"
+    assert hangguard.mcp.McpClient("http://example.com/events", transport="sse").transport == "sse"
+    stdio = hangguard.mcp.McpClient(["my-server", "--flag", "two words"])
     assert stdio.transport == "stdio"
     assert stdio.server == "my-server --flag 'two words'"
     params = mcp.StdioServerParameters(command="my-server", args=["-v"])
-    assert hangguard.McpClient(params).server == "my-server -v"
+    assert hangguard.mcp.McpClient(params).server == "my-server -v"
 
 
 def test_seed_style_name_and_config() -> None:
@@ -82,18 +82,18 @@ def test_seed_style_name_and_config() -> None:
             "pinned": {"url": "http://127.0.0.1:1/x", "transport": "sse"},
         }
     }
-    search = hangguard.McpClient(name="search", config=config, timeout=30)
+    search = hangguard.mcp.McpClient(name="search", config=config, timeout=30)
     assert (search.name, search.transport) == ("search", "sse")
     assert "'search'" in repr(search)
-    assert hangguard.McpClient(name="local", config=config).transport == "stdio"
-    assert hangguard.McpClient(name="pinned", config=config).transport == "sse"
+    assert hangguard.mcp.McpClient(name="local", config=config).transport == "stdio"
+    assert hangguard.mcp.McpClient(name="pinned", config=config).transport == "sse"
 
 
 async def test_env_timeout_is_read_at_the_call_and_a_bad_value_names_it(
     chaos: ChaosServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HANGGUARD_MCP_TIMEOUT", "half a second")
-    client = hangguard.McpClient(chaos.url)  # constructing reads nothing
+    client = hangguard.mcp.McpClient(chaos.url)  # constructing reads nothing
     async with client:
         with pytest.raises(hangguard.ConfigError, match="HANGGUARD_MCP_TIMEOUT") as info:
             await client.call_tool("echo")
@@ -107,7 +107,7 @@ async def test_env_timeout_is_read_at_the_call_and_a_bad_value_names_it(
 async def test_env_connect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HANGGUARD_MCP_CONNECT_TIMEOUT", "0.5")
     with Blackhole() as hole, within(0.5), pytest.raises(hangguard.McpConnectError, match=r"0\.5s"):
-        async with hangguard.McpClient(hole.url):
+        async with hangguard.mcp.McpClient(hole.url):
             pass
 
 
@@ -134,7 +134,7 @@ def test_redact_hides_secret_looking_keys_at_any_depth() -> None:
 
 async def test_call_list_and_close(chaos: ChaosServer) -> None:
     leaks = LeakCheck(chaos.port)
-    async with hangguard.McpClient(chaos.url, timeout=5) as client:
+    async with hangguard.mcp.McpClient(chaos.url, timeout=5) as client:
         assert client.connected and client.protocol_version is not None
         result = await client.call_tool("echo", {"text": "hello"})
         assert result.structured_content == {"result": "hello"}
@@ -147,7 +147,7 @@ async def test_call_list_and_close(chaos: ChaosServer) -> None:
 
 async def test_calls_connect_lazily_and_aclose_closes(chaos: ChaosServer) -> None:
     leaks = LeakCheck(chaos.port)
-    client = hangguard.McpClient(chaos.url, timeout=5)
+    client = hangguard.mcp.McpClient(chaos.url, timeout=5)
     assert not client.connected
     assert (await client.call_tool("echo", {"text": "x"})).structured_content == {"result": "x"}
     await client.aclose()
@@ -155,7 +155,7 @@ async def test_calls_connect_lazily_and_aclose_closes(chaos: ChaosServer) -> Non
 
 
 async def test_a_connect_error_within_a_call_names_the_tool() -> None:
-    client = hangguard.McpClient(closed_port_url(), retry=1)
+    client = hangguard.mcp.McpClient(closed_port_url(), retry=1)
     with pytest.raises(hangguard.McpConnectError, match="calling 'search'") as info:
         await client.call_tool("search")
     assert info.value.tool == "search"
@@ -163,7 +163,7 @@ async def test_a_connect_error_within_a_call_names_the_tool() -> None:
 
 
 async def test_a_closed_client_refuses_calls_until_connected_again(chaos: ChaosServer) -> None:
-    async with hangguard.McpClient(chaos.url) as client:
+    async with hangguard.mcp.McpClient(chaos.url) as client:
         pass
     with pytest.raises(RuntimeError, match="closed"):
         await client.call_tool("echo")
@@ -176,7 +176,7 @@ async def test_a_closed_client_refuses_calls_until_connected_again(chaos: ChaosS
 async def test_connect_errors_come_out_of_async_with_as_one_exception() -> None:
     url = closed_port_url()
     with pytest.raises(hangguard.McpConnectError) as info:
-        async with hangguard.McpClient(url, retry=1):
+        async with hangguard.mcp.McpClient(url, retry=1):
             pass
     # One clear exception naming the server, the root cause chained (no ExceptionGroup).
     assert url in str(info.value) and info.value.server == url
@@ -184,7 +184,7 @@ async def test_connect_errors_come_out_of_async_with_as_one_exception() -> None:
 
 
 async def test_the_enclosing_deadline_binds_when_it_is_tighter(chaos: ChaosServer) -> None:
-    async with hangguard.McpClient(chaos.url, timeout=30) as client:
+    async with hangguard.mcp.McpClient(chaos.url, timeout=30) as client:
         with within(0.5), pytest.raises(hangguard.DeadlineExceeded) as info:
             async with hangguard.deadline(0.5, name="search-all"):
                 await client.call_tool("hang")
@@ -198,7 +198,7 @@ async def test_headers_reach_the_server(
 ) -> None:
     url = chaos_sse.url if kind == "sse" else chaos.url
     headers = {"Authorization": "Bearer s3cret", "X-Tenant": "acme"}
-    async with hangguard.McpClient(url, headers=headers) as client:
+    async with hangguard.mcp.McpClient(url, headers=headers) as client:
         result = await client.call_tool("request_headers")
     assert result.structured_content is not None
     assert {"authorization", "x-tenant"} <= set(result.structured_content["result"])
@@ -209,7 +209,7 @@ async def test_a_503_to_the_protocol_probe_is_reported_not_hidden(
 ) -> None:
     # Known mcp 2.3 behaviour: any error to server/discover means "legacy server" to it.
     chaos.fault = HttpFault("status", status=503, methods={"server/discover"}, first=1)
-    async with hangguard.McpClient(chaos.url) as client:
+    async with hangguard.mcp.McpClient(chaos.url) as client:
         assert client.protocol_version == "2025-11-25"
         await client.call_tool("echo")
     (record,) = [r for r in caplog.records if "protocol probe" in r.getMessage()]
@@ -220,7 +220,7 @@ async def test_a_503_to_the_protocol_probe_is_reported_not_hidden(
 
 
 async def test_the_tool_sees_the_callers_remaining_budget(chaos: ChaosServer) -> None:
-    async with hangguard.McpClient(chaos.url, timeout=30) as client, hangguard.deadline(1.5):
+    async with hangguard.mcp.McpClient(chaos.url, timeout=30) as client, hangguard.deadline(1.5):
         result = await client.call_tool("deadline_info")
     info = result.structured_content
     assert info is not None
@@ -230,7 +230,7 @@ async def test_the_tool_sees_the_callers_remaining_budget(chaos: ChaosServer) ->
 
 
 async def test_without_a_deadline_the_call_timeout_is_sent(chaos: ChaosServer) -> None:
-    async with hangguard.McpClient(chaos.url, timeout=7) as client:
+    async with hangguard.mcp.McpClient(chaos.url, timeout=7) as client:
         result = await client.call_tool("deadline_info")
     assert result.structured_content is not None
     assert 6000 < result.structured_content["timeout_ms"] <= 7000
@@ -244,7 +244,7 @@ async def test_a_timed_out_attempt_is_retried_within_the_budget(
     chaos: ChaosServer, spans: InMemorySpanExporter
 ) -> None:
     policy = hangguard.RetryPolicy(attempts=3, attempt_timeout=0.4)
-    async with hangguard.McpClient(chaos.url, timeout=5, retry=policy) as client:
+    async with hangguard.mcp.McpClient(chaos.url, timeout=5, retry=policy) as client:
         with within(0.4):
             result = await client.call_tool("flaky", {"key": "attempt-timeout", "mode": "hang"})
     assert result.structured_content == {"result": "ok after 1 failure(s)"}
@@ -257,7 +257,7 @@ async def test_tool_errors_are_not_retried_even_by_a_retry_everything_policy(
     chaos: ChaosServer,
 ) -> None:
     policy = hangguard.RetryPolicy(attempts=3)  # on=Exception: McpClient narrows it
-    async with hangguard.McpClient(chaos.url, retry=policy, raise_on_error=True) as client:
+    async with hangguard.mcp.McpClient(chaos.url, retry=policy, raise_on_error=True) as client:
         with pytest.raises(hangguard.McpToolError):
             await client.call_tool("flaky", {"key": "tool-error", "failures": 1})
     assert chaos.recorder.count("started", "flaky") == 1
@@ -267,7 +267,7 @@ async def test_tool_errors_are_not_retried_even_by_a_retry_everything_policy(
 async def test_the_retry_budget_holds_under_a_failing_server(chaos: ChaosServer) -> None:
     chaos.fault = HttpFault("status", status=503, methods={"tools/call"})
     calls, attempts = 10, 5
-    async with hangguard.McpClient(chaos.url, timeout=5, retry=attempts) as client:
+    async with hangguard.mcp.McpClient(chaos.url, timeout=5, retry=attempts) as client:
         with hangguard.retry_budget(ratio=0.2, floor=3) as budget:
             results = await asyncio.gather(
                 *(client.call_tool("echo") for _ in range(calls)), return_exceptions=True
@@ -283,7 +283,7 @@ async def test_the_retry_budget_holds_under_a_failing_server(chaos: ChaosServer)
 
 
 async def test_span_tree_and_attributes(chaos: ChaosServer, spans: InMemorySpanExporter) -> None:
-    async with hangguard.McpClient(chaos.url, timeout=5) as client:
+    async with hangguard.mcp.McpClient(chaos.url, timeout=5) as client:
         await client.call_tool("echo", {"text": "traced"})
     (tool,) = finished(spans, "execute_tool echo")
     assert tool.kind is SpanKind.INTERNAL
@@ -308,7 +308,7 @@ async def test_span_tree_and_attributes(chaos: ChaosServer, spans: InMemorySpanE
 async def test_capture_content_redacts_and_caps(
     chaos: ChaosServer, spans: InMemorySpanExporter
 ) -> None:
-    async with hangguard.McpClient(chaos.url, capture_content=True, capture_limit=60) as client:
+    async with hangguard.mcp.McpClient(chaos.url, capture_content=True, capture_limit=60) as client:
         await client.call_tool("echo", {"text": "x" * 200, "api_key": "s3cret"})
     (span,) = finished(spans, "execute_tool echo")
     assert span.attributes is not None
@@ -322,7 +322,7 @@ async def test_capture_content_redacts_and_caps(
 async def test_capture_content_records_whole_small_values(
     chaos: ChaosServer, spans: InMemorySpanExporter
 ) -> None:
-    async with hangguard.McpClient(chaos.url, capture_content=True) as client:
+    async with hangguard.mcp.McpClient(chaos.url, capture_content=True) as client:
         await client.call_tool("echo", {"text": "hi", "password": "pw"})
     (span,) = finished(spans, "execute_tool echo")
     assert span.attributes is not None
@@ -338,7 +338,7 @@ async def test_capture_content_records_whole_small_values(
 async def test_a_cancelled_call_is_an_event_not_an_error(
     chaos: ChaosServer, spans: InMemorySpanExporter
 ) -> None:
-    async with hangguard.McpClient(chaos.url, timeout=30) as client:
+    async with hangguard.mcp.McpClient(chaos.url, timeout=30) as client:
         call = asyncio.create_task(client.call_tool("hang"))
         await chaos.wait_for("started", "hang")
         call.cancel("the user gave up")
@@ -358,7 +358,7 @@ async def test_a_cancelled_call_is_an_event_not_an_error(
 async def test_server_max_timeout_caps_what_a_client_asks_for(spans: InMemorySpanExporter) -> None:
     async with (
         ChaosServer(max_timeout=0.3) as capped,
-        hangguard.McpClient(capped.url, timeout=30) as client,
+        hangguard.mcp.McpClient(capped.url, timeout=30) as client,
     ):
         with within(0.3), pytest.raises(hangguard.McpCallError) as info:
             await client.call_tool("hang")
@@ -375,7 +375,7 @@ async def test_json_response_mode_needs_the_middleware_to_stop_the_handler() -> 
     # Known mcp 2.3 behaviour: with json_response on the 2026-07-28 protocol, the
     # client's cancellation does not reach the handler; only DeadlineMiddleware stops it.
     async with ChaosServer(json_response=True, deadline_middleware=False) as bare:
-        async with hangguard.McpClient(bare.url, timeout=0.5) as client:
+        async with hangguard.mcp.McpClient(bare.url, timeout=0.5) as client:
             with pytest.raises(hangguard.DeadlineExceeded):
                 await client.call_tool("hang")
             await client.call_tool("echo")  # a full round trip after the timeout
@@ -383,7 +383,7 @@ async def test_json_response_mode_needs_the_middleware_to_stop_the_handler() -> 
         assert bare.recorder.count("cancelled", "hang") == 0  # still hanging
     async with (
         ChaosServer(json_response=True) as guarded,
-        hangguard.McpClient(guarded.url, timeout=0.5) as client,
+        hangguard.mcp.McpClient(guarded.url, timeout=0.5) as client,
     ):
         with pytest.raises(hangguard.DeadlineExceeded):
             await client.call_tool("hang")
@@ -403,7 +403,7 @@ async def test_100_concurrent_calls_with_one_hanging(chaos: ChaosServer) -> None
         latencies.append(time.monotonic() - started)
         assert result.structured_content == {"result": str(i)}
 
-    async with hangguard.McpClient(chaos.url, timeout=budget) as client:
+    async with hangguard.mcp.McpClient(chaos.url, timeout=budget) as client:
         await client.call_tool("echo")  # warm: the SDK lists tools after a first call
         started = time.monotonic()
         hang = asyncio.create_task(client.call_tool("hang"))
@@ -426,7 +426,7 @@ async def test_100_concurrent_calls_with_one_hanging(chaos: ChaosServer) -> None
 async def test_each_call_is_timed_in_the_mcp_duration_histogram(
     chaos: ChaosServer, metric_reader: InMemoryMetricReader
 ) -> None:
-    async with hangguard.McpClient(chaos.url, timeout=5) as client:
+    async with hangguard.mcp.McpClient(chaos.url, timeout=5) as client:
         await client.call_tool("echo", {"text": "timed"})
         await client.call_tool("is_error")
         with pytest.raises(hangguard.McpCallError):

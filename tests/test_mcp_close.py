@@ -13,6 +13,7 @@ import pytest
 from mcp.server.mcpserver import MCPServer
 
 import hangguard
+import hangguard.mcp
 from hangguard.testing.chaos import ChaosServer, HttpFault, stdio_command
 from mcp_helpers import LeakCheck, child_pids, eventually, within
 
@@ -33,7 +34,7 @@ async def test_aclose_tears_down_a_connect_in_flight(
     else:
         where = server.url
         server.fault = HttpFault("never_answer", methods={"initialize"})
-    client = hangguard.McpClient(where, protocol="legacy", connect_timeout=STUCK * 2)
+    client = hangguard.mcp.McpClient(where, protocol="legacy", connect_timeout=STUCK * 2)
     call = asyncio.create_task(client.call_tool("echo", {"text": "x"}))
     connecting = asyncio.create_task(client.connect())  # waits for the call's connect
     if kind == "stdio":
@@ -58,7 +59,7 @@ async def test_aclose_tears_down_a_connect_in_flight(
 
 async def test_an_explicit_connect_after_aclose_reopens(chaos: ChaosServer) -> None:
     leaks = LeakCheck(chaos.port)
-    client = hangguard.McpClient(chaos.url, protocol="legacy", connect_timeout=STUCK * 2)
+    client = hangguard.mcp.McpClient(chaos.url, protocol="legacy", connect_timeout=STUCK * 2)
     chaos.fault = HttpFault("never_answer", methods={"initialize"}, first=1)
     call = asyncio.create_task(client.call_tool("echo", {"text": "x"}))
     await chaos.recorder.wait_for("fault", "initialize")
@@ -90,7 +91,7 @@ def _failing_teardown_server() -> MCPServer:
 async def test_a_failure_while_closing_is_logged_once_with_its_traceback(
     abrupt: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = hangguard.McpClient(_failing_teardown_server())
+    client = hangguard.mcp.McpClient(_failing_teardown_server())
     await client.connect()
     assert (await client.call_tool("echo", {"text": "x"})).structured_content == {"result": "x"}
     with caplog.at_level(logging.WARNING, logger="hangguard.mcp"):

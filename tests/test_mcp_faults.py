@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import hangguard
+import hangguard.mcp
 from hangguard.testing.chaos import (
     Blackhole,
     ChaosServer,
@@ -60,8 +61,8 @@ class Target:
     def port(self) -> int | None:
         return self.server.port if self.server is not None else None
 
-    def client(self, **kwargs: Any) -> hangguard.McpClient:
-        return hangguard.McpClient(self.where, **{**self.kwargs, **kwargs})
+    def client(self, **kwargs: Any) -> hangguard.mcp.McpClient:
+        return hangguard.mcp.McpClient(self.where, **{**self.kwargs, **kwargs})
 
 
 @pytest.fixture(params=ALL)
@@ -231,7 +232,7 @@ async def test_concurrent_calls_all_fail_fast_when_the_sse_writer_dies(
 ) -> None:
     # Over SSE the SDK's writer dies at the first failed POST: the calls queued behind
     # it must fail as well, not wait for their deadlines.
-    async with hangguard.McpClient(chaos_sse.url, timeout=5, retry=1) as client:
+    async with hangguard.mcp.McpClient(chaos_sse.url, timeout=5, retry=1) as client:
         chaos_sse.fault = HttpFault("status", status=503, methods={"tools/call"})
         with within(0.5, margin=0):
             results = await asyncio.gather(
@@ -288,7 +289,7 @@ async def test_connection_closed_mid_response_is_retried_then_raised(
     chaos: ChaosServer, spans: InMemorySpanExporter
 ) -> None:
     leaks = LeakCheck(chaos.port)
-    async with hangguard.McpClient(chaos.url, timeout=BUDGET, retry=2) as client:
+    async with hangguard.mcp.McpClient(chaos.url, timeout=BUDGET, retry=2) as client:
         chaos.fault = HttpFault("close_mid_response", methods={"tools/call"})
         with within(BUDGET), pytest.raises(hangguard.McpConnectError) as info:
             await client.call_tool("echo", {"text": "x"})
@@ -309,7 +310,7 @@ async def test_closed_port(kind: str, spans: InMemorySpanExporter) -> None:
     url = closed_port_url(path="/sse" if kind == "sse" else "/mcp")
     leaks = LeakCheck()
     with within(BUDGET), pytest.raises(hangguard.McpConnectError) as info:
-        client = hangguard.McpClient(url, timeout=BUDGET, retry=3)
+        client = hangguard.mcp.McpClient(url, timeout=BUDGET, retry=3)
         try:
             await client.call_tool("echo")
         finally:
@@ -326,7 +327,7 @@ async def test_blackhole_fails_the_connect_at_connect_timeout(kind: str) -> None
     with Blackhole(path="/sse" if kind == "sse" else "/mcp") as hole:
         leaks = LeakCheck(hole.port)
         with within(BUDGET) as elapsed, pytest.raises(hangguard.McpConnectError) as info:
-            async with hangguard.McpClient(hole.url, connect_timeout=BUDGET):
+            async with hangguard.mcp.McpClient(hole.url, connect_timeout=BUDGET):
                 pass
         assert elapsed() >= BUDGET * 0.9
         await leaks.verify()
@@ -339,7 +340,7 @@ async def test_blackhole_within_a_call_is_a_connect_error_on_the_span(
     with Blackhole() as hole:
         leaks = LeakCheck(hole.port)
         with within(BUDGET), pytest.raises(hangguard.McpConnectError):
-            client = hangguard.McpClient(hole.url, timeout=5, connect_timeout=BUDGET, retry=1)
+            client = hangguard.mcp.McpClient(hole.url, timeout=5, connect_timeout=BUDGET, retry=1)
             try:
                 await client.call_tool("echo")
             finally:
@@ -387,7 +388,7 @@ async def test_concurrent_calls_to_a_server_that_stopped_answering_all_end_on_ti
 async def test_http_server_killed_mid_call(spans: InMemorySpanExporter) -> None:
     async with ChaosProcess() as server:
         leaks = LeakCheck(server.port)
-        async with hangguard.McpClient(server.url, timeout=5, retry=1) as client:
+        async with hangguard.mcp.McpClient(server.url, timeout=5, retry=1) as client:
             call = asyncio.create_task(client.call_tool("hang"))
             await server.recorder.wait_for("started", "hang", timeout=30)
             with within(BUDGET):
@@ -403,7 +404,7 @@ async def test_stdio_server_killed_mid_call(tmp_path: Path, spans: InMemorySpanE
     log = tmp_path / "server-stderr.jsonl"
     leaks = LeakCheck()
     with log.open("w") as stderr:
-        client = hangguard.McpClient(
+        client = hangguard.mcp.McpClient(
             stdio_command("--announce"), connect_timeout=60, timeout=5, retry=1, stderr=stderr
         )
         async with client:
@@ -427,7 +428,7 @@ async def test_stdio_server_killed_mid_call(tmp_path: Path, spans: InMemorySpanE
 async def test_stdio_server_that_never_answers_is_killed_within_connect_timeout() -> None:
     leaks = LeakCheck()
     with within(BUDGET) as elapsed, pytest.raises(hangguard.McpConnectError) as info:
-        async with hangguard.McpClient(
+        async with hangguard.mcp.McpClient(
             stdio_command("--fault", "never-answer"), connect_timeout=BUDGET
         ):
             pass
@@ -443,7 +444,7 @@ async def test_stdio_connect_under_nested_deadlines_reaps_the_child() -> None:
         async with (
             hangguard.deadline(0.6, name="outer"),
             hangguard.deadline(0.5, name="inner"),
-            hangguard.McpClient(stdio_command("--fault", "never-answer"), connect_timeout=30),
+            hangguard.mcp.McpClient(stdio_command("--fault", "never-answer"), connect_timeout=30),
         ):
             pass
     assert info.value.deadline_name == "inner"
@@ -452,7 +453,7 @@ async def test_stdio_connect_under_nested_deadlines_reaps_the_child() -> None:
 
 async def test_stdio_connect_cancelled_twice_still_reaps_the_child() -> None:
     leaks = LeakCheck()
-    client = hangguard.McpClient(stdio_command("--fault", "never-answer"), connect_timeout=30)
+    client = hangguard.mcp.McpClient(stdio_command("--fault", "never-answer"), connect_timeout=30)
     connecting = asyncio.create_task(client.connect())
     await eventually(lambda: bool(set(child_pids()) - leaks.children), "the server was spawned")
     connecting.cancel()
@@ -474,7 +475,7 @@ async def test_an_sse_abort_leaves_no_cancellation_behind(chaos_sse: ChaosServer
         assert task is not None
         return task.cancelling()
 
-    async with hangguard.McpClient(chaos_sse.url, timeout=5, retry=1) as client:
+    async with hangguard.mcp.McpClient(chaos_sse.url, timeout=5, retry=1) as client:
         chaos_sse.fault = HttpFault("status", status=503, methods={"tools/call"})
         left = await asyncio.gather(*(asyncio.create_task(call_then_await()) for _ in range(3)))
         chaos_sse.fault = None

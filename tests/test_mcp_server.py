@@ -11,7 +11,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 
 import hangguard
-from hangguard._mcp_server import parse_timeout_meta
+from hangguard.mcp._meta import parse_timeout_meta
 from hangguard.testing.chaos import ChaosServer, build_chaos_server
 from mcp_helpers import within
 
@@ -40,10 +40,10 @@ def test_a_bad_timeout_meta_names_the_key(value: object) -> None:
 
 def test_max_timeout_is_checked() -> None:
     with pytest.raises(ValueError, match="max_timeout"):
-        hangguard.DeadlineMiddleware(max_timeout=-1)
-    assert hangguard.DeadlineMiddleware(5).max_timeout == 5
-    assert hangguard.DeadlineMiddleware().max_timeout == math.inf
-    assert repr(hangguard.DeadlineMiddleware(5)) == "DeadlineMiddleware(max_timeout=5.0)"
+        hangguard.mcp.DeadlineMiddleware(max_timeout=-1)
+    assert hangguard.mcp.DeadlineMiddleware(5).max_timeout == 5
+    assert hangguard.mcp.DeadlineMiddleware().max_timeout == math.inf
+    assert repr(hangguard.mcp.DeadlineMiddleware(5)) == "DeadlineMiddleware(max_timeout=5.0)"
 
 
 async def test_a_bad_timeout_meta_is_an_invalid_params_error(chaos: ChaosServer) -> None:
@@ -71,16 +71,16 @@ async def test_a_raw_sdk_client_gets_the_deadline_it_sends(chaos: ChaosServer) -
 
 async def test_the_tools_own_mcp_calls_inherit_the_deadline(chaos: ChaosServer) -> None:
     """A tool that calls another MCP server passes the rest of its budget on."""
-    relay: MCPServer[Any] = MCPServer("relay", middleware=[hangguard.DeadlineMiddleware()])
+    relay: MCPServer[Any] = MCPServer("relay", middleware=[hangguard.mcp.DeadlineMiddleware()])
 
     @relay.tool()
     async def ask_chaos() -> dict[str, Any]:
-        async with hangguard.McpClient(chaos.url, timeout=30) as downstream:
+        async with hangguard.mcp.McpClient(chaos.url, timeout=30) as downstream:
             result = await downstream.call_tool("deadline_info")
         assert result.structured_content is not None
         return result.structured_content
 
-    async with hangguard.McpClient(relay, timeout=30) as client, hangguard.deadline(2.0):
+    async with hangguard.mcp.McpClient(relay, timeout=30) as client, hangguard.deadline(2.0):
         result = await client.call_tool("ask_chaos")
     info = result.structured_content
     assert info is not None
@@ -91,7 +91,7 @@ async def test_the_tools_own_mcp_calls_inherit_the_deadline(chaos: ChaosServer) 
 
 async def test_in_process_servers_get_the_deadline_too() -> None:
     server = build_chaos_server()
-    async with hangguard.McpClient(server, timeout=0.4) as client:
+    async with hangguard.mcp.McpClient(server, timeout=0.4) as client:
         assert client.transport == "in-process"
         with within(0.4), pytest.raises(hangguard.DeadlineExceeded):
             await client.call_tool("hang")

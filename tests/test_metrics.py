@@ -14,7 +14,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import hangguard
 from hangguard import _metrics
-from hangguard._telemetry import (
+from hangguard._semconv import (
     ATTR_DEADLINE_NAME,
     ATTR_ERROR_TYPE,
     ATTR_GEN_AI_TOOL_NAME,
@@ -133,31 +133,44 @@ def test_mcp_duration_follows_the_semantic_conventions(
     assert ((ATTR_MCP_METHOD_NAME, "initialize"),) in by_attrs
 
 
-def test_no_sdk_means_no_instruments_and_next_to_no_cost() -> None:
-    # A fresh interpreter: this session installs a global meter provider.
+def test_no_sdk_records_nothing_and_loads_no_sdk() -> None:
+    # A fresh interpreter: this session installs a global meter provider. The cost of
+    # recording with no SDK is measured by the benchmarks, not here.
     code = textwrap.dedent(
         """
-        import time
-        from hangguard import _metrics, _telemetry
-        assert _metrics.get_meter() is None
-        start = time.perf_counter()
-        for _ in range(100_000):
+        import sys
+        from opentelemetry import metrics
+        from hangguard import _metrics, _spans
+        for _ in range(1000):
             _metrics.record_task_outcome("ok")
             _metrics.record_retry("x")
             _metrics.record_mcp_duration(0.1, method="tools/call", tool="t")
-        _telemetry.record_deadline_exceeded("d", 1.0)
-        elapsed = time.perf_counter() - start
-        assert _metrics._cache is None, "instruments were built with no SDK"
-        print(f"{elapsed:.3f}")
+        _spans.record_deadline_exceeded("d", 1.0)
+        assert "opentelemetry.sdk" not in sys.modules, "the SDK was imported"
+        # Instruments made on the API's proxy start recording once a provider arrives.
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        _metrics.record_task_outcome("ok", 3)
+        data = reader.get_metrics_data()
+        points = [
+            p.value
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == "hangguard.tasks"
+            for p in m.data.data_points
+        ]
+        assert points == [3], points
+        print("ok")
         """
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stderr
-    # 300k no-op calls; a few microseconds each would already be 1 s. The bound is wide
-    # (a loaded 2-core CI box), it only catches building instruments or doing SDK work.
-    assert float(proc.stdout) < 3.0
+    assert proc.stdout.strip() == "ok"
 
 
 async def test_task_group_counts_each_task_by_outcome(metric_reader: InMemoryMetricReader) -> None:

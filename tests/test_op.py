@@ -35,7 +35,7 @@ from hangguard import (
     traced,
 )
 from hangguard._config import ENV_VARS
-from hangguard._telemetry import (
+from hangguard._semconv import (
     ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_REASON,
     ATTR_ERROR_TYPE,
@@ -888,7 +888,7 @@ def test_ops_without_an_sdk_do_no_span_work() -> None:
         import asyncio
         from opentelemetry import trace
         import hangguard
-        from hangguard import _telemetry
+        from hangguard import _semconv, _spans
 
         @hangguard.guarded_op(budget=0.05)
         class HangOp:
@@ -906,7 +906,7 @@ def test_ops_without_an_sdk_do_no_span_work() -> None:
             return a + b
 
         async def main():
-            assert _telemetry.get_tracer() is None
+            assert _spans.get_tracer() is None
             assert await FanOp().async_execute(3) == [0, 1, 2]
             assert await add(1, 2) == 3
             try:

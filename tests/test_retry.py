@@ -36,7 +36,7 @@ from hangguard import (
 )
 from hangguard._config import ENV_RETRY_ATTEMPTS
 from hangguard._retry_budget import budget_var
-from hangguard._telemetry import (
+from hangguard._semconv import (
     ATTR_EXCEPTION_MESSAGE,
     ATTR_EXCEPTION_TYPE,
     ATTR_RETRY_ATTEMPT,

@@ -33,8 +33,9 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
 from opentelemetry.sdk.trace import sampling
 
 import hangguard
-from hangguard import ConfigError, SpanRecord, TracingHandle, resolve_settings, setup_tracing
+from hangguard import ConfigError, setup_tracing
 from hangguard._config import ENV_TRACE_FILE
+from hangguard.tracing import SpanRecord, TracingHandle, resolve_settings
 
 OTEL_VARS = [
     "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -273,7 +274,7 @@ def test_local_exporter_keeps_spans_and_writes_the_trace_file(
     (event,) = child_rec.events_named("hangguard.cancelled")
     assert event.attributes["hangguard.cancel.reason"] == "timeout"
     assert h.shutdown()
-    assert list(hangguard.read_span_file(path)) == records
+    assert list(hangguard.tracing.read_span_file(path)) == records
     assert h.stats().exported == 2
 
 
@@ -316,7 +317,7 @@ def test_read_span_file_names_the_bad_line(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     path.write_text(json.dumps(good.to_json()) + "\n\n{not json}\n")
     with pytest.raises(ValueError, match=r"t\.jsonl:3"):
-        hangguard.read_span_file(path)
+        hangguard.tracing.read_span_file(path)
 
 
 def test_shutdown_is_idempotent_and_flush_after_it_is_false(
@@ -433,7 +434,7 @@ def test_import_needs_only_the_api_and_setup_says_what_to_install() -> None:
         sys.meta_path.insert(0, NoSdk())
         import hangguard
         assert not [m for m in sys.modules if m.startswith("opentelemetry.sdk")]
-        assert hangguard.local_spans() == []
+        assert hangguard.tracing.local_spans() == []
         try:
             hangguard.setup_tracing()
         except ImportError as exc:
@@ -469,7 +470,7 @@ def test_global_setup_traces_hangguard_locally_and_refuses_a_second_provider(
             asyncio.run(main())
         except ValueError:
             pass
-        names = sorted(s.name for s in hangguard.local_spans())
+        names = sorted(s.name for s in hangguard.tracing.local_spans())
         print("names:", names)
         try:
             hangguard.setup_tracing()
@@ -481,7 +482,7 @@ def test_global_setup_traces_hangguard_locally_and_refuses_a_second_provider(
     assert proc.returncode == 0, proc.stderr
     assert "names: ['group work', 'task boom', 'task waiter']" in proc.stdout
     assert "second: a global TracerProvider and MeterProvider is already installed" in proc.stdout
-    records = hangguard.read_span_file(path)
+    records = hangguard.tracing.read_span_file(path)
     by_name = {r.name: r for r in records}
     waiter = by_name["task waiter"]
     assert waiter.parent_span_id == by_name["group work"].span_id

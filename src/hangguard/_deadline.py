@@ -265,7 +265,7 @@ class DeadlineScope:
             and self._task.uncancel() <= self._cancelling
             and exc_type is asyncio.CancelledError
         ):
-            from ._telemetry import record_deadline_exceeded
+            from ._spans import record_deadline_exceeded
 
             fired = self._deadline.binding() if self._deadline is not None else None
             name = fired.name if fired is not None else self._name

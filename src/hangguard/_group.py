@@ -27,12 +27,11 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from . import _config, _metrics, _telemetry
+from . import _config, _metrics, _semconv, _spans
 from ._deadline import Deadline, check_timeout, current_deadline, remaining
 from ._exceptions import ConfigError, DeadlineExceeded, JoinTimeout
 from ._limiter import Limiter
-from ._task_info import fn_name, is_coroutine_function, outcome_of, stack_of
-from ._telemetry import (
+from ._semconv import (
     ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_GRACE_S,
     ATTR_CANCEL_REASON,
@@ -55,6 +54,7 @@ from ._telemetry import (
     SPAN_GROUP,
     SPAN_TASK,
 )
+from ._task_info import fn_name, is_coroutine_function, outcome_of, stack_of
 
 __all__ = ["TaskGroup"]
 
@@ -126,7 +126,7 @@ class TaskGroup:
         self._serial = _config.serial()
         self._limit = 1 if self._serial else limit
         self._limiter = Limiter(self._limit) if self._limit is not None else None
-        self._tracer = _telemetry.get_tracer()
+        self._tracer = _spans.get_tracer()
         self._span: Span | None = None
         self._span_ctx: otel_context.Context | None = None
 
@@ -239,7 +239,7 @@ class TaskGroup:
             raise
         except BaseException as exc:
             if span is not None:
-                _telemetry.record_failure(span, exc)
+                _spans.record_failure(span, exc)
             raise
         finally:
             if span is not None:
@@ -328,14 +328,14 @@ class TaskGroup:
 
     def _outcome(self, task: asyncio.Task[Any], failed: bool) -> str:
         if failed:
-            return _telemetry.OUTCOME_FAILED
+            return _semconv.OUTCOME_FAILED
         if not task.cancelled():
-            return _telemetry.OUTCOME_OK
+            return _semconv.OUTCOME_OK
         info = self._cancel_info.get(task)
         # Cut off by the join's timeout or a deadline: a timeout, not a plain cancellation.
         if info is not None and info.reason in (CANCEL_TIMEOUT, CANCEL_DEADLINE):
-            return _telemetry.OUTCOME_TIMEOUT
-        return _telemetry.OUTCOME_CANCELLED
+            return _semconv.OUTCOME_TIMEOUT
+        return _semconv.OUTCOME_CANCELLED
 
     def _cancel_all(self, reason: str, cause: str) -> int:
         """Cancel every unfinished task, noting why (and, for a few, where it was stuck)."""
@@ -581,12 +581,12 @@ class TaskGroup:
         span.set_attribute(ATTR_GROUP_CANCELLED, cancelled)
         if timed_out:
             span.set_attribute(ATTR_GROUP_TIMED_OUT, True)
-            span.set_attribute(_telemetry.ATTR_ERROR_TYPE, "timeout")
+            span.set_attribute(_semconv.ATTR_ERROR_TYPE, "timeout")
             span.set_status(trace.Status(trace.StatusCode.ERROR, "join timed out"))
         elif failed and self._fail_fast:
             first = self._failures[0].exception()
             assert first is not None
-            _telemetry.record_failure(span, first)
+            _spans.record_failure(span, first)
         span.end()
 
     # -- async with -------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """Metrics through the OpenTelemetry metrics API: task outcomes, retries, deadlines, MCP calls.
 
 The library records; the application decides where metrics go (``setup_tracing`` installs
-a ``MeterProvider``, or the application installs its own). Until a real provider is
-installed each ``record_*`` function returns after one attribute read, so untraced use
-costs next to nothing; the instruments are built once per provider, on first use.
+a ``MeterProvider``, the application installs its own, or passes one to
+``hangguard.use_providers``). Until a real provider is installed the instruments live on
+the API's proxy and record nothing; they are built once per provider, on first use, and
+recorded to once per group, retry or MCP call (never once per task).
 
-Instruments (names in ``_telemetry``):
+Instruments (names in ``_semconv``):
 
 * ``hangguard.tasks`` (counter): tasks ended, by ``hangguard.task.outcome`` (ok, failed,
   cancelled, timeout);
@@ -23,12 +24,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from opentelemetry import metrics
 from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider
-from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.util.types import AttributeValue
 
-from ._telemetry import (
+from ._providers import meter_provider
+from ._semconv import (
     ATTR_DEADLINE_NAME,
     ATTR_ERROR_TYPE,
     ATTR_GEN_AI_TOOL_NAME,
@@ -94,27 +94,6 @@ class _Instruments:
 _cache: tuple[MeterProvider, _Instruments] | None = None
 
 
-# Whether this API version keeps the global provider in ``_METER_PROVIDER`` (1.x does).
-_HAS_SLOT: Final = hasattr(_metrics_api, "_METER_PROVIDER")
-
-
-def _global_provider() -> MeterProvider | None:
-    """The installed global provider, or ``None`` while there is none (or only a no-op)."""
-    if _HAS_SLOT:
-        # Read the API's slot directly: this runs for every task that ends, and
-        # get_meter_provider() consults os.environ on each call until a provider is set.
-        provider: MeterProvider | None = _metrics_api._METER_PROVIDER
-        if provider is None:
-            return None
-    else:
-        provider = metrics.get_meter_provider()
-        if isinstance(provider, _metrics_api._ProxyMeterProvider):
-            return None
-    if isinstance(provider, metrics.NoOpMeterProvider):
-        return None
-    return provider
-
-
 def _build(provider: MeterProvider) -> _Instruments:
     meter = provider.get_meter(TRACER_NAME, __version__)
     return _Instruments(
@@ -146,7 +125,7 @@ def _build(provider: MeterProvider) -> _Instruments:
 
 def _instruments() -> _Instruments | None:
     global _cache
-    provider = _global_provider()
+    provider = meter_provider()
     if provider is None:
         return None
     cached = _cache
@@ -192,7 +171,7 @@ def record_retry_refused(name: str | None = None) -> None:
 
 
 def record_deadline_exceeded(name: str | None = None) -> None:
-    """Count one deadline that fired (``_telemetry.record_deadline_exceeded`` calls this)."""
+    """Count one deadline that fired (``_spans.record_deadline_exceeded`` calls this)."""
     inst = _instruments()
     if inst is not None:
         inst.deadlines.add(1, {ATTR_DEADLINE_NAME: name or ""})

@@ -41,7 +41,7 @@ from ._deadline import Deadline, DeadlineScope, check_timeout, current_deadline
 from ._exceptions import DeadlineExceeded
 from ._metrics import record_retry, record_retry_refused
 from ._retry_budget import RetryBudget, budget_var
-from ._telemetry import (
+from ._semconv import (
     ATTR_EXCEPTION_MESSAGE,
     ATTR_EXCEPTION_TYPE,
     ATTR_RETRY_ATTEMPT,
@@ -52,8 +52,8 @@ from ._telemetry import (
     EVENT_RETRY,
     EVENT_RETRY_BUDGET_EXHAUSTED,
     EVENT_RETRY_BUDGET_REFUSED,
-    error_type,
 )
+from ._spans import error_type
 
 __all__ = [
     "Backoff",

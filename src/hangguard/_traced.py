@@ -20,9 +20,9 @@ from typing import Any, Final, ParamSpec, TypeVar, overload
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from . import _config, _telemetry
+from . import _config, _spans
 from ._deadline import check_timeout, deadline
-from ._telemetry import (
+from ._semconv import (
     ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_REASON,
     ATTR_OP_NAME,
@@ -68,7 +68,7 @@ async def run_in_scope(name: str, budget: float | None, body: Callable[[], Await
     """Await ``body()`` in a span and a deadline, both named ``name``."""
     # Read per call, so the env can change between runs and a bad value fails this call.
     seconds = budget if budget is not None else _config.op_budget(name)
-    tracer = _telemetry.get_tracer()
+    tracer = _spans.get_tracer()
     if tracer is None:
         async with deadline(seconds, name=name):
             return await body()
@@ -91,7 +91,7 @@ async def run_in_scope(name: str, budget: float | None, body: Callable[[], Await
         span.add_event(EVENT_CANCELLED, _cancel_attrs(exc))
         raise
     except BaseException as exc:
-        _telemetry.record_failure(span, exc)
+        _spans.record_failure(span, exc)
         raise
     finally:
         otel_context.detach(token)

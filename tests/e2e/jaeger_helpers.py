@@ -39,7 +39,7 @@ from typing import Any
 
 import pytest
 
-from hangguard import SpanEventRecord, SpanRecord
+from hangguard.tracing import SpanEventRecord, SpanRecord
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTOR_DIR = REPO / "collector"

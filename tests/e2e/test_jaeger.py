@@ -19,7 +19,7 @@ from jaeger_helpers import (
     wait_for_trace,
 )
 
-from hangguard import SpanRecord
+from hangguard.tracing import SpanRecord
 
 pytestmark = pytest.mark.e2e
 

@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _chaos(argv: list[str]) -> int:
     try:
-        from ..testing._chaos import main as chaos_main
+        from ..mcp._chaos._server import main as chaos_main
     except ImportError as exc:
         print(
             f"hangguard chaos-mcp needs the 'mcp' extra ({exc}): pip install 'hangguard[mcp]'",

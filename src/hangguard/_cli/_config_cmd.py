@@ -25,7 +25,7 @@ from rich.text import Text
 from .. import _config
 from .._config import ENV_JAEGER_UI, ENV_TRACE_FILE
 from .._exceptions import ConfigError
-from .._setup import TracingSettings, resolve_settings
+from ..tracing._setup import TracingSettings, resolve_settings
 
 __all__ = [
     "CLI_ENV_VARS",

@@ -33,7 +33,7 @@ import hangguard
 from .. import _config
 from .._config import ENV_JAEGER_UI
 from .._exceptions import ConfigError
-from .._span_record import SpanRecord
+from ..tracing._records import SpanRecord
 from ._config_cmd import DEFAULT_JAEGER_UI
 from ._demo_ops import OP_NAME, Search, SearchOp, make_op, plan
 from ._demo_report import (
@@ -173,8 +173,8 @@ def run_demo(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    from .._local_export import LocalSpanExporter
-    from ..testing._chaos import ChaosServer
+    from ..mcp._chaos._server import ChaosServer
+    from ..tracing._local import LocalSpanExporter
 
     # The tree needs the spans even when they also go to a collector.
     local = LocalSpanExporter()

@@ -22,6 +22,7 @@ from typing import Any, Final, Literal
 import mcp_types
 
 import hangguard
+import hangguard.mcp
 
 __all__ = [
     "OP_NAME",
@@ -175,7 +176,7 @@ class SearchOp(BaseAsyncOp):
 
     async def async_call(self, query: Search) -> str:
         tool, arguments = query.call(self.run_key)
-        async with hangguard.McpClient(
+        async with hangguard.mcp.McpClient(
             self.url, name="search", timeout=self.timeout, raise_on_error=True
         ) as client:
             result = await hangguard.retry_call(

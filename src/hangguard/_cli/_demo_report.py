@@ -22,8 +22,9 @@ from rich.text import Text
 
 import hangguard
 
-from .._span_record import SpanRecord
-from .._telemetry import ATTR_OP_NAME, EVENT_CANCELLED, EVENT_RETRY, error_type
+from .._semconv import ATTR_OP_NAME, EVENT_CANCELLED, EVENT_RETRY
+from .._spans import error_type
+from ..tracing._records import SpanRecord
 from ._demo_ops import Search
 from ._tree import format_duration
 

@@ -28,7 +28,7 @@ from rich.text import Text
 from .. import _config
 from .._config import ENV_JAEGER_UI
 from .._exceptions import ConfigError
-from .._setup import resolve_settings
+from ..tracing._setup import resolve_settings
 from ._config_cmd import collect
 
 __all__ = [

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .._span_record import SpanRecord, read_span_file
+from ..tracing._records import SpanRecord, read_span_file
 from ._tree import format_duration, trace_tree, tree_roots
 
 __all__ = ["show_trace_file"]

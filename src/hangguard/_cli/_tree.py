@@ -1,6 +1,6 @@
 """A trace as a tree in the terminal: the embedded default view, no collector needed.
 
-It renders :class:`~hangguard._span_record.SpanRecord` objects (what the local exporter
+It renders :class:`~hangguard.tracing._records.SpanRecord` objects (what the local exporter
 keeps) as op -> group -> tasks -> tool calls, each line with its duration and status,
 and under each span the events that explain it: cancellations with their reason, cause
 and where the task was stuck, retries, deadlines that fired::
@@ -18,8 +18,7 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 from rich.tree import Tree
 
-from .._span_record import AttrValue, SpanEventRecord, SpanRecord
-from .._telemetry import (
+from .._semconv import (
     ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_REASON,
     ATTR_DEADLINE_BUDGET_S,
@@ -47,6 +46,7 @@ from .._telemetry import (
     EVENT_RETRY_BUDGET_EXHAUSTED,
     EVENT_RETRY_BUDGET_REFUSED,
 )
+from ..tracing._records import AttrValue, SpanEventRecord, SpanRecord
 
 __all__ = [
     "MCP_SDK_SCOPE",

@@ -24,8 +24,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 
-from .._deadline import Clock, set_clock
-from .._retry import set_backoff_enabled
+from .. import _deadline, _retry
 
 __all__ = ["FakeClock", "disable_backoff", "use_clock"]
 
@@ -47,17 +46,17 @@ class FakeClock:
 
 
 @contextmanager
-def use_clock(clock: Clock) -> Iterator[Clock]:
+def use_clock(clock: _deadline.Clock) -> Iterator[_deadline.Clock]:
     """Measure hangguard deadlines on ``clock`` inside the block; restores the previous one.
 
     Timers that enforce deadlines still run on the event loop's clock: this is for
     testing budget arithmetic, not for skipping real waits.
     """
-    previous = set_clock(clock)
+    previous = _deadline.set_clock(clock)
     try:
         yield clock
     finally:
-        set_clock(previous)
+        _deadline.set_clock(previous)
 
 
 class _RestoreBackoff(AbstractContextManager[None]):
@@ -75,7 +74,7 @@ class _RestoreBackoff(AbstractContextManager[None]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        set_backoff_enabled(self._previous)
+        _retry.set_backoff_enabled(self._previous)
 
 
 def disable_backoff() -> AbstractContextManager[None]:
@@ -90,4 +89,4 @@ def disable_backoff() -> AbstractContextManager[None]:
             with disable_backoff():
                 yield
     """
-    return _RestoreBackoff(set_backoff_enabled(False))
+    return _RestoreBackoff(_retry.set_backoff_enabled(False))

@@ -17,7 +17,7 @@ from typing import Literal, Protocol, get_args
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._chaos_tools import ChaosRecorder
+from ._tools import ChaosRecorder
 
 __all__ = [
     "GET",
@@ -237,7 +237,7 @@ class Blackhole:
     sends its request and waits forever::
 
         with Blackhole() as hole:
-            async with hangguard.McpClient(hole.url, connect_timeout=1): ...  # McpConnectError
+            async with hangguard.mcp.McpClient(hole.url, connect_timeout=1): ...  # McpConnectError
     """
 
     def __init__(self, host: str = "127.0.0.1", path: str = "/mcp") -> None:
@@ -270,7 +270,7 @@ def closed_port_url(host: str = "127.0.0.1", path: str = "/mcp") -> str:
 
     The port was free a moment ago (another program could take it since, but rarely does)::
 
-        hangguard.McpClient(closed_port_url())  # connecting raises McpConnectError
+        hangguard.mcp.McpClient(closed_port_url())  # connecting raises McpConnectError
     """
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     with sock:

@@ -8,7 +8,7 @@ runs on one daemon thread started at setup (so nothing needs a new thread at int
 exit) and the caller waits at most ``shutdown_timeout``; the SDK's own exit hooks are off
 and ours is bounded. What could not be delivered in time is dropped and counted in one
 warning; docs/jaeger.md says what is dropped when. The thread, the guarded exporter and the
-counters are in :mod:`hangguard._export_guard`.
+counters are in :mod:`hangguard.tracing._guard`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
-from ._deadline import check_timeout
-from ._export_guard import Counters, ExportStats, Job, Worker
-from ._span_record import SpanRecord
-from ._tracing_settings import TracingSettings
+from .._deadline import check_timeout
+from ._guard import Counters, ExportStats, Job, Worker
+from ._records import SpanRecord
+from ._settings import TracingSettings
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
-    from ._local_export import LocalSpanExporter
+    from ._local import LocalSpanExporter
 
 __all__ = ["TracingHandle"]
 

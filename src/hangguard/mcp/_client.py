@@ -31,23 +31,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 from pydantic import ValidationError
 
-from . import _config
-from ._deadline import check_timeout, deadline, remaining
-from ._exceptions import DeadlineExceeded, McpError
-from ._mcp_capture import captured
-from ._mcp_errors import (
-    call_error,
-    http_status,
-    is_transient,
-    span_error_type,
-    tool_error,
-)
-from ._mcp_server import TIMEOUT_META_KEY
-from ._mcp_session import Session
-from ._mcp_transport import Exchange, Target, current_exchange, resolve_target
-from ._metrics import record_mcp_duration
-from ._retry import RetryPolicy, retry_call
-from ._telemetry import (
+from .. import _config
+from .._deadline import check_timeout, deadline, remaining
+from .._exceptions import DeadlineExceeded, McpError
+from .._metrics import record_mcp_duration
+from .._retry import RetryPolicy, retry_call
+from .._semconv import (
     ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_REASON,
     ATTR_ERROR_TYPE,
@@ -66,9 +55,19 @@ from ._telemetry import (
     ERROR_TYPE_TOOL_ERROR,
     EVENT_CANCELLED,
     SPAN_EXECUTE_TOOL,
-    get_tracer,
-    record_failure,
 )
+from .._spans import get_tracer, record_failure
+from ._capture import captured
+from ._errors import (
+    call_error,
+    http_status,
+    is_transient,
+    span_error_type,
+    tool_error,
+)
+from ._meta import TIMEOUT_META_KEY
+from ._session import Session
+from ._transport import Exchange, Target, current_exchange, resolve_target
 
 __all__ = ["McpClient"]
 
@@ -114,7 +113,7 @@ class McpClient:
     benchmarks) or an entry of an ``mcpServers`` config. As in the seed,
     ``McpClient(name=..., config=...)`` looks the server up by name::
 
-        async with hangguard.McpClient("http://127.0.0.1:8000/mcp", timeout=30) as client:
+        async with hangguard.mcp.McpClient("http://127.0.0.1:8000/mcp", timeout=30) as client:
             result = await client.call_tool("search", {"query": "hangguard"})
 
     ``timeout`` bounds each call, all retries included (``None``: ``HANGGUARD_MCP_TIMEOUT``,

@@ -156,7 +156,7 @@ def read_span_file(path: str | os.PathLike[str]) -> Sequence[SpanRecord]:
 
     Raises ``ValueError`` naming the file and line of the first malformed record::
 
-        spans = hangguard.read_span_file("trace.jsonl")
+        spans = hangguard.tracing.read_span_file("trace.jsonl")
     """
     records: list[SpanRecord] = []
     for number, line in _lines(path):

@@ -1,20 +1,13 @@
-"""Span helpers and the trace vocabulary: every span, attribute and event name hangguard emits.
+"""The trace vocabulary: every span, attribute, event and metric name hangguard emits.
 
-Only ``opentelemetry-api`` is used here. When no SDK is installed (the API's no-op or
-unresolved proxy provider), :func:`get_tracer` returns ``None`` and callers skip all span
-work, so untraced use costs close to nothing. docs/trace-schema.md is checked against
-the constants below by a test.
+Names only, no behaviour and no imports of the rest of the package, so every module (span
+helpers, metrics, the CLI's tree, the docs test) can use it without an import cycle.
+docs/trace-schema.md is checked against these constants by a test.
 """
 
 from __future__ import annotations
 
-import traceback
 from typing import Final
-
-from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode, Tracer
-
-from ._version import __version__
 
 __all__ = [
     "ATTR_CANCEL_CAUSE",
@@ -78,10 +71,6 @@ __all__ = [
     "SPAN_OP",
     "SPAN_TASK",
     "TRACER_NAME",
-    "error_type",
-    "get_tracer",
-    "record_deadline_exceeded",
-    "record_failure",
 ]
 
 TRACER_NAME: Final = "hangguard"
@@ -166,63 +155,3 @@ OUTCOME_OK: Final = "ok"
 OUTCOME_FAILED: Final = "failed"
 OUTCOME_CANCELLED: Final = "cancelled"
 OUTCOME_TIMEOUT: Final = "timeout"
-
-_tracers: dict[int, tuple[trace.TracerProvider, Tracer]] = {}
-
-
-def _is_noop(provider: trace.TracerProvider) -> bool:
-    if isinstance(provider, trace.NoOpTracerProvider):
-        return True
-    # The API's proxy stands in until an application installs a provider; until then
-    # every span it makes is a no-op.
-    return isinstance(provider, trace.ProxyTracerProvider) and (
-        getattr(trace, "_TRACER_PROVIDER", None) is None
-    )
-
-
-def get_tracer() -> Tracer | None:
-    """hangguard's tracer from the global provider, or ``None`` when nothing records."""
-    provider = trace.get_tracer_provider()
-    if _is_noop(provider):
-        return None
-    cached = _tracers.get(id(provider))
-    if cached is not None and cached[0] is provider:
-        return cached[1]
-    tracer = provider.get_tracer(TRACER_NAME, __version__)
-    _tracers[id(provider)] = (provider, tracer)
-    return tracer
-
-
-def error_type(exc: BaseException) -> str:
-    """The ``error.type`` value of an exception: its fully qualified class name."""
-    cls = type(exc)
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-
-
-def record_failure(span: Span, exc: BaseException, *, type_: str | None = None) -> None:
-    """Mark ``span`` failed by ``exc``: status ERROR, ``error.type``, the exception event."""
-    if not span.is_recording():
-        return
-    span.set_attribute(ATTR_ERROR_TYPE, type_ or error_type(exc))
-    span.record_exception(exc, escaped=True)
-    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-
-
-def record_deadline_exceeded(name: str | None, budget: float) -> None:
-    """Note a deadline that fired on the current span (and in metrics)."""
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.add_event(
-            EVENT_DEADLINE_EXCEEDED,
-            {ATTR_DEADLINE_NAME: name or "", ATTR_DEADLINE_BUDGET_S: budget},
-        )
-    # Imported here: _metrics imports this module for its names.
-    from ._metrics import record_deadline_exceeded as count_deadline_exceeded
-
-    count_deadline_exceeded(name)
-
-
-def format_stack(frames: list[traceback.FrameSummary]) -> str:
-    """A short, one-frame-a-line rendering of where a task was stuck."""
-    return "\n".join(f"{f.filename}:{f.lineno} in {f.name}" for f in frames)

@@ -36,7 +36,7 @@ import httpx2
 from anyio.streams.memory import MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
 
-from ._exceptions import ConfigError
+from .._exceptions import ConfigError
 
 __all__ = [
     "Exchange",

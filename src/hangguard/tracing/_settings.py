@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
-from ._config import (
+from .._config import (
     ENV_TRACE_FILE,
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
@@ -27,8 +27,8 @@ from ._config import (
     OTEL_TRACES_SAMPLER,
     OTEL_TRACES_SAMPLER_ARG,
 )
-from ._deadline import check_timeout
-from ._exceptions import ConfigError
+from .._deadline import check_timeout
+from .._exceptions import ConfigError
 
 __all__ = ["DEFAULT_SHUTDOWN_TIMEOUT", "TracingSettings", "resolve_settings"]
 
@@ -79,7 +79,7 @@ class TracingSettings:
     ``exporter`` is ``"otlp"`` or ``"local"``; the endpoints are full URLs as the exporters
     use them (``None`` where that signal is not sent over OTLP)::
 
-        hangguard.resolve_settings().traces_endpoint  # what setup_tracing() would use
+        hangguard.tracing.resolve_settings().traces_endpoint  # what setup_tracing() would use
     """
 
     exporter: str
@@ -184,7 +184,7 @@ def resolve_settings(
     Arguments beat the environment; bad values raise :class:`ConfigError` naming the
     argument or variable::
 
-        settings = hangguard.resolve_settings()
+        settings = hangguard.tracing.resolve_settings()
         print(settings.exporter, settings.traces_endpoint)
     """
     timeout = check_timeout(shutdown_timeout, "shutdown_timeout")

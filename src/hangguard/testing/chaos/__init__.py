@@ -1,6 +1,8 @@
 """The chaos MCP server (needs the ``mcp`` extra): ``python -m hangguard.testing.chaos --help``.
 
-See :mod:`hangguard.testing._chaos` for what it does::
+A real MCP server (stdio, SSE, streamable HTTP) whose tools hang, sleep, fail, flake or
+stop answering on request, and HTTP-level faults in front of it, for tests of the code
+that calls MCP servers::
 
     from hangguard.testing.chaos import ChaosServer, HttpFault
 
@@ -10,9 +12,7 @@ See :mod:`hangguard.testing._chaos` for what it does::
 
 from __future__ import annotations
 
-import sys
-
-from ._chaos import (
+from ...mcp._chaos._server import (
     Blackhole,
     ChaosEvent,
     ChaosRecorder,
@@ -38,5 +38,9 @@ __all__ = [
     "stdio_command",
 ]
 
-if __name__ == "__main__":
-    sys.exit(main())
+# Tracebacks and docs name this public path, not the implementation module.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("hangguard.mcp._chaos"):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -2,7 +2,7 @@
 
 :func:`hangguard.setup_tracing` installs it when no OTLP endpoint is configured, so a
 program traced without a collector still has its spans: in memory (the newest
-``max_spans``, for :meth:`TracingHandle.local_spans` and :func:`hangguard.local_spans`)
+``max_spans``, for :meth:`TracingHandle.local_spans` and :func:`hangguard.tracing.local_spans`)
 and, when ``HANGGUARD_TRACE_FILE`` or ``trace_file=`` names a file, appended to it as
 JSON lines for ``hangguard`` the CLI to render as a tree. Needs the SDK; imported only by
 ``setup_tracing``.
@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import format_span_id, format_trace_id
 
-from ._span_record import SpanEventRecord, SpanRecord
+from ._records import SpanEventRecord, SpanRecord
 
 __all__ = ["DEFAULT_MAX_SPANS", "LocalSpanExporter", "to_record"]
 

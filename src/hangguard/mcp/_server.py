@@ -9,7 +9,6 @@ the tool's own nested calls inherit what is left.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from typing import Any, Final
@@ -18,37 +17,16 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, REQUEST_TIMEOUT
 
-from ._deadline import check_timeout, deadline
-from ._exceptions import DeadlineExceeded
+from .._deadline import check_timeout, deadline
+from .._exceptions import DeadlineExceeded
+from ._meta import parse_timeout_meta
 
-__all__ = ["TIMEOUT_META_KEY", "DeadlineMiddleware", "parse_timeout_meta"]
+__all__ = ["DeadlineMiddleware"]
 
 logger = logging.getLogger("hangguard.mcp")
 
-#: The ``_meta`` key carrying the caller's remaining budget in milliseconds.
-TIMEOUT_META_KEY: Final = "hangguard/timeout-ms"
-
 # A long-lived stream, not a request awaiting an answer: a budget would only cut it off.
 _UNBOUNDED_METHODS: Final = frozenset({"subscriptions/listen"})
-
-
-def parse_timeout_meta(meta: object) -> float | None:
-    """The budget in seconds a request's ``_meta`` asks for, or ``None`` when it sets none.
-
-    Raises ``ValueError`` naming the key when the value is not a non-negative number.
-    """
-    if not isinstance(meta, dict) or TIMEOUT_META_KEY not in meta:
-        return None
-    raw = meta[TIMEOUT_META_KEY]
-    if isinstance(raw, str):
-        with contextlib.suppress(ValueError):
-            raw = float(raw)
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not raw >= 0:
-        raise ValueError(
-            f"_meta[{TIMEOUT_META_KEY!r}] must be a non-negative number of milliseconds, "
-            f"got {meta[TIMEOUT_META_KEY]!r}"
-        )
-    return float(raw) / 1000.0
 
 
 class DeadlineMiddleware:
@@ -60,7 +38,7 @@ class DeadlineMiddleware:
     fires, the handler is cancelled, ``hangguard.deadline_exceeded`` is recorded on the
     server span and the request is answered with JSON-RPC error ``-32001``::
 
-        server = MCPServer("search", middleware=[hangguard.DeadlineMiddleware(max_timeout=60)])
+        server = MCPServer("search", middleware=[hangguard.mcp.DeadlineMiddleware(max_timeout=60)])
 
     A request without the key is bounded by ``max_timeout`` alone (``None``: no bound).
     """

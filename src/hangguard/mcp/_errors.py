@@ -22,9 +22,10 @@ import httpx2
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED
 
-from ._exceptions import DeadlineExceeded, McpCallError, McpConnectError, McpError, McpToolError
-from ._mcp_transport import Exchange
-from ._telemetry import ERROR_TYPE_TIMEOUT, ERROR_TYPE_TOOL_ERROR, error_type
+from .._exceptions import DeadlineExceeded, McpCallError, McpConnectError, McpError, McpToolError
+from .._semconv import ERROR_TYPE_TIMEOUT, ERROR_TYPE_TOOL_ERROR
+from .._spans import error_type
+from ._transport import Exchange
 
 __all__ = [
     "TRANSIENT_STATUSES",

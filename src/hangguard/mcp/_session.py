@@ -21,12 +21,14 @@ from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from . import _config
-from ._deadline import deadline
-from ._exceptions import DeadlineExceeded, McpConnectError
-from ._mcp_errors import TRANSIENT_STATUSES, connect_error, mark_transient, root_cause
-from ._mcp_stdio import stdio_transport
-from ._mcp_transport import (
+from .. import _config
+from .._deadline import deadline
+from .._exceptions import DeadlineExceeded, McpConnectError
+from .._retry import RetryPolicy, retry_call
+from .._version import __version__
+from ._errors import TRANSIENT_STATUSES, connect_error, mark_transient, root_cause
+from ._stdio import stdio_transport
+from ._transport import (
     Exchange,
     Target,
     buffered_writes,
@@ -34,8 +36,6 @@ from ._mcp_transport import (
     open_http_client,
     sse_client_factory,
 )
-from ._retry import RetryPolicy, retry_call
-from ._version import __version__
 
 __all__ = ["Connection", "Session"]
 

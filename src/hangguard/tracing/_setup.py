@@ -5,11 +5,11 @@ provider the application installed. An application that wants hangguard's traces
 ``setup_tracing()`` once at start-up. It installs an SDK ``TracerProvider`` and
 ``MeterProvider`` exporting over OTLP as the standard ``OTEL_*`` variables say (arguments
 override them), or, with no endpoint configured, the local exporter of
-:mod:`hangguard._local_export`.
+:mod:`hangguard.tracing._local`.
 
 This module builds and installs the SDK pieces; the settings are resolved in
-:mod:`hangguard._tracing_settings`, the returned handle and its bounded shutdown are in
-:mod:`hangguard._tracing_handle` and :mod:`hangguard._export_guard`. Their public names
+:mod:`hangguard.tracing._settings`, the returned handle and its bounded shutdown are in
+:mod:`hangguard.tracing._handle` and :mod:`hangguard.tracing._guard`. Their public names
 are re-exported here as before. The SDK is imported only when ``setup_tracing()`` runs.
 """
 
@@ -23,20 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 
-from ._config import ENV_TRACE_FILE
-from ._deadline import check_timeout
-from ._exceptions import ConfigError
-from ._export_guard import (
+from .._config import ENV_TRACE_FILE
+from .._deadline import check_timeout
+from .._exceptions import ConfigError
+from ._guard import (
     Counters,
     ExportStats,
     make_counting_processor,
     make_guard,
     make_metric_guard,
 )
-from ._span_record import SpanRecord
-from ._telemetry import _is_noop as _is_noop_tracer_provider
-from ._tracing_handle import TracingHandle
-from ._tracing_settings import DEFAULT_SHUTDOWN_TIMEOUT, TracingSettings, resolve_settings
+from ._handle import TracingHandle
+from ._records import SpanRecord
+from ._settings import DEFAULT_SHUTDOWN_TIMEOUT, TracingSettings, resolve_settings
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
@@ -44,7 +43,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.sdk.trace.sampling import Sampler
 
-    from ._local_export import LocalSpanExporter
+    from ._local import LocalSpanExporter
 
 __all__ = [
     "DEFAULT_SHUTDOWN_TIMEOUT",
@@ -120,7 +119,7 @@ def local_spans() -> list[SpanRecord]:
 
         hangguard.setup_tracing()
         asyncio.run(main())
-        print(len(hangguard.local_spans()))
+        print(len(hangguard.tracing.local_spans()))
     """
     handle = _active_handle
     if handle is None or handle._local is None:
@@ -130,7 +129,7 @@ def local_spans() -> list[SpanRecord]:
 
 def _check_globals_free(*, meter: bool) -> None:
     taken = []
-    if not _is_noop_tracer_provider(trace.get_tracer_provider()):
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         taken.append("TracerProvider")
     from opentelemetry.metrics import _internal
 
@@ -251,7 +250,7 @@ def setup_tracing(
         guard = make_guard(span_exporter, counters)
         provider.add_span_processor(BatchSpanProcessor(guard))
     else:
-        from ._local_export import LocalSpanExporter
+        from ._local import LocalSpanExporter
 
         try:
             local = LocalSpanExporter(max_spans=max_local_spans, trace_file=settings.trace_file)

@@ -24,8 +24,9 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import INTERNAL_ERROR
 
-from .._deadline import remaining
-from .._mcp_server import TIMEOUT_META_KEY, DeadlineMiddleware
+from ..._deadline import remaining
+from .._meta import TIMEOUT_META_KEY
+from .._server import DeadlineMiddleware
 
 __all__ = ["ChaosEvent", "ChaosRecorder", "build_chaos_server"]
 
@@ -165,7 +166,7 @@ def build_chaos_server(
     With ``deadline_middleware`` it enforces the caller's ``hangguard/timeout-ms``,
     capped by ``max_timeout``. Serve it yourself, or call it in-process::
 
-        async with hangguard.McpClient(build_chaos_server(), timeout=1) as client:
+        async with hangguard.mcp.McpClient(build_chaos_server(), timeout=1) as client:
             await client.call_tool("echo", {"text": "hi"})
     """
     recorder = recorder if recorder is not None else ChaosRecorder()

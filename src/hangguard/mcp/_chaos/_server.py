@@ -31,7 +31,7 @@ from typing import Literal, TextIO, get_args
 import uvicorn
 from starlette.types import ASGIApp
 
-from ._chaos_http import (
+from ._http import (
     Blackhole,
     FaultApp,
     FaultKind,
@@ -40,7 +40,7 @@ from ._chaos_http import (
     closed_port_url,
     listen_socket,
 )
-from ._chaos_tools import ChaosEvent, ChaosRecorder, build_chaos_server
+from ._tools import ChaosEvent, ChaosRecorder, build_chaos_server
 
 __all__ = [
     "Blackhole",
@@ -79,7 +79,7 @@ class ChaosServer:
     Use it as a context manager (sync or async); ``url`` is what a client connects to::
 
         async with ChaosServer() as chaos:
-            async with hangguard.McpClient(chaos.url, timeout=1) as client:
+            async with hangguard.mcp.McpClient(chaos.url, timeout=1) as client:
                 await client.call_tool("hang")          # DeadlineExceeded after 1 s
             await chaos.wait_for("cancelled", "hang")   # the handler was cancelled too
 

@@ -1,0 +1,80 @@
+"""Span helpers on the OpenTelemetry API: the tracer, failures, deadlines that fired.
+
+Only ``opentelemetry-api`` is used here. When no SDK is installed (the API's no-op or
+unresolved proxy provider), :func:`get_tracer` returns ``None`` and callers skip all span
+work, so untraced use costs close to nothing. The names it writes are in
+:mod:`hangguard._semconv`.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode, Tracer
+
+from ._metrics import record_deadline_exceeded as count_deadline_exceeded
+from ._providers import tracer_provider
+from ._semconv import (
+    ATTR_DEADLINE_BUDGET_S,
+    ATTR_DEADLINE_NAME,
+    ATTR_ERROR_TYPE,
+    EVENT_DEADLINE_EXCEEDED,
+    TRACER_NAME,
+)
+from ._version import __version__
+
+__all__ = [
+    "error_type",
+    "format_stack",
+    "get_tracer",
+    "record_deadline_exceeded",
+    "record_failure",
+]
+
+_tracers: dict[int, tuple[trace.TracerProvider, Tracer]] = {}
+
+
+def get_tracer() -> Tracer | None:
+    """hangguard's tracer from the injected or global provider, or ``None`` when nothing records."""
+    provider = tracer_provider()
+    if provider is None:
+        return None
+    cached = _tracers.get(id(provider))
+    if cached is not None and cached[0] is provider:
+        return cached[1]
+    tracer = provider.get_tracer(TRACER_NAME, __version__)
+    _tracers[id(provider)] = (provider, tracer)
+    return tracer
+
+
+def error_type(exc: BaseException) -> str:
+    """The ``error.type`` value of an exception: its fully qualified class name."""
+    cls = type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def record_failure(span: Span, exc: BaseException, *, type_: str | None = None) -> None:
+    """Mark ``span`` failed by ``exc``: status ERROR, ``error.type``, the exception event."""
+    if not span.is_recording():
+        return
+    span.set_attribute(ATTR_ERROR_TYPE, type_ or error_type(exc))
+    span.record_exception(exc, escaped=True)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+
+def record_deadline_exceeded(name: str | None, budget: float) -> None:
+    """Note a deadline that fired on the current span (and in metrics)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(
+            EVENT_DEADLINE_EXCEEDED,
+            {ATTR_DEADLINE_NAME: name or "", ATTR_DEADLINE_BUDGET_S: budget},
+        )
+    count_deadline_exceeded(name)
+
+
+def format_stack(frames: list[traceback.FrameSummary]) -> str:
+    """A short, one-frame-a-line rendering of where a task was stuck."""
+    return "\n".join(f"{f.filename}:{f.lineno} in {f.name}" for f in frames)
