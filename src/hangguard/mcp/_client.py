@@ -6,7 +6,7 @@ hangguard deadline; the time left sent to the server (``hangguard/timeout-ms``);
 retries of transient failures within the budget; one clear exception per failure; and
 an ``execute_tool <tool>`` span per call.
 
-The SDK client lives in a task of its own (see ``_mcp_session``), so a crashing transport
+The SDK client lives in a task of its own (see ``_session``), so a crashing transport
 never cancels the caller: the call fails with a typed error and the next one reconnects.
 """
 
@@ -65,9 +65,10 @@ from ._errors import (
     span_error_type,
     tool_error,
 )
+from ._http import Exchange, current_exchange
 from ._meta import TIMEOUT_META_KEY
 from ._session import Session
-from ._transport import Exchange, Target, current_exchange, resolve_target
+from ._target import Target, resolve_target
 
 __all__ = ["McpClient"]
 

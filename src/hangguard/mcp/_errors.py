@@ -25,7 +25,7 @@ from mcp_types import CONNECTION_CLOSED
 from .._exceptions import DeadlineExceeded, McpCallError, McpConnectError, McpError, McpToolError
 from .._semconv import ERROR_TYPE_TIMEOUT, ERROR_TYPE_TOOL_ERROR
 from .._spans import error_type
-from ._transport import Exchange
+from ._http import Exchange
 
 __all__ = [
     "TRANSIENT_STATUSES",

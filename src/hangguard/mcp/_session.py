@@ -27,15 +27,15 @@ from .._exceptions import DeadlineExceeded, McpConnectError
 from .._retry import RetryPolicy, retry_call
 from .._version import __version__
 from ._errors import TRANSIENT_STATUSES, connect_error, mark_transient, root_cause
-from ._stdio import stdio_transport
-from ._transport import (
+from ._http import (
     Exchange,
-    Target,
     buffered_writes,
     current_exchange,
     open_http_client,
     sse_client_factory,
 )
+from ._stdio import stdio_transport
+from ._target import Target
 
 __all__ = ["Connection", "Session"]
 

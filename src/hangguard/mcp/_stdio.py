@@ -26,7 +26,7 @@ from anyio.streams.text import TextReceiveStream
 from mcp.client.stdio import get_default_environment
 from mcp.shared.message import SessionMessage
 
-from ._transport import Target
+from ._target import Target
 
 __all__ = ["stdio_transport"]
 
