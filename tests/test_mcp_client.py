@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
 from typing import Any
 
 import mcp
@@ -394,29 +393,28 @@ async def test_json_response_mode_needs_the_middleware_to_stop_the_handler() -> 
 
 
 async def test_100_concurrent_calls_with_one_hanging(chaos: ChaosServer) -> None:
-    budget = 2.0
-    latencies: list[float] = []
+    """One hanging call holds none of the 99 others sharing its client.
+
+    No timing: the 99 echoes must all finish while the hanging call is still pending
+    (it is on the server, which says so), and cancelling it reaches the server. How
+    fast they finish is measured in bench/mcp_call.py.
+    """
 
     async def echo(i: int) -> None:
-        started = time.monotonic()
         result = await client.call_tool("echo", {"text": str(i)})
-        latencies.append(time.monotonic() - started)
         assert result.structured_content == {"result": str(i)}
 
-    async with hangguard.mcp.McpClient(chaos.url, timeout=budget) as client:
+    async with hangguard.mcp.McpClient(chaos.url, timeout=60) as client:
         await client.call_tool("echo")  # warm: the SDK lists tools after a first call
-        started = time.monotonic()
         hang = asyncio.create_task(client.call_tool("hang"))
-        with within(budget):
-            async with asyncio.TaskGroup() as tg:
-                for i in range(99):
-                    tg.create_task(echo(i))
-            echoes_done = time.monotonic() - started
-            with pytest.raises(hangguard.DeadlineExceeded):
-                await hang
-    # The 99 finished long before the hanging call timed out.
-    assert len(latencies) == 99
-    assert echoes_done < budget / 2, f"99 echoes took {echoes_done:.3f}s"
+        await chaos.wait_for("started", "hang")
+        async with asyncio.TaskGroup() as tg:
+            for i in range(99):
+                tg.create_task(echo(i))
+        assert not hang.done(), "the hanging call ended before the 99 echoes"
+        hang.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hang
     await chaos.wait_for("cancelled", "hang")
 
 
