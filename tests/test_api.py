@@ -71,7 +71,7 @@ SURFACE: dict[str, list[str]] = {
         "resolve_settings",
         "setup_tracing",
     ],
-    "hangguard.testing": ["FakeClock", "disable_backoff", "use_clock"],
+    "hangguard.testing": ["BaseAsyncOp", "FakeClock", "OpContext", "disable_backoff", "use_clock"],
     "hangguard.testing.chaos": [
         "Blackhole",
         "ChaosEvent",

@@ -1,5 +1,8 @@
 """Testing support for users of hangguard (and for hangguard's own tests).
 
+A reference op base class with flowllm 0.2's ``BaseAsyncOp`` shape
+(:class:`BaseAsyncOp`), for examples and for tests of decorated ops.
+
 A fake clock for deterministic deadline arithmetic::
 
     from hangguard.testing import FakeClock, use_clock
@@ -25,8 +28,9 @@ from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 
 from .. import _deadline, _retry
+from .._reference_op import BaseAsyncOp, OpContext
 
-__all__ = ["FakeClock", "disable_backoff", "use_clock"]
+__all__ = ["BaseAsyncOp", "FakeClock", "OpContext", "disable_backoff", "use_clock"]
 
 
 class FakeClock:
@@ -90,3 +94,8 @@ def disable_backoff() -> AbstractContextManager[None]:
                 yield
     """
     return _RestoreBackoff(_retry.set_backoff_enabled(False))
+
+
+for _name in ("BaseAsyncOp", "OpContext"):
+    globals()[_name].__module__ = __name__
+del _name
