@@ -7,9 +7,6 @@ asks for ``spans``; tests that must run with no SDK at all run in a subprocess.
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -72,33 +69,17 @@ def blackhole() -> Iterator[str]:
 
     Like a collector that hangs: connecting works, every request then waits forever.
     """
-    server = socket.create_server(("127.0.0.1", 0), backlog=128)
-    accepted: list[socket.socket] = []
+    from hangguard.testing.chaos import Blackhole
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return  # the socket was shut down: the test is over
-            accepted.append(conn)
-
-    thread = threading.Thread(target=serve, name="blackhole", daemon=True)
-    thread.start()
-    port = server.getsockname()[1]
-    yield f"127.0.0.1:{port}"
-    # shutdown() wakes the blocked accept() on Linux; close() alone would not.
-    with contextlib.suppress(OSError):
-        server.shutdown(socket.SHUT_RDWR)
-    server.close()
-    thread.join(5)
-    for conn in accepted:
-        conn.close()
+    with Blackhole() as hole:
+        yield f"127.0.0.1:{hole.port}"
 
 
 @pytest.fixture
 def closed_port() -> str:
     """``host:port`` on 127.0.0.1 where nothing listens: connections are refused."""
-    with socket.create_server(("127.0.0.1", 0)) as s:
-        port = s.getsockname()[1]
-    return f"127.0.0.1:{port}"
+    from urllib.parse import urlsplit
+
+    from hangguard.testing.chaos import closed_port_url
+
+    return urlsplit(closed_port_url()).netloc

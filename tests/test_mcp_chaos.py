@@ -78,9 +78,12 @@ def test_stdio_rejects_http_faults() -> None:
         main(["--transport", "stdio", "--fault", "html"])
 
 
-def test_help_names_the_program() -> None:
-    with pytest.raises(SystemExit):
+def test_help_names_the_program(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
         main(["--help"], prog="hangguard chaos-mcp")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: hangguard chaos-mcp"), out[:80]
 
 
 def test_importing_hangguard_loads_no_mcp_and_works_without_it() -> None:
