@@ -47,6 +47,17 @@ OTEL_VARS = [
     "OTEL_RESOURCE_ATTRIBUTES",
     "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    "OTEL_EXPORTER_OTLP_COMPRESSION",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_SDK_DISABLED",
     ENV_TRACE_FILE,
 ]
 
@@ -176,6 +187,88 @@ def test_bad_environment_fails_naming_the_variable(
     with pytest.raises(ConfigError, match=var) as info:
         resolve_settings()
     assert info.value.name == var
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://[::1"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://[::1"),
+        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://[::1"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://host:abc"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://host:99999/v1/traces"),
+        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://:4317"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "abc"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "5s"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "-1"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "nan"),
+        ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0"),
+        ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "inf"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "api-key"),
+        ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "a=1,,=2"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "zip"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "lots"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1.5"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "5s"),
+        ("OTEL_SDK_DISABLED", "yes"),
+    ],
+)
+def test_every_otel_variable_is_validated_naming_it_and_its_value(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as info:
+        resolve_settings()
+    assert info.value.name == var
+    assert info.value.value == value
+    assert var in str(info.value) and repr(value) in str(info.value)
+    # setup_tracing() fails the same way, before it builds anything.
+    with pytest.raises(ConfigError) as info:
+        setup_tracing(set_global=False)
+    assert info.value.name == var
+
+
+def test_a_batch_larger_than_the_queue_names_both_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "100")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "200")
+    with pytest.raises(ConfigError, match="OTEL_BSP_MAX_QUEUE_SIZE") as info:
+        resolve_settings()
+    assert info.value.name == "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"
+    with pytest.raises(ConfigError, match="max_export_batch_size"):
+        resolve_settings(max_queue_size=10, max_export_batch_size=20)
+    with pytest.raises(ConfigError, match="max_queue_size"):
+        resolve_settings(max_queue_size=0)
+
+
+def test_export_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = resolve_settings()
+    assert (s.traces_timeout, s.metrics_timeout) == (10.0, 10.0)
+    assert s.max_export_batch_size <= s.max_queue_size
+    # An empty value is unset, as the OpenTelemetry specification says.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "")
+    assert resolve_settings().traces_timeout == 10.0
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2.5")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "7")
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "4096")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "256")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "250")
+    s = resolve_settings()
+    assert (s.traces_timeout, s.metrics_timeout) == (2.5, 7.0)
+    assert (s.max_queue_size, s.max_export_batch_size, s.schedule_delay) == (4096, 256, 0.25)
+    assert resolve_settings(export_timeout=1.0).traces_timeout == 1.0
+
+
+def test_a_bad_endpoint_argument_names_the_parameter() -> None:
+    for bad in ("http://[::1", "http://host:abc"):
+        with pytest.raises(ConfigError) as info:
+            resolve_settings(endpoint=bad)
+        assert info.value.name == "endpoint"
+        with pytest.raises(ConfigError):
+            setup_tracing(endpoint=bad, set_global=False)
 
 
 @pytest.mark.parametrize("ratio", ["2", "-0.5", "half"])

@@ -70,9 +70,9 @@ def _build_sampler(name: str, ratio: float | None) -> Sampler:
     return sampling.ParentBased(root) if name.startswith("parentbased_") else root
 
 
-def _span_exporter(
-    settings: TracingSettings, headers: Mapping[str, str] | None, timeout: float | None
-) -> SpanExporter:
+def _span_exporter(settings: TracingSettings, headers: Mapping[str, str] | None) -> SpanExporter:
+    # The timeout is always passed: the exporter would otherwise parse the variable itself.
+    timeout = settings.traces_timeout
     if settings.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter as GrpcSpanExporter,
@@ -91,8 +91,9 @@ def _span_exporter(
 
 
 def _metric_exporter(
-    settings: TracingSettings, headers: Mapping[str, str] | None, timeout: float | None
+    settings: TracingSettings, headers: Mapping[str, str] | None
 ) -> MetricExporter:
+    timeout = settings.metrics_timeout
     if settings.metrics_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
             OTLPMetricExporter as GrpcMetricExporter,
@@ -159,6 +160,8 @@ def setup_tracing(
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     trace_file: str | os.PathLike[str] | None = None,
     max_local_spans: int = 10_000,
+    max_queue_size: int | None = None,
+    max_export_batch_size: int | None = None,
     set_global: bool = True,
 ) -> TracingHandle:
     """Install an OpenTelemetry SDK tracer and meter provider exporting hangguard's telemetry.
@@ -213,17 +216,15 @@ def setup_tracing(
         sampler_arg=sampler_arg,
         shutdown_timeout=shutdown_timeout,
         trace_file=trace_file,
+        export_timeout=export_timeout,
+        max_queue_size=max_queue_size,
+        max_export_batch_size=max_export_batch_size,
     )
     if isinstance(sampler, SamplerBase):
         settings_sampler: Sampler = sampler
         settings = replace(settings, sampler=sampler.get_description(), sampler_arg=None)
     else:
         settings_sampler = _build_sampler(settings.sampler, settings.sampler_arg)
-    per_export = None
-    if export_timeout is not None:
-        per_export = check_timeout(export_timeout, "export_timeout")
-        if per_export == 0 or math.isinf(per_export):
-            raise ValueError(f"export_timeout must be > 0 and finite, got {export_timeout!r}")
     interval = check_timeout(metric_export_interval, "metric_export_interval")
     if interval == 0 or math.isinf(interval):
         raise ValueError("metric_export_interval must be > 0 and finite")
@@ -247,7 +248,7 @@ def setup_tracing(
     local: LocalSpanExporter | None = None
     span_exporter: SpanExporter
     if settings.exporter == "otlp":
-        span_exporter = _span_exporter(settings, headers, per_export)
+        span_exporter = _span_exporter(settings, headers)
         guard = make_guard(span_exporter, counters)
         provider.add_span_processor(BatchSpanProcessor(guard))
     else:
@@ -275,7 +276,7 @@ def setup_tracing(
     if metrics_enabled:
         reader: MetricReader
         if settings.metrics_endpoint is not None:
-            metric_guard = make_metric_guard(_metric_exporter(settings, headers, per_export))
+            metric_guard = make_metric_guard(_metric_exporter(settings, headers))
             reader = PeriodicExportingMetricReader(
                 metric_guard, export_interval_millis=interval * 1000
             )
