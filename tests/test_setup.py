@@ -18,8 +18,11 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
     OTLPMetricExporter as GrpcMetricExporter,
@@ -29,6 +32,10 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
 )
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpSpanExporter,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
 )
 from opentelemetry.sdk.trace import sampling
 
@@ -667,3 +674,158 @@ def test_explicit_shutdown_is_bounded_by_its_timeout(blackhole: str) -> None:
     # Already shut down: the exit does not wait again.
     assert took < EXIT_MARGIN, f"exit took {took:.2f}s\n{out}{err}"
     assert err.count("spans not delivered") == 1
+
+
+# -- against a real OTLP/gRPC receiver on 127.0.0.1 ---------------------------------------
+
+
+class OtlpReceiver(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """A healthy OTLP/gRPC trace receiver that counts the spans it accepted.
+
+    ``gate`` (set by default) holds every export until it is set: a collector that is up
+    but slow, so the queue in front of it fills.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.spans = 0
+        self.requests = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.address = ""
+
+    def received(self) -> int:
+        with self.lock:
+            return self.spans
+
+    def service(self, details: Any) -> Any:
+        if details.method != "/opentelemetry.proto.collector.trace.v1.TraceService/Export":
+            return None
+
+        def export(request: ExportTraceServiceRequest, context: Any) -> Any:
+            self.gate.wait(60)
+            n = sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
+            with self.lock:
+                self.spans += n
+                self.requests += 1
+            return ExportTraceServiceResponse()
+
+        return grpc.unary_unary_rpc_method_handler(
+            export,
+            request_deserializer=ExportTraceServiceRequest.FromString,
+            response_serializer=ExportTraceServiceResponse.SerializeToString,
+        )
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    handler = OtlpReceiver()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    handler.address = f"http://127.0.0.1:{port}"
+    yield handler
+    handler.gate.set()
+    server.stop(0)
+
+
+def test_a_burst_of_20000_spans_all_reach_a_healthy_collector(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Traces only: the receiver takes no metrics, which stay in memory.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.address)
+    h = setup_tracing(set_global=False)
+    tracer = h.provider.get_tracer("burst")
+    for i in range(20_000):  # as fast as a join that ends 20,000 tasks at once
+        with tracer.start_as_current_span(f"task {i}"):
+            pass
+    assert h.shutdown(60) is True
+    s = h.stats()
+    assert (s.ended, s.exported, s.failed, s.dropped) == (20_000, 20_000, 0, 0)
+    assert receiver.received() == 20_000
+
+
+def test_hangguard_groups_lose_no_span_against_a_healthy_collector(
+    receiver: OtlpReceiver,
+) -> None:
+    proc = run_child(
+        """
+        import asyncio
+        import hangguard
+
+        async def work(i):
+            await asyncio.sleep(0)
+            return i
+
+        async def group(name, n):
+            async with hangguard.TaskGroup(name) as g:
+                for i in range(n):
+                    g.submit(work, i)
+
+        async def main():
+            await group("big", 5000)
+            await asyncio.gather(*(group(f"small {k}", 100) for k in range(40)))
+
+        tracing = hangguard.setup_tracing("burst", metrics_enabled=False)
+        asyncio.run(main())
+        ok = tracing.shutdown(60)
+        s = tracing.stats()
+        print("result", ok, s.ended, s.exported, s.dropped)
+        """,
+        env=child_env(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=receiver.address),
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Queue full" not in proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("result"))
+    # 5,000 + 40 x 100 task spans and 41 group spans.
+    assert line.split()[1:] == ["True", "9041", "9041", "0"]
+    assert receiver.received() == 9041
+
+
+def _processed(h: TracingHandle) -> dict[str | None, int]:
+    """The ``otel.sdk.processor.span.processed`` points, by ``error.type``."""
+    assert h.metric_reader is not None
+    out: dict[str | None, int] = {}
+    data = h.metric_reader.get_metrics_data()
+    assert data is not None
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == "otel.sdk.processor.span.processed":
+                    for point in metric.data.data_points:  # type: ignore[union-attr]
+                        key = point.attributes.get("error.type") if point.attributes else None
+                        out[str(key) if key is not None else None] = int(point.value)  # type: ignore[union-attr]
+    return out
+
+
+def test_a_full_queue_counts_its_drops_and_flush_and_shutdown_report_them(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.address)
+    h = setup_tracing(max_queue_size=10, max_export_batch_size=5, set_global=False)
+    receiver.gate.clear()  # the collector is up but has not answered yet
+    tracer = h.provider.get_tracer("tiny")
+    for i in range(100):
+        with tracer.start_as_current_span(f"span {i}"):
+            pass
+    s = h.stats()
+    # At most one batch in flight and a full queue behind it: the rest is dropped.
+    assert s.ended == 100
+    assert 100 - 10 - 5 <= s.dropped <= 100 - 10
+    receiver.gate.set()
+    assert h.force_flush(30) is False  # spans were dropped since setup
+    s = h.stats()
+    assert s.exported == receiver.received() == 100 - s.dropped
+    assert s.pending == 0 and s.failed == 0
+    assert _processed(h) == {None: s.exported, "queue_full": s.dropped}
+    # Nothing dropped since that flush: this one succeeds...
+    with tracer.start_as_current_span("after"):
+        pass
+    assert h.force_flush(30) is True
+    # ...but the shutdown reports that not every span went out.
+    assert h.shutdown(30) is False
+    assert receiver.received() == 100 - s.dropped + 1
+    assert caplog.text.count("queue is full") == 1, caplog.text
+    assert "OTEL_BSP_MAX_QUEUE_SIZE" in caplog.text

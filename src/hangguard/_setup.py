@@ -29,9 +29,11 @@ from ._exceptions import ConfigError
 from ._export_guard import (
     Counters,
     ExportStats,
+    make_batch_processor,
     make_counting_processor,
     make_guard,
     make_metric_guard,
+    register_processor_metric,
 )
 from ._span_record import SpanRecord
 from ._telemetry import _is_noop as _is_noop_tracer_provider
@@ -41,6 +43,7 @@ from ._tracing_settings import DEFAULT_SHUTDOWN_TIMEOUT, TracingSettings, resolv
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExporter
+    from opentelemetry.sdk.trace import SpanProcessor
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.sdk.trace.sampling import Sampler
 
@@ -111,6 +114,16 @@ def _metric_exporter(
     return HttpMetricExporter(endpoint=settings.metrics_endpoint, headers=headers, timeout=timeout)
 
 
+def _batch(guard: SpanExporter, counters: Counters, settings: TracingSettings) -> SpanProcessor:
+    return make_batch_processor(
+        guard,
+        counters,
+        max_queue_size=settings.max_queue_size,
+        max_export_batch_size=settings.max_export_batch_size,
+        schedule_delay=settings.schedule_delay,
+    )
+
+
 _active_handle: TracingHandle | None = None
 
 
@@ -169,22 +182,29 @@ def setup_tracing(
     For applications (the library never calls it). Configuration follows the standard
     variables, and each argument overrides its variable:
 
-    ================  =====================================================================
-    ``service_name``  ``OTEL_SERVICE_NAME`` (else ``service.name`` in
-                      ``OTEL_RESOURCE_ATTRIBUTES``)
-    ``endpoint``      ``OTEL_EXPORTER_OTLP_ENDPOINT`` (a base URL; the per-signal
-                      ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``_METRICS_ENDPOINT`` are
-                      used as they are)
-    ``protocol``      ``OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]PROTOCOL``: ``grpc`` (default,
-                      port 4317) or ``http/protobuf`` (port 4318)
-    ``sampler``       ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``, or a Sampler
-    ``trace_file``    ``HANGGUARD_TRACE_FILE``: with no endpoint, also append spans there
-    ================  =====================================================================
+    =========================  ============================================================
+    ``service_name``           ``OTEL_SERVICE_NAME`` (else ``service.name`` in
+                               ``OTEL_RESOURCE_ATTRIBUTES``)
+    ``endpoint``               ``OTEL_EXPORTER_OTLP_ENDPOINT`` (a base URL; the per-signal
+                               ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``_METRICS_ENDPOINT``
+                               are used as they are)
+    ``protocol``               ``OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]PROTOCOL``: ``grpc``
+                               (default, port 4317) or ``http/protobuf`` (port 4318)
+    ``sampler``                ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``, or a
+                               Sampler
+    ``trace_file``             ``HANGGUARD_TRACE_FILE``: with no endpoint, also append spans
+    ``export_timeout``         ``OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]TIMEOUT`` (seconds, 10)
+    ``max_queue_size``         ``OTEL_BSP_MAX_QUEUE_SIZE``: spans waiting for export (32768)
+    ``max_export_batch_size``  ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``: spans per request (512)
+    =========================  ============================================================
 
     With no endpoint at all, spans stay in-process (see :func:`local_spans`) instead of
-    failing. ``shutdown_timeout`` bounds :meth:`TracingHandle.shutdown` and the process
-    exit whatever the collector does. Raises :class:`ConfigError` naming the argument or
-    variable that is wrong, and ``RuntimeError`` if a global provider is already set::
+    failing. A span that finds the export queue full is dropped and counted
+    (``stats().dropped``, the ``otel.sdk.processor.span.processed`` metric), and
+    ``shutdown()`` then returns ``False``. ``shutdown_timeout`` bounds
+    :meth:`TracingHandle.shutdown` and the process exit whatever the collector does.
+    Raises :class:`ConfigError` naming the argument or variable that is wrong, and
+    ``RuntimeError`` if a global provider is already set::
 
         tracing = hangguard.setup_tracing(service_name="research-agent")
         asyncio.run(main())   # at exit: flushed within 2 s, or the rest dropped
@@ -198,7 +218,7 @@ def setup_tracing(
         )
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
         from opentelemetry.sdk.trace.sampling import Sampler as SamplerBase
     except ImportError as exc:
         raise ImportError(
@@ -250,7 +270,8 @@ def setup_tracing(
     if settings.exporter == "otlp":
         span_exporter = _span_exporter(settings, headers)
         guard = make_guard(span_exporter, counters)
-        provider.add_span_processor(BatchSpanProcessor(guard))
+        batching = True
+        provider.add_span_processor(_batch(guard, counters, settings))
     else:
         from ._local_export import LocalSpanExporter
 
@@ -267,8 +288,10 @@ def setup_tracing(
         guard = make_guard(local, counters)
         # In memory only, export is a conversion and an append; with a file it is disk
         # I/O, which belongs on the batch thread rather than on the event loop.
-        processor = BatchSpanProcessor(guard) if local.trace_file else SimpleSpanProcessor(guard)
-        provider.add_span_processor(processor)
+        batching = local.trace_file is not None
+        provider.add_span_processor(
+            _batch(guard, counters, settings) if batching else SimpleSpanProcessor(guard)
+        )
 
     meter_provider: MeterProvider | None = None
     memory_reader: InMemoryMetricReader | None = None
@@ -285,6 +308,8 @@ def setup_tracing(
         meter_provider = MeterProvider(
             resource=resource, metric_readers=[reader], shutdown_on_exit=False
         )
+        if batching:
+            register_processor_metric(meter_provider, counters)
 
     handle = TracingHandle(
         settings=settings,
