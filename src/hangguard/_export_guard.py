@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from ._telemetry import TRACER_NAME
+
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
     from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
@@ -452,7 +454,7 @@ def register_processor_metric(meter_provider: MeterProvider, counters: Counters)
         if late:
             yield Observation(late, {**_COMPONENT, "error.type": "already_shutdown"})
 
-    meter = meter_provider.get_meter("hangguard.tracing")
+    meter = meter_provider.get_meter(TRACER_NAME)
     meter.create_observable_counter(
         METRIC_PROCESSOR_SPANS,
         callbacks=[observe],
