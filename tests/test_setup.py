@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -730,11 +731,51 @@ def receiver() -> Iterator[OtlpReceiver]:
     server.stop(0)
 
 
+@pytest.fixture
+def http_receiver() -> Iterator[OtlpReceiver]:
+    """The same receiver over OTLP/HTTP (protobuf): ``address`` is the traces URL."""
+    handler = OtlpReceiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            handler.gate.wait(60)
+            request = ExportTraceServiceRequest.FromString(body)
+            n = sum(len(sc.spans) for rs in request.resource_spans for sc in rs.scope_spans)
+            with handler.lock:
+                handler.spans += n
+                handler.requests += 1
+            reply = ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    handler.address = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+    yield handler
+    handler.gate.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 def test_a_burst_of_20000_spans_all_reach_a_healthy_collector(
-    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, protocol: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    receiver: OtlpReceiver = request.getfixturevalue(
+        "receiver" if protocol == "grpc" else "http_receiver"
+    )
     # Traces only: the receiver takes no metrics, which stay in memory.
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.address)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", protocol)
     h = setup_tracing(set_global=False)
     tracer = h.provider.get_tracer("burst")
     for i in range(20_000):  # as fast as a join that ends 20,000 tasks at once
