@@ -54,8 +54,10 @@ _log = logging.getLogger("hangguard")
 class ExportStats:
     """Span counts since setup: ended (and sampled), exported, failed to export, dropped.
 
-    ``pending`` is what is still queued; after a shutdown that timed out it is what the
-    process exit loses.
+    ``dropped`` counts the spans the export queue had no room for, those that ended after
+    the shutdown, and those a shutdown that gave up left behind. ``pending`` is what is
+    still queued or in flight; after a shutdown that timed out it is what the process
+    exit loses.
     """
 
     ended: int
