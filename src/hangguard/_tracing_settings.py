@@ -431,7 +431,9 @@ def resolve_settings(
     """Resolve :func:`setup_tracing`'s exporter choice without installing anything.
 
     Arguments beat the environment; bad values raise :class:`ConfigError` naming the
-    argument or variable::
+    argument or variable. Every ``OTEL_*`` variable of :data:`OTEL_VARS` that is set is
+    checked, also the ones only the SDK reads and the ones an argument overrides, so a
+    value ``hangguard config`` calls bad never passes here::
 
         settings = hangguard.resolve_settings()
         print(settings.exporter, settings.traces_endpoint)
