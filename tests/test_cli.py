@@ -426,6 +426,31 @@ def test_config_fails_naming_the_bad_variable() -> None:
     assert [e["name"] for e in doc["errors"]] == ["HANGGUARD_RETRY_ATTEMPTS"]
 
 
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://[::1"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://host:abc"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "5s"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "lots"),
+    ],
+)
+def test_config_names_a_bad_otel_variable_and_exits_2(var: str, value: str) -> None:
+    # A second bad one is reported too: each variable is checked on its own.
+    env = clean_env(**{var: value, "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT": "abc"})
+    run = hangguard_cmd("config", env=env)
+    assert run.rc == 2, run.out + run.err
+    assert "Traceback" not in run.err
+    assert f"error: {var}={value!r}" in run.err
+    assert "error: OTEL_EXPORTER_OTLP_METRICS_TIMEOUT='abc'" in run.err
+    doc = hangguard_cmd("config", "--json", env=env).json()
+    assert doc["ok"] is False
+    assert {e["name"] for e in doc["errors"]} == {var, "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"}
+    doctor = hangguard_cmd("doctor", "--json", env=env)
+    assert doctor.rc == 1 and "Traceback" not in doctor.err
+    assert any(var in c["summary"] for c in doctor.json()["checks"] if c["status"] == "fail")
+
+
 # --- doctor --------------------------------------------------------------------------------
 
 

@@ -18,8 +18,12 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
     OTLPMetricExporter as GrpcMetricExporter,
@@ -29,6 +33,10 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
 )
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpSpanExporter,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
 )
 from opentelemetry.sdk.trace import sampling
 
@@ -48,6 +56,19 @@ OTEL_VARS = [
     "OTEL_RESOURCE_ATTRIBUTES",
     "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    "OTEL_EXPORTER_OTLP_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_SDK_DISABLED",
     ENV_TRACE_FILE,
 ]
 
@@ -177,6 +198,89 @@ def test_bad_environment_fails_naming_the_variable(
     with pytest.raises(ConfigError, match=var) as info:
         resolve_settings()
     assert info.value.name == var
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://[::1"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://[::1"),
+        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://[::1"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://host:abc"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://host:99999/v1/traces"),
+        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://:4317"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "abc"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "5s"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "-1"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "nan"),
+        ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0"),
+        ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "inf"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "api-key"),
+        ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "a=1,,=2"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "zip"),
+        ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "brotli"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "lots"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1.5"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "5s"),
+        ("OTEL_SDK_DISABLED", "yes"),
+    ],
+)
+def test_every_otel_variable_is_validated_naming_it_and_its_value(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as info:
+        resolve_settings()
+    assert info.value.name == var
+    assert info.value.value == value
+    assert var in str(info.value) and repr(value) in str(info.value)
+    # setup_tracing() fails the same way, before it builds anything.
+    with pytest.raises(ConfigError) as info:
+        setup_tracing(set_global=False)
+    assert info.value.name == var
+
+
+def test_a_batch_larger_than_the_queue_names_both_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "100")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "200")
+    with pytest.raises(ConfigError, match="OTEL_BSP_MAX_QUEUE_SIZE") as info:
+        resolve_settings()
+    assert info.value.name == "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"
+    with pytest.raises(ConfigError, match="max_export_batch_size"):
+        resolve_settings(max_queue_size=10, max_export_batch_size=20)
+    with pytest.raises(ConfigError, match="max_queue_size"):
+        resolve_settings(max_queue_size=0)
+
+
+def test_export_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = resolve_settings()
+    assert (s.traces_timeout, s.metrics_timeout) == (10.0, 10.0)
+    assert s.max_export_batch_size <= s.max_queue_size
+    # An empty value is unset, as the OpenTelemetry specification says.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "")
+    assert resolve_settings().traces_timeout == 10.0
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2.5")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "7")
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "4096")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "256")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "250")
+    s = resolve_settings()
+    assert (s.traces_timeout, s.metrics_timeout) == (2.5, 7.0)
+    assert (s.max_queue_size, s.max_export_batch_size, s.schedule_delay) == (4096, 256, 0.25)
+    assert resolve_settings(export_timeout=1.0).traces_timeout == 1.0
+
+
+def test_a_bad_endpoint_argument_names_the_parameter() -> None:
+    for bad in ("http://[::1", "http://host:abc"):
+        with pytest.raises(ConfigError) as info:
+            resolve_settings(endpoint=bad)
+        assert info.value.name == "endpoint"
+        with pytest.raises(ConfigError):
+            setup_tracing(endpoint=bad, set_global=False)
 
 
 @pytest.mark.parametrize("ratio", ["2", "-0.5", "half"])
@@ -575,3 +679,198 @@ def test_explicit_shutdown_is_bounded_by_its_timeout(blackhole: str) -> None:
     # Already shut down: the exit does not wait again.
     assert took < EXIT_MARGIN, f"exit took {took:.2f}s\n{out}{err}"
     assert err.count("spans not delivered") == 1
+
+
+# -- against a real OTLP/gRPC receiver on 127.0.0.1 ---------------------------------------
+
+
+class OtlpReceiver(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """A healthy OTLP/gRPC trace receiver that counts the spans it accepted.
+
+    ``gate`` (set by default) holds every export until it is set: a collector that is up
+    but slow, so the queue in front of it fills.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.spans = 0
+        self.requests = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.address = ""
+
+    def received(self) -> int:
+        with self.lock:
+            return self.spans
+
+    def service(self, details: Any) -> Any:
+        if details.method != "/opentelemetry.proto.collector.trace.v1.TraceService/Export":
+            return None
+
+        def export(request: ExportTraceServiceRequest, context: Any) -> Any:
+            self.gate.wait(60)
+            n = sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
+            with self.lock:
+                self.spans += n
+                self.requests += 1
+            return ExportTraceServiceResponse()
+
+        return grpc.unary_unary_rpc_method_handler(
+            export,
+            request_deserializer=ExportTraceServiceRequest.FromString,
+            response_serializer=ExportTraceServiceResponse.SerializeToString,
+        )
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    handler = OtlpReceiver()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    handler.address = f"http://127.0.0.1:{port}"
+    yield handler
+    handler.gate.set()
+    server.stop(0)
+
+
+@pytest.fixture
+def http_receiver() -> Iterator[OtlpReceiver]:
+    """The same receiver over OTLP/HTTP (protobuf): ``address`` is the traces URL."""
+    handler = OtlpReceiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            handler.gate.wait(60)
+            request = ExportTraceServiceRequest.FromString(body)
+            n = sum(len(sc.spans) for rs in request.resource_spans for sc in rs.scope_spans)
+            with handler.lock:
+                handler.spans += n
+                handler.requests += 1
+            reply = ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    handler.address = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+    yield handler
+    handler.gate.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_a_burst_of_20000_spans_all_reach_a_healthy_collector(
+    request: pytest.FixtureRequest, protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver: OtlpReceiver = request.getfixturevalue(
+        "receiver" if protocol == "grpc" else "http_receiver"
+    )
+    # Traces only: the receiver takes no metrics, which stay in memory.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.address)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", protocol)
+    h = setup_tracing(set_global=False)
+    tracer = h.provider.get_tracer("burst")
+    for i in range(20_000):  # as fast as a join that ends 20,000 tasks at once
+        with tracer.start_as_current_span(f"task {i}"):
+            pass
+    assert h.shutdown(60) is True
+    s = h.stats()
+    assert (s.ended, s.exported, s.failed, s.dropped) == (20_000, 20_000, 0, 0)
+    assert receiver.received() == 20_000
+
+
+def test_hangguard_groups_lose_no_span_against_a_healthy_collector(
+    receiver: OtlpReceiver,
+) -> None:
+    proc = run_child(
+        """
+        import asyncio
+        import hangguard
+
+        async def work(i):
+            await asyncio.sleep(0)
+            return i
+
+        async def group(name, n):
+            async with hangguard.TaskGroup(name) as g:
+                for i in range(n):
+                    g.submit(work, i)
+
+        async def main():
+            await group("big", 5000)
+            await asyncio.gather(*(group(f"small {k}", 100) for k in range(40)))
+
+        tracing = hangguard.setup_tracing("burst", metrics_enabled=False)
+        asyncio.run(main())
+        ok = tracing.shutdown(60)
+        s = tracing.stats()
+        print("result", ok, s.ended, s.exported, s.dropped)
+        """,
+        env=child_env(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=receiver.address),
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Queue full" not in proc.stderr and "queue is full" not in proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("result"))
+    # 5,000 + 40 x 100 task spans and 41 group spans.
+    assert line.split()[1:] == ["True", "9041", "9041", "0"]
+    assert receiver.received() == 9041
+
+
+def _processed(h: TracingHandle) -> dict[str | None, int]:
+    """The ``otel.sdk.processor.span.processed`` points, by ``error.type``."""
+    assert h.metric_reader is not None
+    out: dict[str | None, int] = {}
+    data = h.metric_reader.get_metrics_data()
+    assert data is not None
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == "otel.sdk.processor.span.processed":
+                    for point in metric.data.data_points:  # type: ignore[union-attr]
+                        key = point.attributes.get("error.type") if point.attributes else None
+                        out[str(key) if key is not None else None] = int(point.value)  # type: ignore[union-attr]
+    return out
+
+
+def test_a_full_queue_counts_its_drops_and_flush_and_shutdown_report_them(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.address)
+    h = setup_tracing(max_queue_size=10, max_export_batch_size=5, set_global=False)
+    receiver.gate.clear()  # the collector is up but has not answered yet
+    tracer = h.provider.get_tracer("tiny")
+    for i in range(100):
+        with tracer.start_as_current_span(f"span {i}"):
+            pass
+    s = h.stats()
+    # At most one batch in flight and a full queue behind it: the rest is dropped.
+    assert s.ended == 100
+    assert 100 - 10 - 5 <= s.dropped <= 100 - 10
+    receiver.gate.set()
+    assert h.force_flush(30) is False  # spans were dropped since setup
+    s = h.stats()
+    assert s.exported == receiver.received() == 100 - s.dropped
+    assert s.pending == 0 and s.failed == 0
+    assert _processed(h) == {None: s.exported, "queue_full": s.dropped}
+    # Nothing dropped since that flush: this one succeeds...
+    with tracer.start_as_current_span("after"):
+        pass
+    assert h.force_flush(30) is True
+    # ...but the shutdown reports that not every span went out.
+    assert h.shutdown(30) is False
+    assert receiver.received() == 100 - s.dropped + 1
+    assert caplog.text.count("queue is full") == 1, caplog.text
+    assert "OTEL_BSP_MAX_QUEUE_SIZE" in caplog.text

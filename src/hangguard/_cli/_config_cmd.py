@@ -25,6 +25,7 @@ from rich.text import Text
 from .. import _config
 from .._config import ENV_JAEGER_UI, ENV_TRACE_FILE
 from .._exceptions import ConfigError
+from ..tracing._settings import OTEL_VARS, check_otel_env
 from ..tracing._setup import TracingSettings, resolve_settings
 
 __all__ = [
@@ -46,28 +47,20 @@ CLI_ENV_VARS: Final[Mapping[str, tuple[str, str]]] = {
 
 #: The variables that decide whether and where traces go: read by
 #: :func:`hangguard.setup_tracing` (and the SDK's exporters), with their default and meaning.
+#: The ``OTEL_*`` ones come from the table their parsers are in.
 OTEL_ENV_VARS: Final[Mapping[str, tuple[str, str]]] = {
     ENV_TRACE_FILE: ("", "with no OTLP endpoint, also append finished spans to this file"),
-    "OTEL_SERVICE_NAME": ("unknown_service", "service.name of every span"),
-    "OTEL_RESOURCE_ATTRIBUTES": ("", "more resource attributes, k=v,k=v"),
-    "OTEL_EXPORTER_OTLP_ENDPOINT": (
-        "",
-        "collector base URL; unset: spans stay in the process (hangguard demo's tree)",
-    ),
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ("", "full URL for traces (overrides the base)"),
-    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": ("", "full URL for metrics (overrides the base)"),
-    "OTEL_EXPORTER_OTLP_PROTOCOL": ("grpc", "grpc (port 4317) or http/protobuf (port 4318)"),
-    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": ("", "the protocol for traces only"),
-    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": ("", "the protocol for metrics only"),
-    "OTEL_EXPORTER_OTLP_HEADERS": ("", "headers sent to the collector, k=v,k=v (the SDK's)"),
-    "OTEL_EXPORTER_OTLP_TIMEOUT": ("10", "one export's timeout (the Python SDK reads seconds)"),
-    "OTEL_TRACES_SAMPLER": ("parentbased_always_on", "which traces are recorded"),
-    "OTEL_TRACES_SAMPLER_ARG": ("1.0", "the ratio of the *traceidratio samplers"),
-    "OTEL_SDK_DISABLED": ("false", "true: the SDK records nothing (the SDK's)"),
+    **{name: (var.default, var.description) for name, var in OTEL_VARS.items()},
 }
 
 # Values worth hiding: headers usually carry an API key.
-_SECRET: Final = frozenset({"OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"})
+_SECRET: Final = frozenset(
+    {
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,6 +148,9 @@ class ConfigReport:
                 "endpoint": s.traces_endpoint,
                 "sampler": s.sampler,
                 "trace_file": s.trace_file,
+                "timeout": s.traces_timeout,
+                "max_queue_size": s.max_queue_size,
+                "max_export_batch_size": s.max_export_batch_size,
             },
             "cli": [r.to_json() for r in self.cli],
             "unknown": self.unknown,
@@ -218,14 +214,12 @@ def collect() -> ConfigReport:
         settings = resolve_settings()
     except ConfigError as exc:
         tracing_error = exc
+    # Each variable on its own, so every bad one is named, not only the first.
+    bad = {n: str(e) for n, e in check_otel_env().items()}
+    if tracing_error is not None and tracing_error.name in OTEL_ENV_VARS:
+        bad.setdefault(tracing_error.name, str(tracing_error))
     tracing = [
-        EnvRow(
-            name=n,
-            raw=env.get(n),
-            default=d,
-            description=m,
-            error=str(tracing_error) if tracing_error and tracing_error.name == n else None,
-        )
+        EnvRow(name=n, raw=env.get(n), default=d, description=m, error=bad.get(n))
         for n, (d, m) in OTEL_ENV_VARS.items()
     ]
     cli = [

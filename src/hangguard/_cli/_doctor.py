@@ -332,9 +332,12 @@ def run_doctor(
     try:
         resolved = resolve_endpoint(endpoint, protocol)
     except ConfigError as exc:
-        checks.append(
-            Check("OTLP endpoint", "fail", f"not checked: {exc.name} is invalid (see config)")
-        )
+        if exc.name in ("endpoint", "protocol"):  # the flags stand for these arguments
+            checks.append(Check("OTLP endpoint", "fail", f"--{exc}", f"correct --{exc.name}"))
+        else:
+            checks.append(
+                Check("OTLP endpoint", "fail", f"not checked: {exc.name} is invalid (see config)")
+            )
     else:
         checks.append(check_otlp(resolved, timeout=timeout))
     jaeger = jaeger_url or os.environ.get(ENV_JAEGER_UI)

@@ -6,22 +6,33 @@ the span exporter: it counts what happens to each batch and, once the shutdown g
 drops instead of waiting (and stops the inner exporter so its retries end);
 :func:`make_metric_guard` does the same for the metric exporter. The counts,
 with the ended spans :func:`make_counting_processor` counts, are :class:`ExportStats`.
-The SDK is imported only when a guard or processor is built.
+
+:func:`make_batch_processor` replaces the SDK's ``BatchSpanProcessor``: same settings, but
+its queue is ours, so a span it has no room for is counted (the SDK's drops one with a log
+line and no count that could be read without its private state). The SDK is imported only
+when a guard or processor is built.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import threading
-from collections.abc import Callable
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
+
+from .._semconv import TRACER_NAME
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
     from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
-    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 __all__ = [
@@ -29,7 +40,9 @@ __all__ = [
     "ExportStats",
     "Job",
     "Worker",
+    "make_batch_processor",
     "make_counting_processor",
+    "register_processor_metric",
     "make_guard",
     "make_metric_guard",
 ]
@@ -41,8 +54,10 @@ _log = logging.getLogger("hangguard")
 class ExportStats:
     """Span counts since setup: ended (and sampled), exported, failed to export, dropped.
 
-    ``pending`` is what is still queued; after a shutdown that timed out it is what the
-    process exit loses.
+    ``dropped`` counts the spans the export queue had no room for, those that ended after
+    the shutdown, and those a shutdown that gave up left behind. ``pending`` is what is
+    still queued or in flight; after a shutdown that timed out it is what the process
+    exit loses.
     """
 
     ended: int
@@ -56,11 +71,28 @@ class ExportStats:
 
 
 class Counters:
-    __slots__ = ("dropped", "ended", "exported", "failed", "lock")
+    """The counts behind :class:`ExportStats`, under ``lock``.
+
+    ``dropped`` is every span dropped, for whatever reason; ``queue_full`` and
+    ``after_shutdown`` are the ones the batch processor dropped (the rest were dropped by
+    the guard once a shutdown gave up), and ``handed`` the ones it passed to the exporter.
+    """
+
+    __slots__ = (
+        "after_shutdown",
+        "dropped",
+        "ended",
+        "exported",
+        "failed",
+        "handed",
+        "lock",
+        "queue_full",
+    )
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.ended = self.exported = self.failed = self.dropped = 0
+        self.queue_full = self.after_shutdown = self.handed = 0
 
     def snapshot(self) -> ExportStats:
         with self.lock:
@@ -240,3 +272,194 @@ def make_counting_processor(counters: Counters) -> Any:
                     counters.ended += 1
 
     return _Counting()
+
+
+#: The SDK's processor metric (OpenTelemetry semantic conventions, "SDK health").
+METRIC_PROCESSOR_SPANS: Final = "otel.sdk.processor.span.processed"
+_COMPONENT: Final = {
+    "otel.component.type": "batching_span_processor",
+    "otel.component.name": "hangguard_batching_span_processor",
+}
+# Export requests made while this is in the context are not traced themselves (HTTP
+# client instrumentations check it), or each export would make spans to export. The SDK
+# uses a private key object for it; the instrumentations also honour this plain key.
+_SUPPRESS_KEY: Final = "suppress_instrumentation"
+
+
+def make_batch_processor(
+    exporter: SpanExporter,
+    counters: Counters,
+    *,
+    max_queue_size: int,
+    max_export_batch_size: int,
+    schedule_delay: float,
+) -> SpanProcessor:
+    """A batching span processor whose drops are counted in ``counters``.
+
+    Like the SDK's: ended spans wait in a queue of at most ``max_queue_size``; one thread
+    exports them ``max_export_batch_size`` at a time, at once when a batch is full, else
+    after ``schedule_delay`` seconds. A span that finds the queue full is dropped, counted,
+    and the first drop logs one warning saying which setting to raise.
+    ``force_flush`` returns once every span queued before the call was handed to the
+    exporter; ``shutdown`` exports what is queued, then stops the exporter.
+    """
+    from opentelemetry import context
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class _BatchProcessor(SpanProcessor):
+        def __init__(self) -> None:
+            self._queue: deque[ReadableSpan] = deque()
+            self._cond = threading.Condition(threading.Lock())
+            # Sequence numbers: spans queued so far, spans handed to the exporter so far,
+            # and how far a pending force_flush wants the second to reach.
+            self._queued = self._handed = self._flush_to = 0
+            self._idle = False  # the thread waits for a full batch or the delay
+            self._stopping = False
+            self._warned = False
+            self._thread = self._start()
+            if hasattr(os, "register_at_fork"):
+                weak = weakref.WeakMethod(self._at_fork_reinit)
+
+                def after_in_child() -> None:
+                    reinit = weak()
+                    if reinit is not None:
+                        reinit()
+
+                os.register_at_fork(after_in_child=after_in_child)
+
+        def _start(self) -> threading.Thread:
+            thread = threading.Thread(target=self._run, name="hangguard-span-batch", daemon=True)
+            thread.start()
+            return thread
+
+        def _at_fork_reinit(self) -> None:
+            # The child has a copy of the parent's spans (the parent exports them) and
+            # no thread: start over.
+            self._queue.clear()
+            self._cond = threading.Condition(threading.Lock())
+            self._queued = self._handed = self._flush_to = 0
+            self._idle = False
+            if not self._stopping:
+                self._thread = self._start()
+
+        def on_end(self, span: ReadableSpan) -> None:
+            ctx = span.context
+            if ctx is None or not ctx.trace_flags.sampled:
+                return
+            with self._cond:
+                if self._stopping:
+                    reason = "after_shutdown"
+                elif len(self._queue) >= max_queue_size:
+                    reason = "queue_full"
+                else:
+                    self._queue.append(span)
+                    self._queued += 1
+                    if self._idle and len(self._queue) >= max_export_batch_size:
+                        self._idle = False
+                        self._cond.notify_all()
+                    return
+            with counters.lock:
+                counters.dropped += 1
+                if reason == "queue_full":
+                    counters.queue_full += 1
+                else:
+                    counters.after_shutdown += 1
+            if reason == "queue_full" and not self._warned:
+                self._warned = True
+                _log.warning(
+                    "hangguard: the span export queue is full (%d spans): dropping spans "
+                    "until the exporter catches up; they are counted in stats().dropped. "
+                    "Raise OTEL_BSP_MAX_QUEUE_SIZE (setup_tracing(max_queue_size=...)) "
+                    "if the collector is healthy",
+                    max_queue_size,
+                )
+
+        def _ready(self) -> bool:
+            return (
+                self._stopping
+                or len(self._queue) >= max_export_batch_size
+                or (self._flush_to > self._handed and bool(self._queue))
+            )
+
+        def _run(self) -> None:
+            while True:
+                with self._cond:
+                    if not self._ready():
+                        self._idle = True
+                        self._cond.wait(schedule_delay)
+                        self._idle = False
+                    if self._stopping and not self._queue:
+                        self._cond.notify_all()
+                        return
+                    n = min(max_export_batch_size, len(self._queue))
+                    batch = [self._queue.popleft() for _ in range(n)]
+                if not batch:
+                    continue
+                self._export(batch)
+                with self._cond:
+                    self._handed += n
+                    self._cond.notify_all()
+
+        def _export(self, batch: list[ReadableSpan]) -> None:
+            token = context.attach(context.set_value(_SUPPRESS_KEY, True))
+            try:
+                exporter.export(batch)
+            except Exception:
+                _log.exception("hangguard: exporting %d spans raised", len(batch))
+            finally:
+                context.detach(token)
+                with counters.lock:
+                    counters.handed += len(batch)
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            deadline = time.monotonic() + timeout_millis / 1000
+            with self._cond:
+                target = self._queued
+                self._flush_to = max(self._flush_to, target)
+                self._cond.notify_all()
+                while self._handed < target:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._thread.is_alive():
+                        return False
+                    self._cond.wait(left)
+            return True
+
+        def shutdown(self) -> None:
+            with self._cond:
+                if self._stopping:
+                    return
+                self._stopping = True
+                self._cond.notify_all()
+            # Bounded by the handle: once its shutdown gives up, the guard drops every
+            # batch at once and stops the exporter, so the queue drains quickly.
+            self._thread.join()
+            exporter.shutdown()
+
+    return _BatchProcessor()
+
+
+def register_processor_metric(meter_provider: MeterProvider, counters: Counters) -> None:
+    """Report ``counters`` as the ``otel.sdk.processor.span.processed`` counter.
+
+    Spans handed to the exporter have no ``error.type``; dropped ones have ``queue_full``
+    or ``already_shutdown`` (the semantic conventions' values). Read at each collection,
+    so ending a span costs nothing more.
+    """
+    from opentelemetry.metrics import Observation
+
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        with counters.lock:
+            handed, full, late = counters.handed, counters.queue_full, counters.after_shutdown
+        yield Observation(handed, _COMPONENT)
+        if full:
+            yield Observation(full, {**_COMPONENT, "error.type": "queue_full"})
+        if late:
+            yield Observation(late, {**_COMPONENT, "error.type": "already_shutdown"})
+
+    meter = meter_provider.get_meter(TRACER_NAME)
+    meter.create_observable_counter(
+        METRIC_PROCESSOR_SPANS,
+        callbacks=[observe],
+        unit="{span}",
+        description="Spans the batching processor handed to the exporter, or dropped.",
+    )

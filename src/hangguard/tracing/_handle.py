@@ -86,6 +86,8 @@ class TracingHandle:
         #: one is in flight, later calls wait for it instead of queueing more.
         self._flush: Job | None = None
         self._flushes = 0
+        #: Spans failed or dropped as of the last flush (only the worker touches it).
+        self._lost_reported = 0
         self._closed = False
         self._shutdown_ok = False
         self._shutdown_done = threading.Event()
@@ -97,17 +99,32 @@ class TracingHandle:
         return self.settings.shutdown_timeout
 
     def stats(self) -> ExportStats:
-        """How many spans ended, were exported, failed or were dropped so far."""
+        """How many spans ended, were exported, failed or were dropped so far.
+
+        ``dropped`` counts the spans the export queue had no room for as well as those
+        a shutdown that gave up left behind::
+
+            if tracing.stats().dropped:
+                log.warning("raise OTEL_BSP_MAX_QUEUE_SIZE")
+        """
         return self._counters.snapshot()
 
+    def _lost(self) -> int:
+        s = self._counters.snapshot()
+        return s.failed + s.dropped
+
     def _flush_all(self) -> bool:
-        failed_before = self._counters.snapshot().failed
         ok = self.provider.force_flush()
         # Given up on meanwhile: the exporters are stopped, do not wake them again.
         if self.meter_provider is not None and not self._guard.abandoned:
             ok = self.meter_provider.force_flush() and ok
-        # The stock processor reports success even when its exports failed.
-        return ok and self._counters.snapshot().failed == failed_before
+        # A processor's flush succeeds once it handed everything over, whatever became
+        # of it: a span that failed to export, or was dropped for want of room, since
+        # the previous flush makes this one a failure.
+        lost = self._lost()
+        ok = ok and lost == self._lost_reported
+        self._lost_reported = lost
+        return ok
 
     def _shutdown_all(self) -> bool:
         ok = self._flush_all()
@@ -119,10 +136,15 @@ class TracingHandle:
         self.provider.shutdown()
         if self.meter_provider is not None:
             self.meter_provider.shutdown()
-        return ok and not self._guard.abandoned
+        # True only when every span ended since setup went out.
+        s = self._counters.snapshot()
+        return ok and not self._guard.abandoned and s.exported == s.ended
 
     def force_flush(self, timeout: float | None = None) -> bool:
         """Export everything queued now; ``True`` when it all went out within ``timeout``.
+
+        ``False`` too when a span failed to export or was dropped (a full queue) since the
+        previous flush.
 
         ``timeout`` defaults to ``shutdown_timeout``. A ``False`` leaves the rest queued
         (the flush keeps going in the background; a later call waits for that one before
@@ -154,7 +176,8 @@ class TracingHandle:
     def shutdown(self, timeout: float | None = None) -> bool:
         """Flush and stop, waiting at most ``timeout`` (``shutdown_timeout`` by default).
 
-        Returns ``True`` when every span went out. Otherwise the rest is dropped, one
+        Returns ``True`` when every span ended since setup went out (``False`` if any
+        failed to export or was dropped, even long before). Otherwise the rest is dropped, one
         warning says how many, and the exporters are stopped so nothing lingers to the
         process exit (the SDK's threads end in the background once the exporters are).
         Calling it again does nothing and returns the first result; a call made while the

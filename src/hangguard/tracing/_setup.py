@@ -29,9 +29,11 @@ from .._exceptions import ConfigError
 from ._guard import (
     Counters,
     ExportStats,
+    make_batch_processor,
     make_counting_processor,
     make_guard,
     make_metric_guard,
+    register_processor_metric,
 )
 from ._handle import TracingHandle
 from ._records import SpanRecord
@@ -40,6 +42,7 @@ from ._settings import DEFAULT_SHUTDOWN_TIMEOUT, TracingSettings, resolve_settin
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExporter
+    from opentelemetry.sdk.trace import SpanProcessor
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.sdk.trace.sampling import Sampler
 
@@ -69,9 +72,9 @@ def _build_sampler(name: str, ratio: float | None) -> Sampler:
     return sampling.ParentBased(root) if name.startswith("parentbased_") else root
 
 
-def _span_exporter(
-    settings: TracingSettings, headers: Mapping[str, str] | None, timeout: float | None
-) -> SpanExporter:
+def _span_exporter(settings: TracingSettings, headers: Mapping[str, str] | None) -> SpanExporter:
+    # The timeout is always passed: the exporter would otherwise parse the variable itself.
+    timeout = settings.traces_timeout
     if settings.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter as GrpcSpanExporter,
@@ -90,8 +93,9 @@ def _span_exporter(
 
 
 def _metric_exporter(
-    settings: TracingSettings, headers: Mapping[str, str] | None, timeout: float | None
+    settings: TracingSettings, headers: Mapping[str, str] | None
 ) -> MetricExporter:
+    timeout = settings.metrics_timeout
     if settings.metrics_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
             OTLPMetricExporter as GrpcMetricExporter,
@@ -107,6 +111,16 @@ def _metric_exporter(
     )
 
     return HttpMetricExporter(endpoint=settings.metrics_endpoint, headers=headers, timeout=timeout)
+
+
+def _batch(guard: SpanExporter, counters: Counters, settings: TracingSettings) -> SpanProcessor:
+    return make_batch_processor(
+        guard,
+        counters,
+        max_queue_size=settings.max_queue_size,
+        max_export_batch_size=settings.max_export_batch_size,
+        schedule_delay=settings.schedule_delay,
+    )
 
 
 _active_handle: TracingHandle | None = None
@@ -158,6 +172,8 @@ def setup_tracing(
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     trace_file: str | os.PathLike[str] | None = None,
     max_local_spans: int = 10_000,
+    max_queue_size: int | None = None,
+    max_export_batch_size: int | None = None,
     set_global: bool = True,
 ) -> TracingHandle:
     """Install an OpenTelemetry SDK tracer and meter provider exporting hangguard's telemetry.
@@ -165,22 +181,29 @@ def setup_tracing(
     For applications (the library never calls it). Configuration follows the standard
     variables, and each argument overrides its variable:
 
-    ================  =====================================================================
-    ``service_name``  ``OTEL_SERVICE_NAME`` (else ``service.name`` in
-                      ``OTEL_RESOURCE_ATTRIBUTES``)
-    ``endpoint``      ``OTEL_EXPORTER_OTLP_ENDPOINT`` (a base URL; the per-signal
-                      ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``_METRICS_ENDPOINT`` are
-                      used as they are)
-    ``protocol``      ``OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]PROTOCOL``: ``grpc`` (default,
-                      port 4317) or ``http/protobuf`` (port 4318)
-    ``sampler``       ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``, or a Sampler
-    ``trace_file``    ``HANGGUARD_TRACE_FILE``: with no endpoint, also append spans there
-    ================  =====================================================================
+    =========================  ============================================================
+    ``service_name``           ``OTEL_SERVICE_NAME`` (else ``service.name`` in
+                               ``OTEL_RESOURCE_ATTRIBUTES``)
+    ``endpoint``               ``OTEL_EXPORTER_OTLP_ENDPOINT`` (a base URL; the per-signal
+                               ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``_METRICS_ENDPOINT``
+                               are used as they are)
+    ``protocol``               ``OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]PROTOCOL``: ``grpc``
+                               (default, port 4317) or ``http/protobuf`` (port 4318)
+    ``sampler``                ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``, or a
+                               Sampler
+    ``trace_file``             ``HANGGUARD_TRACE_FILE``: with no endpoint, also append spans
+    ``export_timeout``         ``OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]TIMEOUT`` (seconds, 10)
+    ``max_queue_size``         ``OTEL_BSP_MAX_QUEUE_SIZE``: spans waiting for export (32768)
+    ``max_export_batch_size``  ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``: spans per request (512)
+    =========================  ============================================================
 
     With no endpoint at all, spans stay in-process (see :func:`local_spans`) instead of
-    failing. ``shutdown_timeout`` bounds :meth:`TracingHandle.shutdown` and the process
-    exit whatever the collector does. Raises :class:`ConfigError` naming the argument or
-    variable that is wrong, and ``RuntimeError`` if a global provider is already set::
+    failing. A span that finds the export queue full is dropped and counted
+    (``stats().dropped``, the ``otel.sdk.processor.span.processed`` metric), and
+    ``shutdown()`` then returns ``False``. ``shutdown_timeout`` bounds
+    :meth:`TracingHandle.shutdown` and the process exit whatever the collector does.
+    Raises :class:`ConfigError` naming the argument or variable that is wrong, and
+    ``RuntimeError`` if a global provider is already set::
 
         tracing = hangguard.setup_tracing(service_name="research-agent")
         asyncio.run(main())   # at exit: flushed within 2 s, or the rest dropped
@@ -194,7 +217,7 @@ def setup_tracing(
         )
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
         from opentelemetry.sdk.trace.sampling import Sampler as SamplerBase
     except ImportError as exc:
         raise ImportError(
@@ -212,17 +235,15 @@ def setup_tracing(
         sampler_arg=sampler_arg,
         shutdown_timeout=shutdown_timeout,
         trace_file=trace_file,
+        export_timeout=export_timeout,
+        max_queue_size=max_queue_size,
+        max_export_batch_size=max_export_batch_size,
     )
     if isinstance(sampler, SamplerBase):
         settings_sampler: Sampler = sampler
         settings = replace(settings, sampler=sampler.get_description(), sampler_arg=None)
     else:
         settings_sampler = _build_sampler(settings.sampler, settings.sampler_arg)
-    per_export = None
-    if export_timeout is not None:
-        per_export = check_timeout(export_timeout, "export_timeout")
-        if per_export == 0 or math.isinf(per_export):
-            raise ValueError(f"export_timeout must be > 0 and finite, got {export_timeout!r}")
     interval = check_timeout(metric_export_interval, "metric_export_interval")
     if interval == 0 or math.isinf(interval):
         raise ValueError("metric_export_interval must be > 0 and finite")
@@ -246,9 +267,10 @@ def setup_tracing(
     local: LocalSpanExporter | None = None
     span_exporter: SpanExporter
     if settings.exporter == "otlp":
-        span_exporter = _span_exporter(settings, headers, per_export)
+        span_exporter = _span_exporter(settings, headers)
         guard = make_guard(span_exporter, counters)
-        provider.add_span_processor(BatchSpanProcessor(guard))
+        batching = True
+        provider.add_span_processor(_batch(guard, counters, settings))
     else:
         from ._local import LocalSpanExporter
 
@@ -265,8 +287,10 @@ def setup_tracing(
         guard = make_guard(local, counters)
         # In memory only, export is a conversion and an append; with a file it is disk
         # I/O, which belongs on the batch thread rather than on the event loop.
-        processor = BatchSpanProcessor(guard) if local.trace_file else SimpleSpanProcessor(guard)
-        provider.add_span_processor(processor)
+        batching = local.trace_file is not None
+        provider.add_span_processor(
+            _batch(guard, counters, settings) if batching else SimpleSpanProcessor(guard)
+        )
 
     meter_provider: MeterProvider | None = None
     memory_reader: InMemoryMetricReader | None = None
@@ -274,7 +298,7 @@ def setup_tracing(
     if metrics_enabled:
         reader: MetricReader
         if settings.metrics_endpoint is not None:
-            metric_guard = make_metric_guard(_metric_exporter(settings, headers, per_export))
+            metric_guard = make_metric_guard(_metric_exporter(settings, headers))
             reader = PeriodicExportingMetricReader(
                 metric_guard, export_interval_millis=interval * 1000
             )
@@ -283,6 +307,8 @@ def setup_tracing(
         meter_provider = MeterProvider(
             resource=resource, metric_readers=[reader], shutdown_on_exit=False
         )
+        if batching:
+            register_processor_metric(meter_provider, counters)
 
     handle = TracingHandle(
         settings=settings,
