@@ -28,7 +28,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from . import _config, _metrics, _telemetry
-from ._deadline import Deadline, check_timeout, current_deadline, remaining
+from ._deadline import Deadline, check_timeout, current_deadline, deadline_cancel_of, remaining
 from ._exceptions import ConfigError, DeadlineExceeded, JoinTimeout
 from ._limiter import Limiter
 from ._task_info import fn_name, is_coroutine_function, outcome_of, stack_of
@@ -274,7 +274,7 @@ class TaskGroup:
                 name,
                 time.monotonic() - started,
                 type(exc).__name__,
-                exc,
+                _telemetry.safe_str(exc),
             )
             raise
         logger.info("serial: task %r succeeded in %.3fs", name, time.monotonic() - started)
@@ -485,8 +485,7 @@ class TaskGroup:
             return None
         if task.cancelling() != cancelling + 1:
             return None  # someone else cancelled this task too: not ours to turn into data
-        message = str(cancel.args[0]) if cancel.args else ""
-        if remaining() <= 0 or message.startswith("hangguard deadline"):
+        if remaining() <= 0 or deadline_cancel_of(cancel) is not None:
             return dl.binding()
         return None
 

@@ -53,6 +53,8 @@ from ._telemetry import (
     EVENT_RETRY_BUDGET_EXHAUSTED,
     EVENT_RETRY_BUDGET_REFUSED,
     error_type,
+    guard,
+    safe_str,
 )
 
 __all__ = [
@@ -193,6 +195,11 @@ def _fn_name(fn: object) -> str:
 
 
 def _event(name: str, call: _Call[Any], attempt: int, exc: BaseException | None) -> None:
+    with guard():
+        _add_event(name, call, attempt, exc)
+
+
+def _add_event(name: str, call: _Call[Any], attempt: int, exc: BaseException | None) -> None:
     span = trace.get_current_span()
     if not span.is_recording():
         return
@@ -203,7 +210,7 @@ def _event(name: str, call: _Call[Any], attempt: int, exc: BaseException | None)
     }
     if exc is not None:
         attrs[ATTR_EXCEPTION_TYPE] = error_type(exc)
-        attrs[ATTR_EXCEPTION_MESSAGE] = str(exc)
+        attrs[ATTR_EXCEPTION_MESSAGE] = safe_str(exc)
     if call.sleep is not None:
         attrs[ATTR_RETRY_SLEEP_S] = call.sleep
     if name == EVENT_RETRY_BUDGET_EXHAUSTED:
@@ -224,7 +231,7 @@ def _on_retry(call: _Call[Any], attempt: int, exc: BaseException | None) -> None
         attempt,
         call.attempts,
         type(exc).__name__,
-        exc,
+        safe_str(exc),
         call.sleep or 0.0,
     )
 
