@@ -191,9 +191,15 @@ class TaskGroup:
             if self._tracer is not None and self._span is None:
                 self._start_span()
             coro = self._run(index, fn, args, kwargs)
-        task = loop.create_task(coro, name=name)
-        self._tasks.append(task)
+        # Recorded before create_task: with an eager task factory (3.12+) the task's first
+        # step runs inside create_task, and its span is named from self._fns[index].
         self._fns.append(fn)
+        try:
+            task = loop.create_task(coro, name=name)
+        except BaseException:
+            self._fns.pop()
+            raise
+        self._tasks.append(task)
         self._index[task] = index
         self._pending += 1
         task.add_done_callback(self._on_done)
