@@ -287,3 +287,47 @@ async def test_stack_of_shows_where_a_task_waits_on_another() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+# --- Python 3.12: functions marked as coroutine functions ----------------------------------
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="inspect.markcoroutinefunction is 3.12+")
+async def test_submit_takes_a_function_marked_as_a_coroutine_function() -> None:
+    import inspect
+
+    def marked(value: int) -> Coroutine[Any, Any, int]:
+        return finish_at_once(value)
+
+    inspect.markcoroutinefunction(marked)  # type: ignore[attr-defined]
+    group = hangguard.TaskGroup("marked")
+    group.submit(marked, 7)
+    assert await group.join() == [7]
+
+
+def test_a_plain_function_is_still_refused_by_submit() -> None:
+    from hangguard._task_info import is_coroutine_function
+
+    def plain() -> None:
+        return None
+
+    assert not is_coroutine_function(plain)
+    assert is_coroutine_function(finish_at_once)
+
+
+# --- a CancelledError subclass from the deadline's own cancel -------------------------------
+
+
+async def test_deadline_turns_a_cancelled_error_subclass_into_deadline_exceeded() -> None:
+    class MyCancelled(asyncio.CancelledError):
+        pass
+
+    async def body() -> None:
+        try:
+            await hang()
+        except asyncio.CancelledError as exc:
+            raise MyCancelled(*exc.args) from None
+
+    with pytest.raises(DeadlineExceeded):
+        async with deadline(0.01, name="sub"):
+            await body()

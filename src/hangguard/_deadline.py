@@ -333,7 +333,12 @@ class DeadlineScope:
             # back, so it is left to stand there as a plain cancellation.
             return
         # uncancel() must run whenever we cancelled, so it comes before the type test.
-        if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+        # issubclass, as asyncio.timeout does from 3.12: a CancelledError subclass is ours too.
+        if (
+            self._task.uncancel() <= self._cancelling
+            and exc_type is not None
+            and issubclass(exc_type, asyncio.CancelledError)
+        ):
             from ._telemetry import record_deadline_exceeded
 
             fired = self._deadline.binding() if self._deadline is not None else None
