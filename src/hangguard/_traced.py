@@ -84,14 +84,16 @@ async def run_in_scope(name: str, budget: float | None, body: Callable[[], Await
             return await body()
     except asyncio.CancelledError as exc:
         # Cancellation is not an error: noted with its cause, and passed on.
-        span.add_event(EVENT_CANCELLED, _cancel_attrs(exc))
+        with _telemetry.guard():
+            span.add_event(EVENT_CANCELLED, _cancel_attrs(exc))
         raise
     except BaseException as exc:
         _telemetry.record_failure(span, exc)
         raise
     finally:
         otel_context.detach(token)
-        span.end()
+        with _telemetry.guard():
+            span.end()  # a failing span processor must not replace the outcome
 
 
 def _default_name(fn: Callable[..., Any]) -> str:
