@@ -422,6 +422,11 @@ async def test_deadline_exceeded_is_recorded_on_the_current_span(
 
 # --- a deadline inside an async generator closed by another task -------------------------
 
+# Long enough that the generator is surely closed before it passes, even on a loaded
+# machine: a deadline that passes while its generator is still open does cancel the
+# consumer, as asyncio.timeout does.
+GEN_BUDGET = 0.3
+
 
 async def test_deadline_in_an_abandoned_async_generator_never_cancels_the_consumer() -> None:
     # The consumer takes one item and drops the generator; the loop closes it in another
@@ -431,7 +436,7 @@ async def test_deadline_in_an_abandoned_async_generator_never_cancels_the_consum
 
     async def numbers() -> object:
         try:
-            async with deadline(0.05, name="gen"):
+            async with deadline(GEN_BUDGET, name="gen"):
                 yield 1
                 await hang()
         finally:
@@ -444,8 +449,32 @@ async def test_deadline_in_an_abandoned_async_generator_never_cancels_the_consum
     await closed.wait()
     await closer  # the generator's exit finished normally
     # Past the generator's budget: a stray timer would cancel this sleep.
-    await asyncio.sleep(0.05 + MARGIN)
+    await asyncio.sleep(GEN_BUDGET + MARGIN)
     assert current_deadline() is None or current_deadline().name != "gen"
+    assert remaining() == math.inf
+
+
+async def test_deadline_in_a_generator_finalized_by_the_loop_never_cancels_the_consumer() -> None:
+    # The same, left to the loop: its async-generator finalizer closes the generator in
+    # a task of its own once nothing refers to it.
+    closed = asyncio.Event()
+
+    async def numbers() -> object:
+        try:
+            async with deadline(GEN_BUDGET, name="gen"):
+                yield 1
+                await hang()
+        finally:
+            closed.set()
+
+    async def consume() -> None:
+        gen = numbers()
+        async for _ in gen:  # type: ignore[attr-defined]
+            break
+
+    await consume()  # the generator is unreachable now: the finalizer runs at once
+    await closed.wait()
+    await asyncio.sleep(GEN_BUDGET + MARGIN)  # past the budget: a stray timer would cancel this
     assert remaining() == math.inf
 
 
@@ -453,7 +482,7 @@ async def test_deadline_closed_in_another_task_leaves_no_stale_deadline_in_force
     # The generator ran its first step in this task, so its deadline was set in this
     # task's context; once the scope has exited, it must not bind what comes after.
     async def numbers() -> object:
-        async with deadline(0.05, name="gen"):
+        async with deadline(GEN_BUDGET, name="gen"):
             yield 1
 
     gen = numbers()
