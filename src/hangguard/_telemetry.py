@@ -291,17 +291,19 @@ def record_failure(span: Span, exc: BaseException, *, type_: str | None = None) 
 
 
 def record_deadline_exceeded(name: str | None, budget: float) -> None:
-    """Note a deadline that fired on the current span (and in metrics)."""
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.add_event(
-            EVENT_DEADLINE_EXCEEDED,
-            {ATTR_DEADLINE_NAME: name or "", ATTR_DEADLINE_BUDGET_S: budget},
-        )
+    """Note a deadline that fired on the current span (and in metrics); never raises."""
     # Imported here: _metrics imports this module for its names.
     from ._metrics import record_deadline_exceeded as count_deadline_exceeded
 
-    count_deadline_exceeded(name)
+    with _GUARD:
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(
+                EVENT_DEADLINE_EXCEEDED,
+                {ATTR_DEADLINE_NAME: name or "", ATTR_DEADLINE_BUDGET_S: budget},
+            )
+    with _GUARD:
+        count_deadline_exceeded(name)
 
 
 def format_stack(frames: list[traceback.FrameSummary]) -> str:
