@@ -402,10 +402,10 @@ def test_config_json_and_per_op_budgets() -> None:
     assert rows["HANGGUARD_BUDGETS"]["source"] == "env"
     assert rows["HANGGUARD_DEFAULT_BUDGET"] == {
         "name": "HANGGUARD_DEFAULT_BUDGET",
-        "value": None,  # no limit
+        "value": 300.0,
         "raw": None,
         "source": "default",
-        "default": "none",
+        "default": "300",
         "description": _config.ENV_VARS["HANGGUARD_DEFAULT_BUDGET"][1],
         "error": None,
     }

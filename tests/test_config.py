@@ -28,7 +28,7 @@ from hangguard._config import (
 
 # Each variable with its getter and its documented default.
 GETTERS: list[tuple[str, Callable[[], object], object]] = [
-    (ENV_DEFAULT_BUDGET, config.default_budget, math.inf),
+    (ENV_DEFAULT_BUDGET, config.default_budget, config.DEFAULT_OP_BUDGET),
     (ENV_BUDGETS, config.budgets, {}),
     (ENV_JOIN_TIMEOUT, config.join_timeout, math.inf),
     (ENV_MCP_TIMEOUT, config.mcp_timeout, 30.0),
@@ -254,8 +254,9 @@ def test_op_budget_entry_none_beats_a_finite_default(monkeypatch: pytest.MonkeyP
     assert math.isinf(config.op_budget("LongOp"))
 
 
-def test_op_budget_unset_is_unlimited() -> None:
-    assert math.isinf(config.op_budget("AnyOp"))
+def test_op_budget_unset_is_the_finite_default() -> None:
+    assert config.op_budget("AnyOp") == config.DEFAULT_OP_BUDGET
+    assert not math.isinf(config.DEFAULT_OP_BUDGET)
 
 
 def test_op_budget_bad_default_fails_only_when_needed(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -418,3 +418,122 @@ async def test_deadline_exceeded_is_recorded_on_the_current_span(
     assert events[0].attributes is not None
     assert events[0].attributes[ATTR_DEADLINE_NAME] == "fetch"
     assert events[0].attributes[ATTR_DEADLINE_BUDGET_S] == 0.01
+
+
+# --- a deadline inside an async generator closed by another task -------------------------
+
+# Long enough that the generator is surely closed before it passes, even on a loaded
+# machine: a deadline that passes while its generator is still open does cancel the
+# consumer, as asyncio.timeout does.
+GEN_BUDGET = 0.3
+
+
+async def test_deadline_in_an_abandoned_async_generator_never_cancels_the_consumer() -> None:
+    # The consumer takes one item and drops the generator; the loop closes it in another
+    # task (as its asyncgen finalizer does). The scope's exit there must disarm its timer:
+    # the consumer, busy with unrelated work past the budget, is never cancelled.
+    closed = asyncio.Event()
+
+    async def numbers() -> object:
+        try:
+            async with deadline(GEN_BUDGET, name="gen"):
+                yield 1
+                await hang()
+        finally:
+            closed.set()
+
+    gen = numbers()
+    async for _ in gen:  # type: ignore[attr-defined]
+        break
+    closer = asyncio.get_running_loop().create_task(gen.aclose())  # type: ignore[attr-defined]
+    await closed.wait()
+    await closer  # the generator's exit finished normally
+    # Past the generator's budget: a stray timer would cancel this sleep.
+    await asyncio.sleep(GEN_BUDGET + MARGIN)
+    assert current_deadline() is None or current_deadline().name != "gen"
+    assert remaining() == math.inf
+
+
+async def test_deadline_in_a_generator_finalized_by_the_loop_never_cancels_the_consumer() -> None:
+    # The same, left to the loop: its async-generator finalizer closes the generator in
+    # a task of its own once nothing refers to it.
+    closed = asyncio.Event()
+
+    async def numbers() -> object:
+        try:
+            async with deadline(GEN_BUDGET, name="gen"):
+                yield 1
+                await hang()
+        finally:
+            closed.set()
+
+    async def consume() -> None:
+        gen = numbers()
+        async for _ in gen:  # type: ignore[attr-defined]
+            break
+
+    await consume()  # the generator is unreachable now: the finalizer runs at once
+    await closed.wait()
+    await asyncio.sleep(GEN_BUDGET + MARGIN)  # past the budget: a stray timer would cancel this
+    assert remaining() == math.inf
+
+
+async def test_deadline_closed_in_another_task_leaves_no_stale_deadline_in_force() -> None:
+    # The generator ran its first step in this task, so its deadline was set in this
+    # task's context; once the scope has exited, it must not bind what comes after.
+    async def numbers() -> object:
+        async with deadline(GEN_BUDGET, name="gen"):
+            yield 1
+
+    gen = numbers()
+    async for _ in gen:  # type: ignore[attr-defined]
+        break
+    await asyncio.get_running_loop().create_task(gen.aclose())  # type: ignore[attr-defined]
+    assert remaining() == math.inf
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded) as info:
+        async with deadline(0.1, name="after"):
+            await hang()
+    assert info.value.deadline_name == "after"
+    assert time.monotonic() - start < 0.1 + MARGIN
+
+
+async def test_asyncio_timeout_in_the_same_place_finishes_normally() -> None:
+    # The reference behaviour hangguard's deadline must match.
+    async def numbers() -> object:
+        async with asyncio.timeout(0.05):
+            yield 1
+            await hang()
+
+    gen = numbers()
+    async for _ in gen:  # type: ignore[attr-defined]
+        break
+    await asyncio.get_running_loop().create_task(gen.aclose())  # type: ignore[attr-defined]
+    await asyncio.sleep(0.05 + MARGIN)
+
+
+# --- the cancellation cause is a value -------------------------------------------------
+
+
+async def test_deadline_cancel_carries_the_deadline_as_a_value() -> None:
+    from hangguard._deadline import DeadlineCancel, deadline_cancel_of
+
+    seen: list[BaseException] = []
+
+    async def body() -> None:
+        try:
+            await hang()
+        except asyncio.CancelledError as exc:
+            seen.append(exc)
+            raise
+
+    with pytest.raises(DeadlineExceeded):
+        async with deadline(0.01, name="fetch"):
+            await body()
+    cause = deadline_cancel_of(seen[0])
+    assert isinstance(cause, DeadlineCancel)
+    assert cause.name == "fetch" and cause.budget == 0.01
+    assert str(seen[0]) == "hangguard deadline 'fetch' exceeded"
+    # Any other cancellation, whatever its message says, is not a deadline's.
+    assert deadline_cancel_of(asyncio.CancelledError("hangguard deadline 'x' exceeded")) is None
+    assert deadline_cancel_of(asyncio.CancelledError()) is None

@@ -408,9 +408,55 @@ class DeadlineProbeOp(BaseAsyncOp):
         return current_deadline()
 
 
-async def test_no_budget_means_no_deadline() -> None:
-    op = guarded_op(type("ProbeOp", (DeadlineProbeOp,), {}))()
-    assert await op.async_call() is None
+async def test_no_budget_anywhere_means_the_finite_default_budget() -> None:
+    # Nothing set: the op is still bounded, by the default op budget.
+    d = await guarded_op(type("ProbeOp", (DeadlineProbeOp,), {}))().async_call()
+    assert d is not None
+    assert d.name == "ProbeOp"
+    assert d.budget == hangguard._config.DEFAULT_OP_BUDGET
+    assert not math.isinf(d.budget)
+
+
+async def test_default_budget_none_still_opts_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HANGGUARD_DEFAULT_BUDGET", "none")
+    assert await guarded_op(type("ProbeOp", (DeadlineProbeOp,), {}))().async_call() is None
+
+
+def _unbounded_warnings(caplog: pytest.LogCaptureFixture, op: str) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+        and "nothing bounding" in r.getMessage()
+        and op in r.getMessage()
+    ]
+
+
+async def test_an_unbounded_join_warns_once_naming_the_op(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HANGGUARD_DEFAULT_BUDGET", "none")
+    fan = guarded_op(name="UnboundedFanOut")(type("UnboundedFanOut", (FanOutOp,), {}))
+    child = guarded_op(type("EchoChild", (EchoOp,), {}))
+    with caplog.at_level(logging.WARNING, logger="hangguard"):
+        assert await fan(ops=[child()]).async_call(values=[1, 2]) == [1, 2]
+        assert await fan(ops=[child()]).async_call(values=[3]) == [3]
+    (record,) = _unbounded_warnings(caplog, "UnboundedFanOut")
+    assert "HANGGUARD_DEFAULT_BUDGET" in record.getMessage()
+
+
+async def test_a_bounded_join_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
+    fan = guarded_op(name="BoundedFanOut")(type("BoundedFanOut", (FanOutOp,), {}))
+    child = guarded_op(type("EchoChild", (EchoOp,), {}))
+    with caplog.at_level(logging.WARNING, logger="hangguard"):
+        # Bounded by the default op budget, with no timeout of its own.
+        assert await fan(ops=[child()]).async_call(values=[1]) == [1]
+        # Bounded by its own timeout, with the op budget opted out.
+        unlimited = guarded_op(name="TimedFanOut", budget=math.inf)(
+            type("TimedFanOut", (FanOutOp,), {})
+        )
+        await unlimited(ops=[child()]).async_call(values=[1], join={"timeout": 30})
+    assert not _unbounded_warnings(caplog, "FanOut")
 
 
 async def test_default_budget_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -500,9 +546,11 @@ async def test_nested_ops_inherit_the_deadline() -> None:
     outer_longer = guarded_op(budget=60)(type("OuterOp", (FanOutOp,), {}))(ops=[inner_longer()])
     await outer_longer.async_call(values=[1])
 
-    unlimited, longer = seen
-    # No budget of its own: the outer op's deadline is the one in force.
-    assert unlimited.name == "OuterOp"
+    default, longer = seen
+    # No budget of its own: the default op budget, capped by the outer op's deadline.
+    assert default.name == "InnerOp"
+    assert default.budget == hangguard._config.DEFAULT_OP_BUDGET
+    assert default.binding().name == "OuterOp"
     # A longer budget of its own is capped by the outer op's.
     assert longer.name == "LongerOp"
     assert longer.binding().name == "OuterOp"
@@ -601,7 +649,8 @@ async def test_mixin_on_an_abstract_base_without_entry_point() -> None:
         async def async_execute(self) -> Any:
             return current_deadline()
 
-    assert await ConcreteOp().async_execute() is None
+    d = await ConcreteOp().async_execute()
+    assert (d.name, d.budget) == ("ConcreteOp", hangguard._config.DEFAULT_OP_BUDGET)
 
 
 async def test_concurrent_runs_of_one_instance_do_not_mix() -> None:
@@ -815,7 +864,7 @@ async def test_traced_with_arguments(spans: InMemorySpanExporter) -> None:
 
     d = await rank_items()
     assert (d.name, d.budget) == ("rank", 3.0)
-    assert await other() is None
+    assert (await other()).budget == hangguard._config.DEFAULT_OP_BUDGET
     assert [s.name for s in spans.get_finished_spans()] == ["rank", "positional"]
 
 

@@ -725,3 +725,73 @@ def test_public_names_are_exported() -> None:
         assert name in hangguard.__all__
     assert hangguard.retry_call is retry_call
     assert RetryPolicy.__module__ == "hangguard"
+
+
+# --- no attempt starts at or after the deadline -------------------------------------------
+
+
+async def test_no_attempt_starts_at_or_after_the_deadline_with_zero_backoff_and_min_attempt() -> (
+    None
+):
+    # A child task under a 50 ms deadline, retrying with no backoff and min_attempt=0:
+    # "0 s of backoff + 0 s of attempt fit in the 0 s left" must not start an attempt.
+    clock = FakeClock()
+    starts: list[float] = []
+    with use_clock(clock):
+
+        async def fn() -> None:
+            starts.append(clock())
+            clock.advance(0.01)
+            raise ConnectionError("down")
+
+        policy = RetryPolicy(
+            attempts=500, backoff=Backoff(initial=0, maximum=0, jitter=0), min_attempt=0
+        )
+        async with deadline(0.05, name="request") as scope:
+            child = asyncio.create_task(retry_call(fn, policy, name="fetch"))
+            with pytest.raises(ConnectionError):
+                await child
+        assert scope.deadline is not None
+        expires_at = scope.deadline.expires_at
+    assert starts, "the first attempt runs"
+    assert all(start < expires_at for start in starts), (starts, expires_at)
+    assert len(starts) == 5
+
+
+async def test_no_attempt_starts_when_the_backoff_overran_the_deadline(
+    spans: InMemorySpanExporter,
+) -> None:
+    # The check before the backoff passed; the deadline went by during the wait (here
+    # the fake clock jumps while the retry sleeps). The next attempt must not start, and
+    # the failure of the last attempt that ran is what the caller gets.
+    clock = FakeClock()
+    flaky = Flaky()
+    with use_clock(clock):
+
+        async def fn() -> int:
+            asyncio.get_running_loop().call_soon(clock.advance, 1.0)
+            return await flaky()
+
+        policy = RetryPolicy(attempts=5, backoff=NO_WAIT, min_attempt=0)
+        with tracer.start_as_current_span("outer"), pytest.raises(ConnectionError) as info:
+            async with deadline(0.5, name="request"):
+                await retry_call(fn, policy, name="fetch")
+    assert flaky.calls == 1
+    assert info.value is flaky.raised[0]
+    (event,) = events(traced_span(spans), EVENT_RETRY_BUDGET_EXHAUSTED)
+    assert event[ATTR_RETRY_REMAINING_S] == 0
+
+
+async def test_a_retry_granted_but_not_started_is_given_back_to_the_budget() -> None:
+    clock = FakeClock()
+    with use_clock(clock), hangguard.retry_budget(ratio=0, floor=3) as budget:
+
+        async def fn() -> None:
+            asyncio.get_running_loop().call_soon(clock.advance, 1.0)
+            raise ConnectionError("down")
+
+        policy = RetryPolicy(attempts=5, backoff=NO_WAIT, min_attempt=0)
+        with pytest.raises(ConnectionError):
+            async with deadline(0.5):
+                await retry_call(fn, policy)
+    assert budget.retries == 0

@@ -55,6 +55,7 @@ __all__ = [
     "OTEL_TRACES_SAMPLER_ARG",
     "Config",
     "DEFAULT_CANCEL_GRACE",
+    "DEFAULT_OP_BUDGET",
     "budgets",
     "cancel_grace",
     "default_budget",
@@ -110,7 +111,7 @@ OTEL_SDK_DISABLED = "OTEL_SDK_DISABLED"
 #: Every variable, with its default as text and its meaning (the CLI and docs use this).
 ENV_VARS: Mapping[str, tuple[str, str]] = MappingProxyType(
     {
-        ENV_DEFAULT_BUDGET: ("none", "deadline applied to every guarded op"),
+        ENV_DEFAULT_BUDGET: ("300", "deadline of every guarded op without one ('none': no limit)"),
         ENV_BUDGETS: ("none", "per-op budgets, e.g. CompanySegmentFactorOp=120,SearchOp=30s"),
         ENV_JOIN_TIMEOUT: ("none", "join timeout when the call gives none"),
         ENV_MCP_TIMEOUT: ("30", "timeout of one MCP call"),
@@ -225,9 +226,15 @@ def _duration(name: str, *, allow_none: bool = True) -> Callable[[str], float]:
     return lambda text: parse_duration(text, name=name, allow_none=allow_none)
 
 
+#: The budget of a guarded op or ``traced`` call that has none of its own, when
+#: ``HANGGUARD_DEFAULT_BUDGET`` is unset: finite, so that every join ends even when no one
+#: set a bound (docs/env.md says why five minutes).
+DEFAULT_OP_BUDGET = 300.0
+
+
 def default_budget() -> float:
-    """``HANGGUARD_DEFAULT_BUDGET`` in seconds (``math.inf`` when unset)."""
-    return _read(ENV_DEFAULT_BUDGET, math.inf, _duration(ENV_DEFAULT_BUDGET))
+    """``HANGGUARD_DEFAULT_BUDGET`` in seconds (300 when unset; ``none``: ``math.inf``)."""
+    return _read(ENV_DEFAULT_BUDGET, DEFAULT_OP_BUDGET, _duration(ENV_DEFAULT_BUDGET))
 
 
 _NO_BUDGETS: Mapping[str, float] = MappingProxyType({})
@@ -286,7 +293,7 @@ def serial() -> bool:
 class Config:
     """A snapshot of the effective configuration (what ``hangguard config`` shows)."""
 
-    default_budget: float = math.inf
+    default_budget: float = DEFAULT_OP_BUDGET
     budgets: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     join_timeout: float = math.inf
     mcp_timeout: float = 30.0

@@ -5,6 +5,10 @@ test swaps it); at the API it is relative seconds. ``math.inf`` means no deadlin
 nested deadline is the earlier of its own and the enclosing one; only the deadline that
 binds arms a timer, so when an outer budget is the tighter one, the outer scope fires and
 reports itself, and the inner scopes just let the cancellation through.
+
+The cancellation a firing deadline sends carries a :class:`DeadlineCancel` as its
+message, a value this module owns: :func:`deadline_cancel_of` tells a deadline's
+cancellation from any other, so no reader parses text.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from ._exceptions import DeadlineExceeded
 
 __all__ = [
     "Deadline",
+    "DeadlineCancel",
     "DeadlineScope",
     "check_timeout",
     "current_deadline",
     "deadline",
+    "deadline_cancel_of",
     "get_clock",
     "now",
     "remaining",
@@ -91,6 +97,11 @@ class Deadline:
     # The task in which a timer at ``expires_at`` is armed; a nested scope in the same
     # task needs no timer of its own unless it is tighter.
     enforced_in: object = field(default=None, compare=False, repr=False)
+    # The scope that put this deadline in force. A scope that exits in another context
+    # (an async generator closed by the loop in another task) cannot reset the context
+    # its deadline was set in: the task that entered it skips it from then on. Tasks
+    # created meanwhile keep it, as every task keeps the deadline it inherited.
+    scope: DeadlineScope | None = field(default=None, compare=False, repr=False)
 
     @property
     def own_expires_at(self) -> float:
@@ -110,6 +121,48 @@ class Deadline:
         return max(0.0, self.expires_at - _clock())
 
 
+@dataclass(frozen=True, slots=True)
+class DeadlineCancel:
+    """The message of the cancellation a firing deadline sends: which deadline, what budget.
+
+    It reads as ``hangguard deadline 'name' exceeded`` wherever the cancellation is
+    printed; code that must know the cause asks :func:`deadline_cancel_of`.
+    """
+
+    name: str | None
+    budget: float
+
+    def __str__(self) -> str:
+        return f"hangguard deadline {self.name or '(unnamed)'!r} exceeded"
+
+
+def deadline_cancel_of(exc: BaseException) -> DeadlineCancel | None:
+    """The deadline whose firing sent the cancellation ``exc``, or ``None`` for any other.
+
+    ::
+
+        except asyncio.CancelledError as exc:
+            cause = deadline_cancel_of(exc)
+            reason = "deadline" if cause is not None else "parent_cancelled"
+    """
+    args = getattr(exc, "args", ())
+    if args and isinstance(args[0], DeadlineCancel):
+        return args[0]
+    return None
+
+
+def _live(d: Deadline | None) -> Deadline | None:
+    """``d``, or, when its scope exited elsewhere, the nearest ancestor still in force."""
+    while (
+        d is not None
+        and d.scope is not None
+        and d.scope._orphaned
+        and d.enforced_in is _running_task()
+    ):
+        d = d.parent
+    return d
+
+
 def _running_task() -> asyncio.Task[object] | None:
     try:
         return asyncio.current_task()
@@ -119,7 +172,7 @@ def _running_task() -> asyncio.Task[object] | None:
 
 def current_deadline() -> Deadline | None:
     """The innermost deadline in force in this context, or ``None``."""
-    return _current.get()
+    return _live(_current.get())
 
 
 def remaining() -> float:
@@ -129,7 +182,7 @@ def remaining() -> float:
 
         timeout = min(30.0, hangguard.remaining())
     """
-    d = _current.get()
+    d = _live(_current.get())
     if d is None or math.isinf(d.expires_at):
         return math.inf
     return max(0.0, d.expires_at - _clock())
@@ -168,6 +221,7 @@ class DeadlineScope:
         "_fired",
         "_handle",
         "_name",
+        "_orphaned",
         "_task",
         "_token",
     )
@@ -181,6 +235,7 @@ class DeadlineScope:
         self._task: asyncio.Task[object] | None = None
         self._cancelling = 0
         self._fired = False
+        self._orphaned = False
 
     @property
     def deadline(self) -> Deadline | None:
@@ -199,7 +254,7 @@ class DeadlineScope:
     def __enter__(self) -> DeadlineScope:
         if self._token is not None:
             raise RuntimeError("a deadline scope cannot be entered twice")
-        parent = _current.get()
+        parent = _live(_current.get())
         if math.isinf(self._budget):
             # No limit of our own: the enclosing deadline stays the one in force.
             self._deadline = parent
@@ -222,6 +277,7 @@ class DeadlineScope:
             expires_at=min(own, parent_at),
             parent=parent,
             enforced_in=task,
+            scope=self,
         )
         self._token = _current.set(self._deadline)
         if task is not None and not covered:
@@ -244,8 +300,9 @@ class DeadlineScope:
         if self._task is not None and not self._task.done():
             self._fired = True
             fired = self._deadline.binding() if self._deadline is not None else None
-            label = fired.name if fired is not None and fired.name else "(unnamed)"
-            self._task.cancel(f"hangguard deadline {label!r} exceeded")
+            name = fired.name if fired is not None else self._name
+            budget = fired.budget if fired is not None else self._budget
+            self._task.cancel(DeadlineCancel(name, budget))
 
     def __exit__(
         self,
@@ -253,17 +310,34 @@ class DeadlineScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._token is not None:
-            _current.reset(self._token)
+        # Disarm first: nothing below may leave a timer that cancels the task later.
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        token = self._token
+        if token is not None:
+            try:
+                _current.reset(token)
+            except ValueError:
+                # Exiting in another context than the one entered: an async generator
+                # closed by the loop in a task of its own. That context cannot be reset
+                # from here (its task skips this scope from now on); this one is restored.
+                self._orphaned = True
+                if _current.get() is self._deadline:
+                    old = token.old_value
+                    _current.set(None if old is contextvars.Token.MISSING else old)
+        if not self._fired or self._task is None:
+            return
+        if _running_task() is not self._task:
+            # The cancellation went to the task that entered; only that task may take it
+            # back, so it is left to stand there as a plain cancellation.
+            return
+        # uncancel() must run whenever we cancelled, so it comes before the type test.
+        # issubclass, as asyncio.timeout does from 3.12: a CancelledError subclass is ours too.
         if (
-            self._fired
-            and self._task is not None
-            # uncancel() must run whenever we cancelled, so it comes before the type test.
-            and self._task.uncancel() <= self._cancelling
-            and exc_type is asyncio.CancelledError
+            self._task.uncancel() <= self._cancelling
+            and exc_type is not None
+            and issubclass(exc_type, asyncio.CancelledError)
         ):
             from ._spans import record_deadline_exceeded
 

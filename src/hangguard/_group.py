@@ -28,7 +28,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from . import _config, _metrics, _semconv, _spans
-from ._deadline import Deadline, check_timeout, current_deadline, remaining
+from ._deadline import Deadline, check_timeout, current_deadline, deadline_cancel_of, remaining
 from ._exceptions import ConfigError, DeadlineExceeded, JoinTimeout
 from ._limiter import Limiter
 from ._semconv import (
@@ -191,9 +191,15 @@ class TaskGroup:
             if self._tracer is not None and self._span is None:
                 self._start_span()
             coro = self._run(index, fn, args, kwargs)
-        task = loop.create_task(coro, name=name)
-        self._tasks.append(task)
+        # Recorded before create_task: with an eager task factory (3.12+) the task's first
+        # step runs inside create_task, and its span is named from self._fns[index].
         self._fns.append(fn)
+        try:
+            task = loop.create_task(coro, name=name)
+        except BaseException:
+            self._fns.pop()
+            raise
+        self._tasks.append(task)
         self._index[task] = index
         self._pending += 1
         task.add_done_callback(self._on_done)
@@ -274,7 +280,7 @@ class TaskGroup:
                 name,
                 time.monotonic() - started,
                 type(exc).__name__,
-                exc,
+                _spans.safe_str(exc),
             )
             raise
         logger.info("serial: task %r succeeded in %.3fs", name, time.monotonic() - started)
@@ -485,8 +491,7 @@ class TaskGroup:
             return None
         if task.cancelling() != cancelling + 1:
             return None  # someone else cancelled this task too: not ours to turn into data
-        message = str(cancel.args[0]) if cancel.args else ""
-        if remaining() <= 0 or message.startswith("hangguard deadline"):
+        if remaining() <= 0 or deadline_cancel_of(cancel) is not None:
             return dl.binding()
         return None
 

@@ -29,12 +29,16 @@ import asyncio
 import functools
 import inspect
 import logging
+import math
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, overload
 
+from . import _config
+from ._deadline import remaining
+from ._exceptions import ConfigError
 from ._group import TaskGroup
 from ._traced import check_budget, check_name, run_in_scope
 
@@ -83,6 +87,32 @@ class _Run:
 
 
 _current_run: ContextVar[_Run | None] = ContextVar("hangguard_op_run", default=None)
+
+# Ops already warned about a join that nothing bounds (one WARNING per op name).
+_warned_unbounded: set[str] = set()
+
+
+def _warn_if_unbounded(name: str, timeout: float | None) -> None:
+    """One WARNING per op whose join has no timeout, no env timeout and no deadline."""
+    if name in _warned_unbounded or (timeout is not None and not math.isinf(timeout)):
+        return
+    try:
+        if not math.isinf(_config.join_timeout()):
+            return
+    except (ConfigError, TypeError, ValueError):
+        return  # the join itself reports a bad value
+    if not math.isinf(remaining()):
+        return
+    _warned_unbounded.add(name)
+    logger.warning(
+        "op %r joins its tasks with nothing bounding the wait: no timeout, no %s and no "
+        "deadline (its budget is 'none'); a hung task would hang it forever. Pass "
+        "join_async_task(timeout=...) or give the op a budget (%s, %s)",
+        name,
+        _config.ENV_JOIN_TIMEOUT,
+        _config.ENV_DEFAULT_BUDGET,
+        _config.ENV_BUDGETS,
+    )
 
 
 # --- per-run groups ----------------------------------------------------------------------
@@ -195,6 +225,7 @@ def _make_join(
         run.group, run.tasks = None, []  # the next submit starts a new group
         results: list[Any] = []
         if group is not None:
+            _warn_if_unbounded(run.name, timeout)
             try:
                 results = await group.join(timeout=timeout, return_exceptions=mode)
             except BaseException:

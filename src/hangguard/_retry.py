@@ -53,7 +53,7 @@ from ._semconv import (
     EVENT_RETRY_BUDGET_EXHAUSTED,
     EVENT_RETRY_BUDGET_REFUSED,
 )
-from ._spans import error_type
+from ._spans import error_type, guard, safe_str
 
 __all__ = [
     "Backoff",
@@ -193,6 +193,11 @@ def _fn_name(fn: object) -> str:
 
 
 def _event(name: str, call: _Call[Any], attempt: int, exc: BaseException | None) -> None:
+    with guard():
+        _add_event(name, call, attempt, exc)
+
+
+def _add_event(name: str, call: _Call[Any], attempt: int, exc: BaseException | None) -> None:
     span = trace.get_current_span()
     if not span.is_recording():
         return
@@ -203,7 +208,7 @@ def _event(name: str, call: _Call[Any], attempt: int, exc: BaseException | None)
     }
     if exc is not None:
         attrs[ATTR_EXCEPTION_TYPE] = error_type(exc)
-        attrs[ATTR_EXCEPTION_MESSAGE] = str(exc)
+        attrs[ATTR_EXCEPTION_MESSAGE] = safe_str(exc)
     if call.sleep is not None:
         attrs[ATTR_RETRY_SLEEP_S] = call.sleep
     if name == EVENT_RETRY_BUDGET_EXHAUSTED:
@@ -224,7 +229,7 @@ def _on_retry(call: _Call[Any], attempt: int, exc: BaseException | None) -> None
         attempt,
         call.attempts,
         type(exc).__name__,
-        exc,
+        safe_str(exc),
         call.sleep or 0.0,
     )
 
@@ -246,7 +251,18 @@ async def _sleep(seconds: float) -> None:
 class _Call(Generic[T]):
     """One retried call: the attempts, and the callbacks tenacity drives them with."""
 
-    __slots__ = ("attempts", "budget", "fn", "name", "outer", "policy", "sleep", "timed_out")
+    __slots__ = (
+        "attempts",
+        "budget",
+        "fn",
+        "granted",
+        "last",
+        "name",
+        "outer",
+        "policy",
+        "sleep",
+        "timed_out",
+    )
 
     def __init__(
         self,
@@ -265,6 +281,9 @@ class _Call(Generic[T]):
         self.sleep: float | None = None
         # The exception of the last attempt that ran out of its own attempt_timeout.
         self.timed_out: BaseException | None = None
+        # The failure of the last attempt, and whether the budget granted the next one.
+        self.last: BaseException | None = None
+        self.granted = False
 
     def remaining(self) -> float:
         return math.inf if self.outer is None else self.outer.remaining()
@@ -303,14 +322,36 @@ class _Call(Generic[T]):
         if n >= self.attempts:
             return True
         exc = state.outcome.exception() if state.outcome is not None else None
+        self.last = exc
+        self.granted = False
         self.sleep = state.upcoming_sleep
-        if self.sleep + self.policy.min_attempt > self.remaining():
+        left = self.remaining()
+        # ">=" on the sleep alone: with no backoff and min_attempt=0, nothing fits in 0 s
+        # left, and an attempt never starts at or after the deadline.
+        if self.sleep >= left or self.sleep + self.policy.min_attempt > left:
             _on_budget_exhausted(self, n, exc)
             return True
-        if self.budget is not None and not self.budget.try_acquire():
-            _on_budget_refused(self, n, exc)
-            return True
+        if self.budget is not None:
+            if not self.budget.try_acquire():
+                _on_budget_refused(self, n, exc)
+                return True
+            self.granted = True
         return False
+
+    def expired_after_sleep(self, n: int) -> BaseException | None:
+        """The failure to raise when the deadline passed during the backoff, else ``None``.
+
+        The check before the backoff cannot see how long the wait really took; this one
+        runs right before attempt ``n`` starts.
+        """
+        if self.last is None or self.remaining() > 0:
+            return None
+        if self.granted and self.budget is not None:
+            self.budget.refund()  # the retry it granted never started
+            self.granted = False
+        self.sleep = None
+        _on_budget_exhausted(self, n - 1, self.last)
+        return self.last
 
     def _before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -327,6 +368,10 @@ class _Call(Generic[T]):
         )
         replay: Exception | None = first
         async for attempt in retrying:
+            if replay is None:
+                late = self.expired_after_sleep(attempt.retry_state.attempt_number)
+                if late is not None:
+                    raise late
             with attempt:
                 if replay is not None:
                     # The first attempt already ran (and failed) outside tenacity.

@@ -87,6 +87,12 @@ class RetryBudget:
             return True
         return False
 
+    def refund(self) -> None:
+        """Give back one retry taken with :meth:`try_acquire` that never started (the
+        deadline passed during its backoff)."""
+        if self._retries > 0:
+            self._retries -= 1
+
     def __repr__(self) -> str:
         return (
             f"RetryBudget(ratio={self.ratio:g}, floor={self.floor}, "

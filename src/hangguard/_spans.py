@@ -8,7 +8,10 @@ work, so untraced use costs close to nothing. The names it writes are in
 
 from __future__ import annotations
 
+import logging
 import traceback
+from types import TracebackType
+from typing import Final
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
@@ -28,9 +31,13 @@ __all__ = [
     "error_type",
     "format_stack",
     "get_tracer",
+    "guard",
     "record_deadline_exceeded",
     "record_failure",
+    "safe_str",
 ]
+
+logger = logging.getLogger("hangguard")
 
 _tracers: dict[int, tuple[trace.TracerProvider, Tracer]] = {}
 
@@ -55,24 +62,102 @@ def error_type(exc: BaseException) -> str:
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
+def safe_str(value: object) -> str:
+    """``str(value)``, or a stand-in naming its type when that ``str()`` itself raises.
+
+    Every exception message or attribute telemetry writes goes through here: an object
+    that cannot be printed must not turn a task's failure into a ``TypeError``.
+    """
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__qualname__}: str() failed>"
+
+
+class _Guard:
+    """``with guard():`` around telemetry: an ``Exception`` inside is logged and swallowed.
+
+    The work's own result or exception goes on untouched; the telemetry failure is logged
+    once, here, with its traceback. Interrupts and cancellation pass through.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        logger.warning(
+            "hangguard telemetry failed; the outcome of the work is unaffected", exc_info=exc
+        )
+        return True
+
+
+_GUARD: Final = _Guard()
+
+
+def guard() -> _Guard:
+    """The telemetry guard (one shared, stateless instance)."""
+    return _GUARD
+
+
+def _exception_event(span: Span, exc: BaseException, message: str) -> None:
+    # What Span.record_exception writes, built here because the SDK's own call evaluates
+    # str(exc) unguarded.
+    try:
+        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        stack = ""
+    span.add_event(
+        "exception",
+        {
+            "exception.type": error_type(exc),
+            "exception.message": message,
+            "exception.stacktrace": stack,
+            "exception.escaped": "True",
+        },
+    )
+
+
 def record_failure(span: Span, exc: BaseException, *, type_: str | None = None) -> None:
-    """Mark ``span`` failed by ``exc``: status ERROR, ``error.type``, the exception event."""
-    if not span.is_recording():
-        return
-    span.set_attribute(ATTR_ERROR_TYPE, type_ or error_type(exc))
-    span.record_exception(exc, escaped=True)
-    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+    """Mark ``span`` failed by ``exc``: status ERROR, ``error.type``, the exception event.
+
+    Never raises: a message that cannot be printed gets a stand-in, and any failure of
+    the span itself is logged once and swallowed.
+    """
+    with _GUARD:
+        if not span.is_recording():
+            return
+        span.set_attribute(ATTR_ERROR_TYPE, type_ or error_type(exc))
+        try:
+            message = str(exc)
+        except Exception:
+            message = safe_str(exc)
+            _exception_event(span, exc, message)
+        else:
+            span.record_exception(exc, escaped=True)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {message}"))
 
 
 def record_deadline_exceeded(name: str | None, budget: float) -> None:
-    """Note a deadline that fired on the current span (and in metrics)."""
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.add_event(
-            EVENT_DEADLINE_EXCEEDED,
-            {ATTR_DEADLINE_NAME: name or "", ATTR_DEADLINE_BUDGET_S: budget},
-        )
-    count_deadline_exceeded(name)
+    """Note a deadline that fired on the current span (and in metrics); never raises."""
+
+    with _GUARD:
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(
+                EVENT_DEADLINE_EXCEEDED,
+                {ATTR_DEADLINE_NAME: name or "", ATTR_DEADLINE_BUDGET_S: budget},
+            )
+    with _GUARD:
+        count_deadline_exceeded(name)
 
 
 def format_stack(frames: list[traceback.FrameSummary]) -> str:

@@ -15,13 +15,13 @@ import functools
 import inspect
 import math
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Final, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from . import _config, _spans
-from ._deadline import check_timeout, deadline
+from ._deadline import check_timeout, deadline, deadline_cancel_of
 from ._semconv import (
     ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_REASON,
@@ -37,9 +37,6 @@ __all__ = ["check_budget", "check_name", "run_in_scope", "traced"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-# How a deadline scope words the cancellation it sends (see _deadline.DeadlineScope).
-_DEADLINE_CANCEL_PREFIX: Final = "hangguard deadline"
 
 
 def check_name(name: object) -> str | None:
@@ -57,11 +54,10 @@ def check_budget(budget: float | None) -> float | None:
 
 
 def _cancel_attrs(exc: asyncio.CancelledError) -> dict[str, str]:
-    message = str(exc.args[0]) if exc.args else ""
-    # A deadline scope cancels with "hangguard deadline '<name>' exceeded": an enclosing
-    # deadline that binds passes through this scope as a plain cancellation.
-    reason = CANCEL_DEADLINE if message.startswith(_DEADLINE_CANCEL_PREFIX) else CANCEL_PARENT
-    return {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: message}
+    # An enclosing deadline that binds passes through this scope as a cancellation whose
+    # message is the deadline's DeadlineCancel.
+    reason = CANCEL_DEADLINE if deadline_cancel_of(exc) is not None else CANCEL_PARENT
+    return {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: _spans.safe_str(exc)}
 
 
 async def run_in_scope(name: str, budget: float | None, body: Callable[[], Awaitable[R]]) -> R:
@@ -88,14 +84,16 @@ async def run_in_scope(name: str, budget: float | None, body: Callable[[], Await
             return await body()
     except asyncio.CancelledError as exc:
         # Cancellation is not an error: noted with its cause, and passed on.
-        span.add_event(EVENT_CANCELLED, _cancel_attrs(exc))
+        with _spans.guard():
+            span.add_event(EVENT_CANCELLED, _cancel_attrs(exc))
         raise
     except BaseException as exc:
         _spans.record_failure(span, exc)
         raise
     finally:
         otel_context.detach(token)
-        span.end()
+        with _spans.guard():
+            span.end()  # a failing span processor must not replace the outcome
 
 
 def _default_name(fn: Callable[..., Any]) -> str:

@@ -74,7 +74,7 @@ class Budgets:
             op, op_source = args.budget, "--budget"
         elif OP_NAME in _config.budgets():
             op, op_source = _config.budgets()[OP_NAME], _config.ENV_BUDGETS
-        elif not math.isinf(_config.default_budget()):
+        elif _config.ENV_DEFAULT_BUDGET in os.environ and not math.isinf(_config.default_budget()):
             op, op_source = _config.default_budget(), _config.ENV_DEFAULT_BUDGET
         else:
             op, op_source = DEFAULT_BUDGET, "the demo's default"

@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
+from .._spans import safe_str
+
 __all__ = ["captured", "redact"]
 
 _SECRET_KEY: Final = re.compile(r"key|token|secret|password|authorization", re.IGNORECASE)
@@ -35,7 +37,7 @@ def redact(value: object) -> object:
 
 def captured(value: object, limit: int) -> str:
     """``value`` redacted, as compact JSON of at most ``limit`` characters (plus a note)."""
-    text = json.dumps(redact(value), default=str, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(redact(value), default=safe_str, ensure_ascii=False, separators=(",", ":"))
     if len(text) > limit:
         return f"{text[:limit]}...[{len(text) - limit} more characters]"
     return text

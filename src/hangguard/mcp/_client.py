@@ -32,7 +32,7 @@ from opentelemetry.util.types import AttributeValue
 from pydantic import ValidationError
 
 from .. import _config
-from .._deadline import check_timeout, deadline, remaining
+from .._deadline import check_timeout, deadline, deadline_cancel_of, remaining
 from .._exceptions import DeadlineExceeded, McpError
 from .._metrics import record_mcp_duration
 from .._retry import RetryPolicy, retry_call
@@ -51,12 +51,13 @@ from .._semconv import (
     ATTR_SERVER_ADDRESS,
     ATTR_SERVER_PORT,
     ATTR_TIMEOUT_S,
+    CANCEL_DEADLINE,
     CANCEL_PARENT,
     ERROR_TYPE_TOOL_ERROR,
     EVENT_CANCELLED,
     SPAN_EXECUTE_TOOL,
 )
-from .._spans import get_tracer, record_failure
+from .._spans import get_tracer, guard, record_failure, safe_str
 from ._capture import captured
 from ._errors import (
     call_error,
@@ -419,17 +420,20 @@ class McpClient:
             set_status_on_exception=False,
         ) as span:
             if self._capture:
-                span.set_attribute(
-                    ATTR_GEN_AI_TOOL_CALL_ARGUMENTS, captured(args or {}, self._capture_limit)
-                )
+                with guard():
+                    span.set_attribute(
+                        ATTR_GEN_AI_TOOL_CALL_ARGUMENTS, captured(args or {}, self._capture_limit)
+                    )
             try:
                 result = await self._bounded(name, budget, attempt)
             except asyncio.CancelledError as exc:
                 span.add_event(
                     EVENT_CANCELLED,
                     {
-                        ATTR_CANCEL_REASON: CANCEL_PARENT,
-                        ATTR_CANCEL_CAUSE: str(exc.args[0]) if exc.args else "",
+                        ATTR_CANCEL_REASON: CANCEL_DEADLINE
+                        if deadline_cancel_of(exc) is not None
+                        else CANCEL_PARENT,
+                        ATTR_CANCEL_CAUSE: safe_str(exc),
                     },
                 )
                 raise
@@ -446,10 +450,11 @@ class McpClient:
                 span.set_attribute(ATTR_ERROR_TYPE, ERROR_TYPE_TOOL_ERROR)
                 span.set_status(Status(StatusCode.ERROR, "the tool reported an error (isError)"))
             if self._capture:
-                dumped = result.model_dump(mode="json", by_alias=True, exclude_none=True)
-                span.set_attribute(
-                    ATTR_GEN_AI_TOOL_CALL_RESULT, captured(dumped, self._capture_limit)
-                )
+                with guard():
+                    dumped = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+                    span.set_attribute(
+                        ATTR_GEN_AI_TOOL_CALL_RESULT, captured(dumped, self._capture_limit)
+                    )
             _record_duration(started, name, ERROR_TYPE_TOOL_ERROR if result.is_error else None)
             return result
 
