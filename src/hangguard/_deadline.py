@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from ._exceptions import DeadlineExceeded
+from ._validate import is_number
 
 __all__ = [
     "Deadline",
@@ -71,7 +72,7 @@ def check_timeout(value: float | None, param: str, *, none_means: float = math.i
     """
     if value is None:
         return none_means
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise TypeError(f"{param} must be a number of seconds or None, got {value!r}")
     seconds = float(value)
     if math.isnan(seconds):
@@ -200,7 +201,7 @@ def split_budget(
         per_call = hangguard.split_budget(30, fraction=0.5, reserve=1.0)
     """
     own = check_timeout(timeout, "timeout")
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+    if not is_number(fraction):
         raise TypeError(f"fraction must be a number in (0, 1], got {fraction!r}")
     if not 0.0 < fraction <= 1.0 or math.isnan(fraction):
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")

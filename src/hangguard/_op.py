@@ -41,6 +41,7 @@ from ._deadline import remaining
 from ._exceptions import ConfigError
 from ._group import TaskGroup
 from ._traced import check_budget, check_name, run_in_scope
+from ._validate import callable_name
 
 __all__ = ["GuardedOpMixin", "guarded_op"]
 
@@ -151,7 +152,7 @@ def _label(fn: object) -> str:
         return _spec_of(owner).op_name(owner)  # a guarded op's bound entry point
     if isinstance(fn, functools.partial):
         return _label(fn.func)
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+    return callable_name(fn)
 
 
 def _task_list(op: object) -> list[Any] | None:

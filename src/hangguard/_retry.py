@@ -54,6 +54,7 @@ from ._semconv import (
     EVENT_RETRY_BUDGET_REFUSED,
 )
 from ._spans import error_type, guard, safe_str
+from ._validate import callable_name, check_whole
 
 __all__ = [
     "Backoff",
@@ -168,10 +169,7 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         attempts = self.attempts
         if attempts is not None:
-            if isinstance(attempts, bool) or not isinstance(attempts, int):
-                raise TypeError(f"attempts must be a whole number >= 1 or None, got {attempts!r}")
-            if attempts < 1:
-                raise ValueError(f"attempts must be >= 1, got {attempts!r}")
+            check_whole(attempts, "attempts")
         if not isinstance(self.backoff, Backoff):
             raise TypeError(f"backoff must be a hangguard.Backoff, got {self.backoff!r}")
         timeout = check_timeout(self.attempt_timeout, "attempt_timeout")
@@ -183,13 +181,6 @@ class RetryPolicy:
 
 
 _DEFAULT_POLICY = RetryPolicy()
-
-
-def _fn_name(fn: object) -> str:
-    if isinstance(fn, functools.partial):
-        fn = fn.func
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    return name if isinstance(name, str) else repr(fn)
 
 
 def _event(name: str, call: _Call[Any], attempt: int, exc: BaseException | None) -> None:
@@ -430,7 +421,7 @@ async def retry_call(
         policy = _DEFAULT_POLICY
     elif not isinstance(policy, RetryPolicy):
         raise TypeError(f"policy must be a hangguard.RetryPolicy or None, got {policy!r}")
-    return await _run(fn, policy, _fn_name(fn) if name is None else name)
+    return await _run(fn, policy, callable_name(fn) if name is None else name)
 
 
 def retry(
@@ -458,10 +449,10 @@ def retry(
     def decorate(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(
-                f"hangguard.retry() decorates an async def, and {_fn_name(fn)} is not one "
+                f"hangguard.retry() decorates an async def, and {callable_name(fn)} is not one "
                 "(for blocking code, retry an async def that awaits asyncio.to_thread)"
             )
-        name = _fn_name(fn)
+        name = callable_name(fn)
 
         @functools.wraps(fn)
         async def retrying(*args: P.args, **kwargs: P.kwargs) -> T:

@@ -12,6 +12,8 @@ import math
 from contextvars import ContextVar, Token
 from types import TracebackType
 
+from ._validate import check_whole, is_number
+
 __all__ = ["RetryBudget", "budget_var", "retry_budget"]
 
 _DEFAULT_RATIO = 0.2
@@ -34,14 +36,11 @@ class RetryBudget:
     __slots__ = ("_calls", "_retries", "_token", "floor", "ratio")
 
     def __init__(self, *, ratio: float = _DEFAULT_RATIO, floor: int = _DEFAULT_FLOOR) -> None:
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+        if not is_number(ratio):
             raise TypeError(f"ratio must be a number >= 0, got {ratio!r}")
         if not 0 <= ratio < math.inf:  # also false for NaN
             raise ValueError(f"ratio must be a finite number >= 0, got {ratio!r}")
-        if isinstance(floor, bool) or not isinstance(floor, int):
-            raise TypeError(f"floor must be a whole number >= 0, got {floor!r}")
-        if floor < 0:
-            raise ValueError(f"floor must be >= 0, got {floor!r}")
+        check_whole(floor, "floor", minimum=0)
         self.ratio = float(ratio)
         self.floor = floor
         self._calls = 0

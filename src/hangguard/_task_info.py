@@ -13,6 +13,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Final
 
+from ._validate import callable_name
+
 __all__ = ["fn_name", "is_coroutine_function", "outcome_of", "stack_of"]
 
 _CO_COROUTINE: Final = inspect.CO_COROUTINE
@@ -40,7 +42,8 @@ def is_coroutine_function(fn: object) -> bool:
 
 
 def fn_name(fn: object) -> str:
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+    """The name of a task's function (see :func:`._validate.callable_name`)."""
+    return callable_name(fn)
 
 
 def outcome_of(task: asyncio.Task[Any]) -> Any:

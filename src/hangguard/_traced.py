@@ -32,6 +32,7 @@ from ._semconv import (
     EVENT_CANCELLED,
     SPAN_OP,
 )
+from ._validate import callable_name
 
 __all__ = ["check_budget", "check_name", "run_in_scope", "traced"]
 
@@ -97,17 +98,15 @@ async def run_in_scope(name: str, budget: float | None, body: Callable[[], Await
 
 
 def _default_name(fn: Callable[..., Any]) -> str:
-    qualname = str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "") or "")
     # "test_x.<locals>.fetch" -> "fetch": the budget key should not depend on nesting.
-    return qualname.rpartition("<locals>.")[2] or repr(fn)
+    return callable_name(fn).rpartition("<locals>.")[2]
 
 
 def _traced(
     fn: Callable[P, Awaitable[R]], name: str | None, budget: float | None
 ) -> Callable[P, Coroutine[Any, Any, R]]:
     if not inspect.iscoroutinefunction(fn):
-        label = getattr(fn, "__qualname__", None) or repr(fn)
-        raise TypeError(f"traced() needs an async def function, got {label!r}")
+        raise TypeError(f"traced() needs an async def function, got {callable_name(fn)!r}")
     span_name = name or _default_name(fn)
 
     @functools.wraps(fn)

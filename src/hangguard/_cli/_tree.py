@@ -46,6 +46,7 @@ from .._semconv import (
     EVENT_RETRY_BUDGET_EXHAUSTED,
     EVENT_RETRY_BUDGET_REFUSED,
 )
+from .._validate import is_number
 from ..tracing._records import AttrValue, SpanEventRecord, SpanRecord
 
 __all__ = [
@@ -108,7 +109,7 @@ def _children(spans: Sequence[SpanRecord]) -> Mapping[str, list[SpanRecord]]:
 
 
 def _num(value: AttrValue | None) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         return None
     return float(value)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 from typing import Final
 
+from .._validate import is_number
+
 __all__ = ["TIMEOUT_META_KEY", "parse_timeout_meta"]
 
 #: The ``_meta`` key carrying the caller's remaining budget in milliseconds.
@@ -26,7 +28,7 @@ def parse_timeout_meta(meta: object) -> float | None:
     if isinstance(raw, str):
         with contextlib.suppress(ValueError):
             raw = float(raw)
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not raw >= 0:
+    if not is_number(raw) or not raw >= 0:
         raise ValueError(
             f"_meta[{TIMEOUT_META_KEY!r}] must be a non-negative number of milliseconds, "
             f"got {meta[TIMEOUT_META_KEY]!r}"

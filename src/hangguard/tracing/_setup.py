@@ -26,6 +26,7 @@ from opentelemetry import metrics, trace
 from .._config import ENV_TRACE_FILE
 from .._deadline import check_timeout
 from .._exceptions import ConfigError
+from .._validate import check_whole
 from ._guard import (
     Counters,
     ExportStats,
@@ -247,10 +248,7 @@ def setup_tracing(
     interval = check_timeout(metric_export_interval, "metric_export_interval")
     if interval == 0 or math.isinf(interval):
         raise ValueError("metric_export_interval must be > 0 and finite")
-    if isinstance(max_local_spans, bool) or not isinstance(max_local_spans, int):
-        raise TypeError(f"max_local_spans must be a whole number, got {max_local_spans!r}")
-    if max_local_spans < 1:
-        raise ValueError(f"max_local_spans must be >= 1, got {max_local_spans!r}")
+    check_whole(max_local_spans, "max_local_spans")
     if set_global:
         _check_globals_free(meter=metrics_enabled)
 
