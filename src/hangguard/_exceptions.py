@@ -68,7 +68,7 @@ class JoinTimeout(DeadlineExceeded):
     Every unfinished task was cancelled. ``results`` holds one entry per submitted
     task, in submit order: the value of a task that finished, the exception of one
     that failed, and a ``DeadlineExceeded`` for one that did not finish (so the
-    seed's ``[r for r in results if not isinstance(r, Exception)]`` keeps working).
+    usual ``[r for r in results if not isinstance(r, Exception)]`` keeps working).
     ``pending`` names the tasks that did not finish.
     """
 

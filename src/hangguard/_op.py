@@ -442,8 +442,8 @@ class GuardedOpMixin:
     def submit_async_task(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Start ``fn(*args, **kwargs)`` in this run's task group; returns the task.
 
-        ``fn`` must be a coroutine function (``TypeError`` otherwise, where the seed's
-        base class only logged a warning and dropped the call).
+        ``fn`` must be a coroutine function (``TypeError`` otherwise, where flowllm's
+        ``BaseAsyncOp`` only logs a warning and drops the call).
         """
         return _guarded_submit(self, fn, *args, **kwargs)
 

@@ -1,7 +1,7 @@
 """``McpClient``: an MCP client whose every connect and call ends within its budget.
 
-It wraps the mcp SDK's ``Client`` on streamable HTTP, SSE or stdio and adds what the seed
-was missing: a connect timeout and a call timeout, both also bounded by the current
+It wraps the mcp SDK's ``Client`` on streamable HTTP, SSE or stdio and adds what op code
+calling MCP servers needs: a connect timeout and a call timeout, both also bounded by the current
 hangguard deadline; the time left sent to the server (``hangguard/timeout-ms``);
 retries of transient failures within the budget; one clear exception per failure; and
 an ``execute_tool <tool>`` span per call.
@@ -112,7 +112,7 @@ class McpClient:
     ``server`` is a URL (streamable HTTP; SSE when the path ends in ``/sse`` or
     ``transport="sse"``), a command to launch as a stdio server (a list of strings, or
     the SDK's ``StdioServerParameters``), an ``MCPServer`` to call in-process (tests,
-    benchmarks) or an entry of an ``mcpServers`` config. As in the seed,
+    benchmarks) or an entry of an ``mcpServers`` config. As in flowllm's MCP ops,
     ``McpClient(name=..., config=...)`` looks the server up by name::
 
         async with hangguard.mcp.McpClient("http://127.0.0.1:8000/mcp", timeout=30) as client:

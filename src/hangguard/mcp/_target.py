@@ -101,7 +101,7 @@ def resolve_target(
     ``command``/``args``/``env``/``cwd`` (the SDK's ``StdioServerParameters``), an
     ``MCPServer`` or low-level ``Server`` to run in-process, or one entry of an
     ``mcpServers`` config. Without it, ``config[name]`` (or
-    ``config["mcpServers"][name]``) is used, as in the seed's ``McpClient(name=, config=)``.
+    ``config["mcpServers"][name]``) is used, as in flowllm's ``McpClient(name=, config=)``.
     """
     chosen = _normalise_transport(transport, "transport")
     source = "server"
