@@ -585,7 +585,7 @@ def test_global_setup_traces_hangguard_locally_and_refuses_a_second_provider(
     )
     assert proc.returncode == 0, proc.stderr
     assert "names: ['group work', 'task boom', 'task waiter']" in proc.stdout
-    assert "second: a global TracerProvider and MeterProvider is already installed" in proc.stdout
+    assert "second: a global TracerProvider is already installed" in proc.stdout
     records = hangguard.tracing.read_span_file(path)
     by_name = {r.name: r for r in records}
     waiter = by_name["task waiter"]
@@ -874,3 +874,52 @@ def test_a_full_queue_counts_its_drops_and_flush_and_shutdown_report_them(
     assert receiver.received() == 100 - s.dropped + 1
     assert caplog.text.count("queue is full") == 1, caplog.text
     assert "OTEL_BSP_MAX_QUEUE_SIZE" in caplog.text
+
+
+def test_a_meter_provider_installed_by_someone_else_is_named_and_nothing_is_installed() -> None:
+    code = textwrap.dedent(
+        """
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        import hangguard
+
+        theirs = MeterProvider()
+        metrics.set_meter_provider(theirs)
+        try:
+            hangguard.setup_tracing("child")
+        except RuntimeError as exc:
+            print("refused:", exc)
+        assert metrics.get_meter_provider() is theirs
+        assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        print("ok")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: a global MeterProvider is already installed" in proc.stdout
+    assert proc.stdout.strip().endswith("ok")
+
+
+def test_metric_preferences_follow_the_specification_and_name_a_bad_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.sdk.metrics import Counter, Histogram, UpDownCounter
+    from opentelemetry.sdk.metrics.export import AggregationTemporality
+    from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
+
+    from hangguard.tracing._setup import _metric_preferences
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta")
+    monkeypatch.setenv(
+        "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+        "base2_exponential_bucket_histogram",
+    )
+    temporality, aggregation = _metric_preferences()
+    assert temporality[Counter] is AggregationTemporality.DELTA
+    assert temporality[UpDownCounter] is AggregationTemporality.CUMULATIVE
+    assert isinstance(aggregation[Histogram], ExponentialBucketHistogramAggregation)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "deltas")
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"):
+        _metric_preferences()

@@ -31,7 +31,13 @@ from .._semconv import TRACER_NAME
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
-    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+    from opentelemetry.sdk.metrics.export import (
+        AggregationTemporality,
+        MetricExporter,
+        MetricExportResult,
+        MetricsData,
+    )
+    from opentelemetry.sdk.metrics.view import Aggregation
     from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
@@ -212,7 +218,12 @@ def make_guard(inner: SpanExporter, counters: Counters) -> SpanExporter:
     return _GuardedExporter()
 
 
-def make_metric_guard(inner: MetricExporter) -> MetricExporter:
+def make_metric_guard(
+    inner: MetricExporter,
+    *,
+    preferred_temporality: dict[type, AggregationTemporality],
+    preferred_aggregation: dict[type, Aggregation],
+) -> MetricExporter:
     """Wrap the metric exporter so a shutdown that gave up can stop it, once.
 
     Once abandoned, batches are dropped instead of sent (the metrics are not counted; the
@@ -224,9 +235,11 @@ def make_metric_guard(inner: MetricExporter) -> MetricExporter:
 
     class _GuardedMetricExporter(MetricExporter):
         def __init__(self) -> None:
+            # The same preferences the inner exporter was built with (passed in: the
+            # exporter keeps them in private attributes).
             super().__init__(
-                preferred_temporality=inner._preferred_temporality,
-                preferred_aggregation=inner._preferred_aggregation,
+                preferred_temporality=preferred_temporality,
+                preferred_aggregation=preferred_aggregation,
             )
             self.inner = inner
             self.abandoned = False

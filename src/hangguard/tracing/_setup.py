@@ -93,8 +93,71 @@ def _span_exporter(settings: TracingSettings, headers: Mapping[str, str] | None)
     return HttpSpanExporter(endpoint=settings.traces_endpoint, headers=headers, timeout=timeout)
 
 
+_TEMPORALITY_ENV = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
+_HISTOGRAM_ENV = "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION"
+
+
+def _metric_preferences() -> tuple[dict[type, Any], dict[type, Any]]:
+    """Temporality and aggregation preferences, from the variables the OTLP exporters read.
+
+    Resolved here, once, and given both to the exporter and to its guard, so that neither
+    has to be asked for them afterwards (the exporters keep them private).
+    """
+    from opentelemetry.sdk.metrics import (
+        Counter,
+        Histogram,
+        ObservableCounter,
+        ObservableGauge,
+        ObservableUpDownCounter,
+        UpDownCounter,
+    )
+    from opentelemetry.sdk.metrics.export import AggregationTemporality
+    from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
+
+    cumulative, delta = AggregationTemporality.CUMULATIVE, AggregationTemporality.DELTA
+    instruments = (
+        Counter,
+        UpDownCounter,
+        Histogram,
+        ObservableCounter,
+        ObservableUpDownCounter,
+        ObservableGauge,
+    )
+    choice = os.environ.get(_TEMPORALITY_ENV, "").strip().lower() or "cumulative"
+    # The specification's table of each preference.
+    deltas: dict[str, tuple[type, ...]] = {
+        "cumulative": (),
+        "delta": (Counter, Histogram, ObservableCounter),
+        "lowmemory": (Counter, Histogram),
+    }
+    if choice not in deltas:
+        raise ConfigError(
+            f"{_TEMPORALITY_ENV} must be cumulative, delta or lowmemory, got {choice!r}",
+            name=_TEMPORALITY_ENV,
+            value=choice,
+        )
+    temporality: dict[type, Any] = {
+        i: delta if i in deltas[choice] else cumulative for i in instruments
+    }
+    histogram = os.environ.get(_HISTOGRAM_ENV, "").strip().lower()
+    aggregation: dict[type, Any] = {}
+    if histogram == "base2_exponential_bucket_histogram":
+        aggregation[Histogram] = ExponentialBucketHistogramAggregation()
+    elif histogram not in ("", "explicit_bucket_histogram"):
+        raise ConfigError(
+            f"{_HISTOGRAM_ENV} must be explicit_bucket_histogram or "
+            f"base2_exponential_bucket_histogram, got {histogram!r}",
+            name=_HISTOGRAM_ENV,
+            value=histogram,
+        )
+    return temporality, aggregation
+
+
 def _metric_exporter(
-    settings: TracingSettings, headers: Mapping[str, str] | None
+    settings: TracingSettings,
+    headers: Mapping[str, str] | None,
+    temporality: dict[type, Any],
+    aggregation: dict[type, Any],
 ) -> MetricExporter:
     timeout = settings.metrics_timeout
     if settings.metrics_protocol == "grpc":
@@ -106,12 +169,20 @@ def _metric_exporter(
             endpoint=settings.metrics_endpoint,
             headers=dict(headers) if headers else None,
             timeout=timeout,
+            preferred_temporality=temporality,
+            preferred_aggregation=aggregation,
         )
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
         OTLPMetricExporter as HttpMetricExporter,
     )
 
-    return HttpMetricExporter(endpoint=settings.metrics_endpoint, headers=headers, timeout=timeout)
+    return HttpMetricExporter(
+        endpoint=settings.metrics_endpoint,
+        headers=headers,
+        timeout=timeout,
+        preferred_temporality=temporality,
+        preferred_aggregation=aggregation,
+    )
 
 
 def _batch(guard: SpanExporter, counters: Counters, settings: TracingSettings) -> SpanProcessor:
@@ -142,20 +213,17 @@ def local_spans() -> list[SpanRecord]:
     return handle.local_spans()
 
 
-def _check_globals_free(*, meter: bool) -> None:
-    taken = []
+def _check_globals_free() -> None:
+    # Only the API's proxy stands in while no provider is installed (public API only).
     if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        taken.append("TracerProvider")
-    from opentelemetry.metrics import _internal
+        raise RuntimeError(_GLOBAL_TAKEN.format("TracerProvider"))
 
-    if meter and getattr(_internal, "_METER_PROVIDER", None) is not None:
-        taken.append("MeterProvider")
-    if taken:
-        raise RuntimeError(
-            f"a global {' and '.join(taken)} is already installed, and OpenTelemetry allows "
-            "only one: call setup_tracing() once, before anything else sets one, or pass "
-            "set_global=False and use handle.provider yourself"
-        )
+
+_GLOBAL_TAKEN = (
+    "a global {} is already installed, and OpenTelemetry allows only one: call "
+    "setup_tracing() once, before anything else sets one, or pass set_global=False and use "
+    "handle.provider yourself"
+)
 
 
 def setup_tracing(
@@ -250,7 +318,7 @@ def setup_tracing(
         raise ValueError("metric_export_interval must be > 0 and finite")
     check_whole(max_local_spans, "max_local_spans")
     if set_global:
-        _check_globals_free(meter=metrics_enabled)
+        _check_globals_free()
 
     attrs: dict[str, Any] = dict(resource_attributes or {})
     if service_name is not None:
@@ -296,7 +364,12 @@ def setup_tracing(
     if metrics_enabled:
         reader: MetricReader
         if settings.metrics_endpoint is not None:
-            metric_guard = make_metric_guard(_metric_exporter(settings, headers))
+            temporality, aggregation = _metric_preferences()
+            metric_guard = make_metric_guard(
+                _metric_exporter(settings, headers, temporality, aggregation),
+                preferred_temporality=temporality,
+                preferred_aggregation=aggregation,
+            )
             reader = PeriodicExportingMetricReader(
                 metric_guard, export_interval_millis=interval * 1000
             )
@@ -321,8 +394,13 @@ def setup_tracing(
         is_global=set_global,
     )
     if set_global:
-        trace.set_tracer_provider(provider)
         if meter_provider is not None:
+            # The API has no public "is one installed?" for meters: install, then check
+            # ours is the one in force (the API keeps the first and logs a warning).
             metrics.set_meter_provider(meter_provider)
+            if metrics.get_meter_provider() is not meter_provider:
+                handle.shutdown(timeout=0.5)
+                raise RuntimeError(_GLOBAL_TAKEN.format("MeterProvider"))
+        trace.set_tracer_provider(provider)
         _active_handle = handle
     return handle
