@@ -593,35 +593,12 @@ class TaskGroup:
         except asyncio.CancelledError as exc:
             cancel = exc
 
-        # Why the wait ended decides the shutdown's reason and what join raises after it.
-        fired: Deadline | None = None
-        timeout_of: tuple[str | None, float] | None = None
-        if cancel is not None:
-            fired = self._own_deadline_fired(cancel, task, cancelling)
-            if fired is not None:
-                reason, cause = CANCEL_DEADLINE, fired.name or ""
-                timeout_of = (fired.name, fired.budget)
-            elif (dl := current_deadline()) is not None and remaining() <= 0:
-                reason, cause = CANCEL_DEADLINE, dl.binding().name or ""
-            else:
-                reason, cause = CANCEL_PARENT, self.name
-        elif self._fail_fast and self._failures:
-            reason, cause = CANCEL_SIBLING_FAILED, self.task_name(self._index[self._failures[0]])
-        elif self._pending == 0:
+        if cancel is None and self._pending == 0 and not (self._fail_fast and self._failures):
             self._finish(timed_out=False)
             return [outcome_of(t) for t in self._tasks]
-        elif by_deadline:
-            current = current_deadline()
-            bound = current.binding() if current is not None else None
-            reason, cause = CANCEL_DEADLINE, (bound.name if bound is not None else None) or ""
-            timeout_of = (
-                bound.name if bound is not None else None,
-                bound.budget if bound is not None else left,
-            )
-        else:
-            reason, cause = CANCEL_TIMEOUT, self.name
-            timeout_of = (f"join {self.name}", own)
-
+        # Why the wait ended decides the shutdown's reason and what join raises after it.
+        fired = None if cancel is None else self._own_deadline_fired(cancel, task, cancelling)
+        reason, cause, timeout_of = self._why_stopped(cancel, fired, own, left, by_deadline)
         later = await self._shutdown(reason, cause, grace, timed_out=timeout_of is not None)
         if later is not None and self._own_deadline_fired(later, task, cancelling) is None:
             raise later  # the joiner was cancelled during the grace: that wins, after it
@@ -632,6 +609,33 @@ class TaskGroup:
         error = self._failures[0].exception()
         assert error is not None
         raise error
+
+    def _why_stopped(
+        self,
+        cancel: asyncio.CancelledError | None,
+        fired: Deadline | None,
+        own: float,
+        left: float,
+        by_deadline: bool,
+    ) -> tuple[str, str, tuple[str | None, float] | None]:
+        """The cancel reason and cause for the shutdown, and the (deadline name, budget)
+        of the :class:`JoinTimeout` to raise after it, if the join timed out."""
+        if fired is not None:  # this task's own deadline fired: answered with data
+            return CANCEL_DEADLINE, fired.name or "", (fired.name, fired.budget)
+        if cancel is not None:
+            dl = current_deadline()
+            if dl is not None and remaining() <= 0:
+                return CANCEL_DEADLINE, dl.binding().name or "", None
+            return CANCEL_PARENT, self.name, None
+        if self._fail_fast and self._failures:
+            return CANCEL_SIBLING_FAILED, self.task_name(self._index[self._failures[0]]), None
+        if by_deadline:
+            current = current_deadline()
+            bound = current.binding() if current is not None else None
+            if bound is None:
+                return CANCEL_DEADLINE, "", (None, left)
+            return CANCEL_DEADLINE, bound.name or "", (bound.name, bound.budget)
+        return CANCEL_TIMEOUT, self.name, (f"join {self.name}", own)
 
     def _own_deadline_fired(
         self, cancel: asyncio.CancelledError, task: asyncio.Task[Any] | None, cancelling: int
