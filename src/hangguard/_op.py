@@ -56,8 +56,10 @@ _INSTANCE_RUN: Final = "_hangguard_run"
 
 # Every task submitted through a guarded op, to tell them from tasks put on a
 # ``task_list`` by hand (which the original join must still see), and to know the run
-# each belongs to (a join from inside one of its own run's tasks is refused).
-_guarded_tasks: weakref.WeakKeyDictionary[asyncio.Task[Any], _Run] = weakref.WeakKeyDictionary()
+# each belongs to (a join from inside one of its own run's tasks is refused). The run is
+# kept by id, not by reference: a value holding its key alive would never be dropped, and
+# a live task keeps its run alive (its context holds it), so the id cannot be reused.
+_guarded_tasks: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +150,7 @@ def _guarded_submit(
     label = f"{_label(fn)}[{len(run.tasks)}]"
     task = run.group.submit_named(label, fn, *args, **kwargs)
     run.tasks.append(task)
-    _guarded_tasks[task] = run
+    _guarded_tasks[task] = id(run)
     task_list = _task_list(self)
     if task_list is not None:
         task_list.append(task)  # the original join gathers the real tasks
@@ -189,7 +191,7 @@ def _make_join(
         mode = default_re if return_exceptions is None else return_exceptions
         run = _run_of(self)
         current = asyncio.current_task()
-        if current is not None and _guarded_tasks.get(current) is run:
+        if current is not None and _guarded_tasks.get(current) == id(run):
             # It would take the group from under the join that owns it and wait for itself.
             raise RuntimeError(
                 f"{type(self).__name__}.join_async_task() called from inside one of the op's "
