@@ -20,6 +20,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "fanout": ("bench.fanout", "Fan-out of N no-op tasks (per task)"),
     "failure": ("bench.failure", "One of N stuck tasks fails: from the failure to join's exit"),
     "timeout": ("bench.timeout", "Join timeout around N stuck tasks: overshoot past the deadline"),
+    "cancel": (
+        "bench.cancel",
+        "N hanging tasks, join(timeout=0.5), grace 1 s: first submit to join's exit",
+    ),
     "retry": ("bench.retry", "Retry decorator, success on the first attempt (per call)"),
     "mcp": ("bench.mcp_call", "Guarded MCP call_tool against the raw SDK client (per call)"),
     "memory": ("bench.memory", "Traced tasks in batches: resident memory growth"),

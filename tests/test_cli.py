@@ -316,8 +316,8 @@ async def test_tree_renders_cancellation_failure_and_hidden_scopes(
         raise ValueError("no such segment")
 
     group = hangguard.TaskGroup("searches", timeout=30)
-    group.submit(hangs, name="hangs")
-    group.submit(fails, name="fails")
+    group.submit_named("hangs", hangs)
+    group.submit_named("fails", fails)
     with pytest.raises(ValueError, match="no such segment"):
         await group.join()
 
@@ -347,8 +347,8 @@ async def test_trace_shows_a_span_file_as_a_tree(
 
     for name in ("first", "second"):
         group = hangguard.TaskGroup(name, timeout=0.05)
-        group.submit(quick, name="quick")
-        group.submit(stuck, name="stuck")
+        group.submit_named("quick", quick)
+        group.submit_named("stuck", stuck)
         with pytest.raises(hangguard.JoinTimeout):
             await group.join()
     records = [to_record(s) for s in spans.get_finished_spans()]

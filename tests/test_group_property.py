@@ -112,7 +112,7 @@ async def check(
 ) -> None:
     released = asyncio.Event()
     group = TaskGroup("prop")
-    tasks = [group.submit(behave, k, i, released, name=f"t{i}") for i, k in enumerate(plan)]
+    tasks = [group.submit_named(f"t{i}", behave, k, i, released) for i, k in enumerate(plan)]
     started = time.monotonic()
     outcome: Any
     try:

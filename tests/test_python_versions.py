@@ -164,7 +164,7 @@ async def test_group_results_in_order_when_tasks_finish_inside_submit(tracing: s
     for i in range(3):
         group.submit(finish_at_once, i)
     group.submit(yield_then, 3)
-    group.submit(finish_at_once, 4, name="named")
+    group.submit_named("named", finish_at_once, 4)
     assert await group.join() == [0, 1, 2, 3, 4]
 
 
@@ -199,7 +199,7 @@ async def test_group_join_timeout_with_eager_hanging_tasks(tracing: str) -> None
     await _with_eager_tasks()
     group = hangguard.TaskGroup("eager")
     group.submit(finish_at_once, 0)
-    group.submit(hang, name="stuck")
+    group.submit_named("stuck", hang)
     start = time.monotonic()
     with pytest.raises(JoinTimeout) as info:
         await group.join(timeout=0.05)
@@ -228,7 +228,7 @@ async def test_join_under_a_deadline_with_eager_tasks(tracing: str) -> None:
     group = hangguard.TaskGroup("eager")
     with pytest.raises(JoinTimeout):
         async with deadline(0.05, name="outer"):
-            group.submit(hang, name="stuck")
+            group.submit_named("stuck", hang)
             await group.join()
 
 

@@ -566,8 +566,8 @@ def test_global_setup_traces_hangguard_locally_and_refuses_a_second_provider(
 
         async def main():
             async with hangguard.TaskGroup("work") as g:
-                g.submit(boom, name="boom")
-                g.submit(wait_forever, name="waiter")
+                g.submit_named("boom", boom)
+                g.submit_named("waiter", wait_forever)
 
         tracing = hangguard.setup_tracing("child")
         try:

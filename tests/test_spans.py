@@ -41,7 +41,7 @@ async def test_traced_group_raises_the_unprintable_exception_itself(
     spans: InMemorySpanExporter,
 ) -> None:
     group = hangguard.TaskGroup("g")
-    group.submit(fail_unprintably, name="bad")
+    group.submit_named("bad", fail_unprintably)
     with pytest.raises(Unprintable):
         await group.join()
     finished = {s.name: s for s in spans.get_finished_spans()}

@@ -1,11 +1,17 @@
 """The guarded task group: submit coroutines, join them without ever hanging.
 
-It realises the seed's ``submit_async_task`` / ``join_async_task`` done right: results in
+It realises flowllm's ``submit_async_task`` / ``join_async_task`` done right: results in
 submit order, the first failure raised as itself once every sibling is cancelled and
 finished, a join that ends on time (its own timeout, ``HANGGUARD_JOIN_TIMEOUT`` or the
 enclosing deadline, whichever is earliest, plus a bounded grace for tasks that ignore
 their cancellation; with none of them set it waits, like ``gather``), every failure
 logged once with its traceback, and every cancellation recorded with its cause.
+
+Every way a group ends (all done, a failure, a timeout, a deadline, the joiner
+cancelled, the body of ``async with`` raising) goes through one shutdown routine:
+cancel each unfinished task once, wait out one grace counted from that first cancel
+(further cancellations of the joiner do not cut it short; they are re-raised after it),
+report and detach the tasks that ignored it, then count the outcomes and end the span.
 
 Untraced use (no SDK installed) adds one done-callback per task to a raw
 ``loop.create_task``; span work happens only when a real tracer provider is installed.
@@ -15,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import inspect
 import logging
 import math
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
@@ -73,7 +81,18 @@ _abandoned: set[asyncio.Task[Any]] = set()
 _NOT_CHECKED: Final = object()
 
 
+class _State(enum.Enum):
+    """Where a group is in its life; it only moves forward."""
+
+    OPEN = "open"  # taking submits, not joined
+    JOINING = "joining"  # join (or the ``async with`` exit) is waiting for the tasks
+    SHUTTING_DOWN = "shutting down"  # tasks cancelled, the grace running
+    DONE = "done"  # outcomes counted, span ended
+
+
 class _CancelInfo:
+    """Why the group cancelled a task (one shared instance per cancelling call)."""
+
     __slots__ = ("cause", "reason")
 
     def __init__(self, reason: str, cause: str) -> None:
@@ -93,7 +112,7 @@ class TaskGroup:
 
         group = hangguard.TaskGroup("searches", timeout=60)
         for query in queries:
-            group.submit(search, query, name=f"search {query}")
+            group.submit_named(f"search {query}", search, query)
         results = await group.join(return_exceptions=True)
 
     or, joining at the end of the block::
@@ -105,7 +124,10 @@ class TaskGroup:
     ``False``); a group created with an explicit ``False``, or used with ``async with``,
     cancels the siblings as soon as a task fails, even before ``join`` is called.
     ``limit`` bounds how many tasks run at once; ``HANGGUARD_SERIAL=1`` runs them one by
-    one in submit order and logs each start and outcome (the seed's debug mode).
+    one in submit order and logs each start and outcome (a debugging mode).
+
+    Unlike ``asyncio.TaskGroup``, the group is joined explicitly with ``join`` (as
+    flowllm's ``join_async_task``), and ``async with`` is optional.
     """
 
     def __init__(
@@ -130,6 +152,9 @@ class TaskGroup:
         self._span: Span | None = None
         self._span_ctx: otel_context.Context | None = None
 
+        self._state = _State.OPEN
+        self._fail_fast = False
+        self._decide_mode(return_exceptions)
         self._tasks: list[asyncio.Task[Any]] = []
         self._fns: list[object] = []
         # The last function that passed submit's check: a fan-out submits one function
@@ -142,31 +167,56 @@ class TaskGroup:
         self._pending = 0
         self._failures: list[asyncio.Task[Any]] = []  # in the order they failed
         self._cancel_info: dict[asyncio.Task[Any], _CancelInfo] = {}
+        self._cancelled_at: float | None = None  # loop time of the first cancel: grace start
         self._task_spans: dict[asyncio.Task[Any], Span] = {}
         self._stacks_taken = 0
-        self._fail_fast = return_exceptions is False
         self._waiter: asyncio.Future[None] | None = None
-        self._joined = False
+        # ``async with``: the body's task, and whether the group cancelled it (a failure).
         self._body_task: asyncio.Task[Any] | None = None
         self._body_cancelled = False
-        self._finished = False
+
+    def _decide_mode(self, return_exceptions: bool | None) -> None:
+        """Fail fast (cancel the siblings on the first failure) or collect exceptions.
+
+        The one place the mode is set: at construction (an explicit ``False`` fails fast
+        at once), on entering ``async with`` (fail fast unless told otherwise) and at
+        ``join`` (its own argument, else the group's, else fail fast).
+        """
+        self._fail_fast = return_exceptions is False
 
     # -- submitting -------------------------------------------------------------------
 
     def submit(
-        self,
-        fn: Callable[..., Awaitable[T]],
-        /,
-        *args: Any,
-        name: str | None = None,
-        **kwargs: Any,
+        self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
     ) -> asyncio.Task[T]:
         """Start ``fn(*args, **kwargs)`` as a task of this group and return the task.
 
         ``fn`` must be a coroutine function (pass the function and its arguments, not a
-        coroutine). ``name`` names the task in logs, spans and :class:`JoinTimeout`.
+        coroutine). Every keyword goes to ``fn`` (``name=`` too); the task is named
+        ``fn[index]`` in logs, spans and :class:`JoinTimeout`; to name it, use
+        :meth:`submit_named`.
         """
-        if self._joined:
+        return self._submit(None, fn, args, kwargs)
+
+    def submit_named(
+        self, name: str, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
+    ) -> asyncio.Task[T]:
+        """Like :meth:`submit`, naming the task ``name`` in logs, spans and errors::
+
+        group.submit_named(f"search {query}", search, query, name="kept for search")
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"submit_named() takes the task name first, got {name!r}")
+        return self._submit(name, fn, args, kwargs)
+
+    def _submit(
+        self,
+        name: str | None,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> asyncio.Task[T]:
+        if self._state is not _State.OPEN:
             raise RuntimeError(f"task group {self.name!r} was already joined")
         if fn is not self._checked_fn and not is_coroutine_function(fn):
             if inspect.iscoroutine(fn):
@@ -181,8 +231,6 @@ class TaskGroup:
             )
         self._checked_fn = fn
         index = len(self._tasks)
-        if name is not None:
-            self._names[index] = name
         loop = asyncio.get_running_loop()
         coro: Coroutine[Any, Any, T]
         if self._tracer is None and self._limiter is None:
@@ -192,12 +240,16 @@ class TaskGroup:
                 self._start_span()
             coro = self._run(index, fn, args, kwargs)
         # Recorded before create_task: with an eager task factory (3.12+) the task's first
-        # step runs inside create_task, and its span is named from self._fns[index].
+        # step runs inside create_task, and its span is named from these. A call that
+        # raises takes them back, so nothing is left for the next task at this index.
         self._fns.append(fn)
+        if name is not None:
+            self._names[index] = name
         try:
             task = loop.create_task(coro, name=name)
         except BaseException:
             self._fns.pop()
+            self._names.pop(index, None)
             raise
         self._tasks.append(task)
         self._index[task] = index
@@ -217,6 +269,10 @@ class TaskGroup:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+    def __contains__(self, task: object) -> bool:
+        """Whether ``task`` is one of this group's tasks."""
+        return task in self._index
 
     async def _run(self, index: int, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
         span: Span | None = None
@@ -315,11 +371,7 @@ class TaskGroup:
                     exc_info=exc,
                 )
                 if self._fail_fast and len(self._failures) == 1:
-                    self._cancel_all(CANCEL_SIBLING_FAILED, self.task_name(self._index[task]))
-                    if self._body_task is not None and not self._body_task.done():
-                        # Like asyncio.TaskGroup: stop the body of ``async with`` too.
-                        self._body_cancelled = True
-                        self._body_task.cancel()
+                    self._cancel_for_failure()
         waiter = self._waiter
         if (
             waiter is not None
@@ -327,10 +379,19 @@ class TaskGroup:
             and (self._pending == 0 or (failed and self._fail_fast))
         ):
             waiter.set_result(None)
-        if self._finished:
+        if self._state is _State.DONE:
             # Outcomes are counted once per group when join ends; a task that outlived
             # the join (it ignored its cancellation) is counted when it ends.
             _metrics.record_task_outcome(self._outcome(task, failed))
+
+    def _cancel_for_failure(self) -> None:
+        """The first failure in fail-fast mode: cancel the siblings and the body, once."""
+        self._cancel_all(CANCEL_SIBLING_FAILED, self.task_name(self._index[self._failures[0]]))
+        body = self._body_task
+        if body is not None and not body.done() and not self._body_cancelled:
+            # Like asyncio.TaskGroup: stop the body of ``async with`` too.
+            self._body_cancelled = True
+            body.cancel()
 
     def _outcome(self, task: asyncio.Task[Any], failed: bool) -> str:
         if failed:
@@ -344,19 +405,38 @@ class TaskGroup:
         return _semconv.OUTCOME_CANCELLED
 
     def _cancel_all(self, reason: str, cause: str) -> int:
-        """Cancel every unfinished task, noting why (and, for a few, where it was stuck)."""
-        count = 0
+        """Cancel every unfinished task not cancelled yet, once, noting why.
+
+        A task is cancelled at most once by its group (as ``asyncio.TaskGroup`` does): a
+        second cancel would cut its cleanup short, and a task that is itself joining a
+        nested group would stop waiting for its own children. A failure that triggers
+        the cancel is announced with one WARNING naming it and the count.
+        """
+        info = _CancelInfo(reason, cause)
         capture = self._tracer is not None
+        cancel_info = self._cancel_info
+        # The reason travels in the message too: a nested op's span reads it as the cause.
         message = f"hangguard: {reason} ({cause})"
+        count = 0
         for task in self._tasks:
-            if task.done():
+            if task.done() or task in cancel_info:
                 continue
             count += 1
-            if task not in self._cancel_info:
-                self._cancel_info[task] = _CancelInfo(reason, cause)
-                if capture:
-                    self._record_cancel_event(task, reason, cause)
+            cancel_info[task] = info
+            if capture:
+                self._record_cancel_event(task, reason, cause)
             task.cancel(message)
+        if count and self._cancelled_at is None:
+            self._cancelled_at = asyncio.get_running_loop().time()
+        if count and reason == CANCEL_SIBLING_FAILED:
+            exc = self._failures[0].exception()
+            logger.warning(
+                "group %r: task %r failed with %s, cancelling %d remaining task(s)",
+                self.name,
+                cause,
+                type(exc).__name__,
+                count,
+            )
         return count
 
     def _record_cancel_event(self, task: asyncio.Task[Any], reason: str, cause: str) -> None:
@@ -375,8 +455,8 @@ class TaskGroup:
         span.end()
 
     async def _wait_pending(self, timeout: float) -> None:
-        """Wait until no task is pending, or ``timeout`` seconds pass."""
-        if self._pending == 0:
+        """Wait until no task is pending (or, failing fast, one fails), or ``timeout`` passes."""
+        if self._pending == 0 or timeout <= 0:
             return
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
@@ -388,6 +468,93 @@ class TaskGroup:
                 handle.cancel()
             self._waiter = None
 
+    # -- the one shutdown routine -----------------------------------------------------
+
+    async def _shutdown(
+        self, reason: str, cause: str, grace: float, *, timed_out: bool
+    ) -> asyncio.CancelledError | None:
+        """Cancel what is left, wait out the grace, report the stuck, close the books.
+
+        Every path that ends the group comes here. The grace counts from the group's
+        first cancel (a fail-fast failure may have started it before join). A
+        cancellation of the calling task meanwhile does not cut the wait short: it is
+        returned, for the caller to re-raise once the books are closed.
+        """
+        self._state = _State.SHUTTING_DOWN
+        caught: asyncio.CancelledError | None = None
+        try:
+            self._cancel_all(reason, cause)
+            loop = asyncio.get_running_loop()
+            started = self._cancelled_at if self._cancelled_at is not None else loop.time()
+            end = started + grace
+            while self._pending:
+                left = end - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    await self._wait_pending(left)
+                except asyncio.CancelledError as cancel:
+                    caught = cancel
+            if self._pending:
+                self._report_stuck(grace)
+        finally:
+            self._finish(timed_out=timed_out)
+        return caught
+
+    def _report_stuck(self, grace: float) -> None:
+        """Name the tasks that ignored their cancellation, and let them go (see _detach)."""
+        stuck = [t for t in self._tasks if not t.done()]
+        names = [self.task_name(self._index[t]) for t in stuck]
+        logger.warning(
+            "group %r: %d task(s) ignored cancellation for %gs and are left running, "
+            "detached from the event loop so that it can close: %s",
+            self.name,
+            len(stuck),
+            grace,
+            ", ".join(names),
+        )
+        if self._span is not None:
+            self._span.add_event(
+                EVENT_CANCEL_IGNORED, {ATTR_TASK_NAME: names, ATTR_CANCEL_GRACE_S: grace}
+            )
+        for t in stuck:
+            _abandoned.add(t)
+            t.add_done_callback(_abandoned.discard)
+            _detach(t)
+
+    def _finish(self, *, timed_out: bool) -> None:
+        """Count the outcomes (one metric update per outcome) and end the group span."""
+        if self._state is _State.DONE:
+            return
+        self._state = _State.DONE
+        counts: collections.Counter[str] = collections.Counter(
+            self._outcome(t, not t.cancelled() and t.exception() is not None)
+            for t in self._tasks
+            if t.done()
+        )
+        for outcome, n in counts.items():
+            _metrics.record_task_outcome(outcome, n)
+        span = self._span
+        if span is None:
+            return
+        self._span = None
+        try:
+            failed = len(self._failures)
+            cancelled = sum(1 for t in self._tasks if t.done() and t.cancelled())
+            span.set_attribute(ATTR_GROUP_SIZE, len(self._tasks))
+            span.set_attribute(ATTR_GROUP_FAILED, failed)
+            span.set_attribute(ATTR_GROUP_CANCELLED, cancelled)
+            if timed_out:
+                span.set_attribute(ATTR_GROUP_TIMED_OUT, True)
+                span.set_attribute(_semconv.ATTR_ERROR_TYPE, "timeout")
+                span.set_status(trace.Status(trace.StatusCode.ERROR, "join timed out"))
+            elif failed and self._fail_fast:
+                first = self._failures[0].exception()
+                assert first is not None
+                _spans.record_failure(span, first)
+        finally:
+            span.end()
+
     # -- joining ----------------------------------------------------------------------
 
     async def join(
@@ -398,8 +565,14 @@ class TaskGroup:
         ``timeout`` (seconds) defaults to the group's, then ``HANGGUARD_JOIN_TIMEOUT``;
         the enclosing deadline caps it. See the class docstring for the semantics.
         """
-        if self._joined:
+        if self._state is not _State.OPEN:
             raise RuntimeError(f"task group {self.name!r} was already joined")
+        task = asyncio.current_task()
+        if task is not None and task in self._index:
+            raise RuntimeError(
+                f"task group {self.name!r} joined from one of its own tasks "
+                f"({self.task_name(self._index[task])!r}): it would wait for itself"
+            )
         # Arguments and env are read before anything changes: a bad value raises here and
         # leaves the group joinable.
         if timeout is not None:
@@ -409,78 +582,66 @@ class TaskGroup:
         else:
             own = _config.join_timeout()
         grace = _config.cancel_grace()
-        self._joined = True
-        mode = return_exceptions
-        if mode is None:
-            mode = bool(self._return_exceptions)
-        self._fail_fast = not mode
+        self._state = _State.JOINING
+        self._decide_mode(
+            return_exceptions if return_exceptions is not None else bool(self._return_exceptions)
+        )
         if self._span is not None and not math.isinf(own):
             self._span.set_attribute(ATTR_TIMEOUT_S, own)
 
         left = remaining()
         by_deadline = left <= own
-        limit = min(own, left)
-        task = asyncio.current_task()
         cancelling = task.cancelling() if task is not None else 0
-        timed_out = False
+        cancel: asyncio.CancelledError | None = None
         try:
-            if self._fail_fast and self._failures:
-                pass  # a task failed before join: go straight to cancelling the rest
-            else:
-                await self._wait_pending(limit)
-                timed_out = self._pending > 0 and not (self._fail_fast and self._failures)
-        except asyncio.CancelledError as cancel:
-            fired = self._own_deadline_fired(cancel, task, cancelling)
-            dl = current_deadline()
-            if fired is not None or (dl is not None and remaining() <= 0):
-                bound = fired or (dl.binding() if dl is not None else None)
-                self._cancel_all(CANCEL_DEADLINE, (bound.name if bound else None) or "")
-            else:
-                self._cancel_all(CANCEL_PARENT, self.name)
-            try:
-                await self._finish_cancelled(grace)
-            finally:
-                if fired is None:
-                    self._finish(timed_out=False)
-            if fired is not None:
-                # This task's own deadline fired: answer with the partial results rather
-                # than a bare cancellation (the deadline's scope withdraws its cancel).
-                raise self._join_timeout(fired.name, fired.budget) from None
-            raise
+            if not (self._fail_fast and self._failures):
+                await self._wait_pending(min(own, left))
+        except asyncio.CancelledError as exc:
+            cancel = exc
 
-        if timed_out:
-            if by_deadline:
-                current = current_deadline()
-                bound = current.binding() if current is not None else None
-                dname = bound.name if bound is not None else None
-                budget = bound.budget if bound is not None else left
-                self._cancel_all(CANCEL_DEADLINE, dname or "")
-            else:
-                dname, budget = f"join {self.name}", own
-                self._cancel_all(CANCEL_TIMEOUT, self.name)
-            await self._after_cancelling(grace, task, cancelling, timed_out=True)
-            raise self._join_timeout(dname, budget)
-
-        if self._fail_fast and self._failures:
-            first = self._failures[0]
-            n = self._cancel_all(CANCEL_SIBLING_FAILED, self.task_name(self._index[first]))
-            if n:
-                exc = first.exception()
-                logger.warning(
-                    "group %r: task %r failed with %s, cancelling %d remaining task(s)",
-                    self.name,
-                    self.task_name(self._index[first]),
-                    type(exc).__name__,
-                    n,
-                )
-            await self._after_cancelling(grace, task, cancelling, timed_out=False)
+        if cancel is None and self._pending == 0 and not (self._fail_fast and self._failures):
             self._finish(timed_out=False)
-            error = first.exception()
-            assert error is not None
-            raise error
+            return [outcome_of(t) for t in self._tasks]
+        # Why the wait ended decides the shutdown's reason and what join raises after it.
+        fired = None if cancel is None else self._own_deadline_fired(cancel, task, cancelling)
+        reason, cause, timeout_of = self._why_stopped(cancel, fired, own, left, by_deadline)
+        later = await self._shutdown(reason, cause, grace, timed_out=timeout_of is not None)
+        if later is not None and self._own_deadline_fired(later, task, cancelling) is None:
+            raise later  # the joiner was cancelled during the grace: that wins, after it
+        if cancel is not None and fired is None:
+            raise cancel
+        if timeout_of is not None:
+            raise self._join_timeout(*timeout_of) from None
+        error = self._failures[0].exception()
+        assert error is not None
+        raise error
 
-        self._finish(timed_out=False)
-        return [outcome_of(t) for t in self._tasks]
+    def _why_stopped(
+        self,
+        cancel: asyncio.CancelledError | None,
+        fired: Deadline | None,
+        own: float,
+        left: float,
+        by_deadline: bool,
+    ) -> tuple[str, str, tuple[str | None, float] | None]:
+        """The cancel reason and cause for the shutdown, and the (deadline name, budget)
+        of the :class:`JoinTimeout` to raise after it, if the join timed out."""
+        if fired is not None:  # this task's own deadline fired: answered with data
+            return CANCEL_DEADLINE, fired.name or "", (fired.name, fired.budget)
+        if cancel is not None:
+            dl = current_deadline()
+            if dl is not None and remaining() <= 0:
+                return CANCEL_DEADLINE, dl.binding().name or "", None
+            return CANCEL_PARENT, self.name, None
+        if self._fail_fast and self._failures:
+            return CANCEL_SIBLING_FAILED, self.task_name(self._index[self._failures[0]]), None
+        if by_deadline:
+            current = current_deadline()
+            bound = current.binding() if current is not None else None
+            if bound is None:
+                return CANCEL_DEADLINE, "", (None, left)
+            return CANCEL_DEADLINE, bound.name or "", (bound.name, bound.budget)
+        return CANCEL_TIMEOUT, self.name, (f"join {self.name}", own)
 
     def _own_deadline_fired(
         self, cancel: asyncio.CancelledError, task: asyncio.Task[Any] | None, cancelling: int
@@ -494,21 +655,6 @@ class TaskGroup:
         if remaining() <= 0 or deadline_cancel_of(cancel) is not None:
             return dl.binding()
         return None
-
-    async def _after_cancelling(
-        self, grace: float, task: asyncio.Task[Any] | None, cancelling: int, *, timed_out: bool
-    ) -> None:
-        """Wait out the grace; if this task is cancelled meanwhile, finish the books first.
-
-        When the cancellation is this task's own deadline firing, it is absorbed (the
-        deadline's scope withdraws it) and the join ends as it was about to.
-        """
-        try:
-            await self._finish_cancelled(grace)
-        except asyncio.CancelledError as cancel:
-            if self._own_deadline_fired(cancel, task, cancelling) is None:
-                self._finish(timed_out=timed_out)
-                raise
 
     def _join_timeout(self, deadline_name: str | None, budget: float) -> JoinTimeout:
         cancelled = self._cancel_info
@@ -530,7 +676,6 @@ class TaskGroup:
                 )
             else:
                 results.append(outcome_of(t))
-        self._finish(timed_out=True)
         shown = ", ".join(pending[:5]) + (", ..." if len(pending) > 5 else "")
         budget_text = "no limit" if math.isinf(budget) else f"{budget:g}s"
         return JoinTimeout(
@@ -542,64 +687,12 @@ class TaskGroup:
             pending=pending,
         )
 
-    async def _finish_cancelled(self, grace: float) -> None:
-        """Give cancelled tasks ``grace`` seconds to finish; report and keep any that won't."""
-        await self._wait_pending(grace)
-        if self._pending == 0:
-            return
-        stuck = [t for t in self._tasks if not t.done()]
-        names = [self.task_name(self._index[t]) for t in stuck]
-        logger.warning(
-            "group %r: %d task(s) ignored cancellation for %gs and are left running: %s",
-            self.name,
-            len(stuck),
-            grace,
-            ", ".join(names),
-        )
-        if self._span is not None:
-            self._span.add_event(
-                EVENT_CANCEL_IGNORED, {ATTR_TASK_NAME: names, ATTR_CANCEL_GRACE_S: grace}
-            )
-        for t in stuck:
-            _abandoned.add(t)
-            t.add_done_callback(_abandoned.discard)
-
-    def _finish(self, *, timed_out: bool) -> None:
-        """Count the outcomes (one metric update per outcome) and end the group span."""
-        if not self._finished:
-            self._finished = True
-            counts: collections.Counter[str] = collections.Counter(
-                self._outcome(t, not t.cancelled() and t.exception() is not None)
-                for t in self._tasks
-                if t.done()
-            )
-            for outcome, n in counts.items():
-                _metrics.record_task_outcome(outcome, n)
-        span = self._span
-        if span is None:
-            return
-        self._span = None
-        failed = len(self._failures)
-        cancelled = sum(1 for t in self._tasks if t.done() and t.cancelled())
-        span.set_attribute(ATTR_GROUP_SIZE, len(self._tasks))
-        span.set_attribute(ATTR_GROUP_FAILED, failed)
-        span.set_attribute(ATTR_GROUP_CANCELLED, cancelled)
-        if timed_out:
-            span.set_attribute(ATTR_GROUP_TIMED_OUT, True)
-            span.set_attribute(_semconv.ATTR_ERROR_TYPE, "timeout")
-            span.set_status(trace.Status(trace.StatusCode.ERROR, "join timed out"))
-        elif failed and self._fail_fast:
-            first = self._failures[0].exception()
-            assert first is not None
-            _spans.record_failure(span, first)
-        span.end()
-
     # -- async with -------------------------------------------------------------------
 
     async def __aenter__(self) -> TaskGroup:
         self._body_task = asyncio.current_task()
         if self._return_exceptions is None:
-            self._fail_fast = True
+            self._decide_mode(False)
         if self._tracer is not None and self._span is None:
             self._start_span()
         return self
@@ -619,24 +712,25 @@ class TaskGroup:
                 exc_type, exc = None, None
         if exc is not None:
             # The body failed or was cancelled: nothing more should run.
-            self._joined = True
-            self._cancel_all(CANCEL_PARENT, f"{self.name} body raised {type(exc).__name__}")
-            try:
-                await self._finish_cancelled(_grace_or_default())
-            finally:
-                self._finish(timed_out=False)
+            later = await self._shutdown(
+                CANCEL_PARENT,
+                f"{self.name} body raised {type(exc).__name__}",
+                _grace_or_default(),
+                timed_out=False,
+            )
+            if later is not None and not isinstance(exc, asyncio.CancelledError):
+                raise later  # cancelled while waiting: never swallowed
             return
         try:
             await self.join()
         except BaseException:
-            if not self._joined:
+            if self._state is _State.OPEN:
                 # join refused to start (a bad setting): its tasks must not run on unowned.
-                self._joined = True
-                self._cancel_all(CANCEL_PARENT, f"{self.name} join failed")
-                try:
-                    await self._finish_cancelled(_grace_or_default())
-                finally:
-                    self._finish(timed_out=False)
+                later = await self._shutdown(
+                    CANCEL_PARENT, f"{self.name} join failed", _grace_or_default(), timed_out=False
+                )
+                if later is not None:
+                    raise later from None
             raise
 
 
@@ -647,6 +741,21 @@ def _grace_or_default() -> float:
     except ConfigError:
         logger.error("using the default cancel grace", exc_info=True)
         return _config.DEFAULT_CANCEL_GRACE
+
+
+def _detach(task: asyncio.Task[Any]) -> None:
+    """Take a task that ignored its cancellation out of ``asyncio.all_tasks()``.
+
+    ``asyncio.run`` ends by cancelling every task in ``all_tasks()`` and waiting for all of
+    them, with no bound: one task that ignores cancellation forever would keep a Ctrl-C'd
+    process alive until a second Ctrl-C. Detached, it still runs while the loop does (and
+    is logged when it ends), but the loop can close without it. CPython 3.11 (tested),
+    3.12 and 3.13 keep that registry in ``asyncio.tasks``; 3.14 keeps C tasks in a
+    per-thread list this hook does not reach, and there nothing is detached.
+    """
+    unregister = getattr(sys.modules["asyncio.tasks"], "_unregister_task", None)
+    if unregister is not None:
+        unregister(task)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -60,8 +60,11 @@ _FALLBACK_ATTR: Final = "__hangguard_fallback__"
 _INSTANCE_RUN: Final = "_hangguard_run"
 
 # Every task submitted through a guarded op, to tell them from tasks put on a
-# ``task_list`` by hand (which the original join must still see).
-_guarded_tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+# ``task_list`` by hand (which the original join must still see), and to know the run
+# each belongs to (a join from inside one of its own run's tasks is refused). The run is
+# kept by id, not by reference: a value holding its key alive would never be dropped, and
+# a live task keeps its run alive (its context holds it), so the id cannot be reused.
+_guarded_tasks: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,13 +179,9 @@ def _guarded_submit(
         run.group = TaskGroup(run.name)
         run.tasks = []
     label = f"{_label(fn)}[{len(run.tasks)}]"
-    if "name" in kwargs:
-        # ``name`` is the group's own keyword: bind the call so the op's kwarg reaches fn.
-        fn = functools.partial(fn, *args, **kwargs)
-        args, kwargs = (), {}
-    task = run.group.submit(fn, *args, name=label, **kwargs)
+    task = run.group.submit_named(label, fn, *args, **kwargs)
     run.tasks.append(task)
-    _guarded_tasks.add(task)
+    _guarded_tasks[task] = id(run)
     task_list = _task_list(self)
     if task_list is not None:
         task_list.append(task)  # the original join gathers the real tasks
@@ -222,6 +221,13 @@ def _make_join(
         """Join the tasks submitted in this run (see :class:`GuardedOpMixin`)."""
         mode = default_re if return_exceptions is None else return_exceptions
         run = _run_of(self)
+        current = asyncio.current_task()
+        if current is not None and _guarded_tasks.get(current) == id(run):
+            # It would take the group from under the join that owns it and wait for itself.
+            raise RuntimeError(
+                f"{type(self).__name__}.join_async_task() called from inside one of the op's "
+                "own tasks; join in the op's run, after submitting"
+            )
         group, tasks = run.group, run.tasks
         run.group, run.tasks = None, []  # the next submit starts a new group
         results: list[Any] = []
