@@ -23,6 +23,10 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, note, settings
+from hypothesis import strategies as st
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from group_scenarios import (
     KNOWN_OPEN,
     Scenario,
@@ -32,9 +36,6 @@ from group_scenarios import (
     invariant_of,
     known_defect,
 )
-from hypothesis import HealthCheck, Phase, given, note, settings
-from hypothesis import strategies as st
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 T = TypeVar("T")
 
@@ -118,6 +119,11 @@ MINIMAL: list[tuple[str, Scenario, str]] = [
     (
         "double-cancel",
         Scenario((_t("nested", "ignore_once"), _t("slow_raise"))),
+        "descendant-outlived",
+    ),
+    (
+        "grace-cut",
+        Scenario((_t("nested", "ignore_once"),), return_exceptions=True, deadline=0.04),
         "descendant-outlived",
     ),
     ("join-inside", Scenario((_t("join_inside"),), via_op=True), "join-inside-task"),
