@@ -16,8 +16,24 @@ during the cancel grace, through a plain TaskGroup or a guarded op. Each scenari
 a fresh event loop with small real timeouts; the time constants are spaced so that the
 loop's timer order, not the machine's load, decides which of two timeouts comes first.
 
-:func:`run_scenario` returns every invariant that failed, each as ``"name: detail"``;
-:func:`check_scenario` runs a scenario untraced and traced and also compares the two.
+:func:`run_scenario` runs a scenario once and lists what failed in ``Run.failures``, each
+as ``"invariant: detail"``; :func:`check_scenario` runs it untraced and traced and also
+compares the two. The invariants:
+
+* ``pending-after-join`` / ``never-cancelled`` / ``descendant-outlived``: no task of the
+  group, or of a nested group, still running when join returned or raised, unless its
+  group reported it in the "ignored cancellation" WARNING (for tasks that ignore it);
+* ``results-in-place``: results (or ``JoinTimeout.results``) in submit order, each the
+  task's own value or exception object; the first failure raised in fail-fast mode;
+* ``one-log-per-failure``: one ERROR with the traceback per failed task, none for others;
+* ``cancelled-twice``: ``cancel()`` called at most once per task, as asyncio.TaskGroup does;
+* ``fail-fast-warning``: one WARNING per failure-triggered cancel, counting the tasks;
+* ``join-inside-task``: join from inside one of the group's tasks raises RuntimeError;
+* ``joiner-cancel-swallowed``: a cancelled joiner ends cancelled;
+* ``outcome``, ``join-overran``, ``names``, ``leak``: join ends with a result, its own
+  exception or a task's; on time; tasks keep their names; every task ends after teardown;
+* traced: ``span-not-ended``, ``cancel-record`` (every cancelled task's span carries its
+  ``hangguard.cancelled`` event); and ``traced-differs`` between the two runs.
 """
 
 from __future__ import annotations
