@@ -38,6 +38,7 @@ def run_soak(n: int, *, traced: bool, seed: int, show: int, shrink: bool) -> int
     by_defect: collections.Counter[str] = collections.Counter()
     first: dict[str, tuple[Any, str]] = {}
     failed = unexplained = 0
+    odd: list[tuple[Any, list[str]]] = []  # failing scenarios no known defect explains
     started = time.monotonic()
     mode = "untraced and traced" if traced else "untraced"
     print(f"soak: {n} scenarios, {mode}, seed {seed}", flush=True)
@@ -49,6 +50,10 @@ def run_soak(n: int, *, traced: bool, seed: int, show: int, shrink: bool) -> int
             defects = {gs.known_defect(scenario, f) for f in failures}
             if None in defects:
                 unexplained += 1
+                if len(odd) < show:
+                    odd.append(
+                        (scenario, [f for f in failures if gs.known_defect(scenario, f) is None])
+                    )
             for f in failures:
                 inv = gs.invariant_of(f)
                 by_invariant[inv] += 1
@@ -67,6 +72,12 @@ def run_soak(n: int, *, traced: bool, seed: int, show: int, shrink: bool) -> int
     print("by known open defect:")
     for defect, count in by_defect.most_common():
         print(f"  {defect}: {count}  {gs.KNOWN_OPEN.get(defect, '')}")
+    if odd:
+        print("failures no known defect explains (first ones, as found):")
+        for scenario, failures in odd:
+            print(f"  {scenario.describe()}")
+            for f in failures:
+                print(f"      {f}")
     print("first failing scenarios" + (", shrunk:" if shrink else ":"))
     shown: set[str] = set()
     for inv, (scenario, failure) in first.items():
