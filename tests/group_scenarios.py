@@ -290,6 +290,7 @@ class Run:
     outcome: Any = None
     outcome_kind: str = ""  # "return", "raise", "cancelled"
     cancel_sent: bool = False
+    cancel_joiner: Any = None  # cancels the joiner task (set by the driver)
     name_errors: list[str] = field(default_factory=list)
     logs: list[logging.LogRecord] = field(default_factory=list)
     spans_started: list[Span] = field(default_factory=list)
@@ -480,6 +481,10 @@ PropOp = hangguard.guarded_op(name=OP_NAME)(_PropOp)
 
 async def _timed_join(run: Run, join: Any) -> Any:
     run.join_started = time.monotonic()
+    if run.scenario.cancel_joiner == "early" and run.cancel_joiner is not None:
+        # Timed from join's start, so that a stall of the machine before it (a loaded CI
+        # runner) cannot move the cancellation before the join.
+        asyncio.get_running_loop().call_later(EARLY_CANCEL, run.cancel_joiner)
     try:
         return await join
     finally:
@@ -554,11 +559,10 @@ async def _main(run: Run) -> None:
         if not joiner.done():
             run.cancel_sent = joiner.cancel() or run.cancel_sent
 
+    run.cancel_joiner = cancel_joiner
     sc = run.scenario
     watcher: asyncio.Task[Any] | None = None
-    if sc.cancel_joiner == "early":
-        loop.call_later(EARLY_CANCEL, cancel_joiner)
-    elif sc.cancel_joiner == "in_grace":
+    if sc.cancel_joiner == "in_grace":
 
         async def on_first_cancel() -> None:
             await run.first_cancel.wait()
@@ -691,13 +695,17 @@ def check_scenario(sc: Scenario, *, traced: bool = True) -> list[str]:
     if traced:
         with_spans = run_scenario(sc, traced=True)
         failures += [f"{f} [traced]" for f in with_spans.failures]
-        if plain.signature() != with_spans.signature():
-            # A timing race shows up once; a difference telemetry makes shows up again.
-            again = run_scenario(sc, traced=False), run_scenario(sc, traced=True)
-            if again[0].signature() != again[1].signature():
+        pairs = 1
+        while plain.signature() != with_spans.signature():
+            # A stall of the machine can reorder two timers once; a difference telemetry
+            # makes shows up every time.
+            if pairs == 3:
                 failures.append(
-                    f"traced-differs: untraced {_diff(again[0].signature(), again[1].signature())}"
+                    f"traced-differs: untraced {_diff(plain.signature(), with_spans.signature())}"
                 )
+                break
+            plain, with_spans = run_scenario(sc, traced=False), run_scenario(sc, traced=True)
+            pairs += 1
     return failures
 
 
