@@ -2,7 +2,9 @@
 
 ``smoke`` runs each benchmark once at a small size (CI runs it so the scripts never rot;
 it exits 0 whatever the ratios), ``all`` runs everything at the issue's sizes, and each
-benchmark has its own subcommand taking ``--sizes`` and ``--rounds``.
+benchmark has its own subcommand taking ``--sizes`` and ``--rounds``. ``soak`` is not a
+benchmark: it runs the join property test's scenarios many times (``--n``, ``--traced``)
+and exits 1 when any failed.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_rounds, default=10_000, help="size of one run (10000)")
     p.add_argument("--rounds", type=_rounds, default=5, help="runs profiled (5)")
     p.add_argument("--all", action="store_true", help="show library frames too")
+    from .soak import add_parser
+
+    add_parser(sub)
     return parser
 
 
@@ -103,6 +108,14 @@ def _run(names: Sequence[str], cfg: Config, output: str | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "soak":
+        from .soak import run_soak
+
+        if args.n < 1:
+            raise SystemExit("--n must be >= 1")
+        return run_soak(
+            args.n, traced=args.traced, seed=args.seed, show=args.show, shrink=not args.no_shrink
+        )
     if args.command == "profile":
         from .profile import run_profile
 

@@ -1,179 +1,155 @@
-"""A property test of join over random mixes of task behaviours and timeouts.
+"""The property test of join: random mixes of task behaviours, timeouts and cancellations.
 
-Each example runs a real event loop with small real timeouts; margins are wide
-(0.5 s on top of timeout + grace) because a loaded 2-core CI machine can stall.
+The scenarios and the invariants live in tests/group_scenarios.py, shared with the soak
+(``python -m bench soak``, tens of thousands of scenarios). Each example runs a scenario
+on a fresh event loop untraced and traced, and checks after each run: no task of the
+group or its descendants still running after join (unless the group reported it as
+ignoring its cancellation), results in submit order and in place, one ERROR log per
+failed task, one cancellation per task, the fail-fast WARNING with the right count, join
+from inside a task refused, the joiner's own cancellation re-raised, every span ended and
+every cancelled task's ``hangguard.cancelled`` record present, and the same outcome traced
+and untraced.
+
+Failures explained by a known, open defect (``group_scenarios.KNOWN_OPEN``, empty now)
+would not fail ``test_join_invariants``; ``HANGGUARD_PROPERTY_STRICT=1`` makes it check
+everything; ``HANGGUARD_PROPERTY_EXAMPLES`` sets the number of examples.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
-import time
-from typing import Any
+from collections.abc import Sequence
+from typing import TypeVar
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import hangguard
-from hangguard import JoinTimeout, TaskGroup
+from group_scenarios import (
+    Scenario,
+    TaskSpec,
+    check_scenario,
+    generate,
+    invariant_of,
+    known_defect,
+)
+from hangguard.testing import FakeClock, use_clock
 
-GRACE = 0.05
-MARGIN = 0.5
+T = TypeVar("T")
 
-kinds = st.sampled_from(["ok", "falsy", "list", "raise", "hang", "ignore_cancel", "slow_ok"])
-
-
-class Boom(Exception):
-    pass
-
-
-async def behave(kind: str, index: int, released: asyncio.Event) -> Any:
-    if kind == "ok":
-        await asyncio.sleep(0)
-        return index
-    if kind == "falsy":
-        return 0
-    if kind == "list":
-        return [index, index]
-    if kind == "raise":
-        await asyncio.sleep(0)
-        raise Boom(index)
-    if kind == "slow_ok":
-        await asyncio.sleep(0.02)
-        return index
-    if kind == "hang":
-        await asyncio.Event().wait()
-    # ignore_cancel: swallow the group's cancellation, then wait for the test's release.
-    try:
-        await asyncio.Event().wait()
-    except asyncio.CancelledError:
-        pass
-    await released.wait()
-    return "late"
+EXAMPLES = int(os.environ.get("HANGGUARD_PROPERTY_EXAMPLES", "250"))
+STRICT = os.environ.get("HANGGUARD_PROPERTY_STRICT") == "1"
 
 
-def expected_value(kind: str, index: int) -> Any:
-    return {"ok": index, "falsy": 0, "list": [index, index], "slow_ok": index}[kind]
+class DataChooser:
+    """The scenario generator's choices, drawn by hypothesis (so it can shrink them)."""
+
+    def __init__(self, data: st.DataObject) -> None:
+        self.data = data
+
+    def choice(self, options: Sequence[T]) -> T:
+        return self.data.draw(st.sampled_from(options))
+
+    def integer(self, lo: int, hi: int) -> int:
+        return self.data.draw(st.integers(lo, hi))
 
 
-class CountingHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.failures: list[BaseException] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and record.exc_info[1] is not None:
-            self.failures.append(record.exc_info[1])
-
-
-SCENARIOS = int(os.environ.get("HANGGUARD_PROPERTY_EXAMPLES", "120"))
+def _failures(scenario: Scenario, *, include_known: bool) -> list[str]:
+    failures = check_scenario(scenario, traced=True)
+    if include_known:
+        return failures
+    return [f for f in failures if known_defect(scenario, f) is None]
 
 
 @settings(
-    max_examples=SCENARIOS,
+    max_examples=EXAMPLES,
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(
-    plan=st.lists(kinds, min_size=0, max_size=8),
-    timeout=st.sampled_from([0.01, 0.03, 0.1, None]),
-    return_exceptions=st.booleans(),
+@given(data=st.data())
+def test_join_invariants(data: st.DataObject, spans: InMemorySpanExporter) -> None:
+    scenario = generate(DataChooser(data))
+    note(scenario.describe())
+    failures = _failures(scenario, include_known=STRICT)
+    assert not failures, f"{scenario.describe()}\n" + "\n".join(failures)
+
+
+def _t(kind: str, *children: str, timeout: float | None = None) -> TaskSpec:
+    return TaskSpec(kind, tuple(TaskSpec(c) for c in children), nested_timeout=timeout)
+
+
+# The smallest scenario found for each known defect (shrunk by the soak), and the
+# invariant it broke; each holds now (a regression test per mended defect).
+MINIMAL: list[tuple[str, Scenario, str]] = [
+    (
+        "grace-cut",
+        Scenario((_t("ignore_once"),), timeout=0.04, deadline=0.08),
+        "pending-after-join",
+    ),
+    (
+        "grace-cut",
+        Scenario((_t("ignore_forever"),), timeout=0.04, cancel_joiner="in_grace"),
+        "pending-after-join",
+    ),
+    ("double-cancel", Scenario((_t("ignore_once"), _t("slow_raise"))), "cancelled-twice"),
+    (
+        "double-cancel",
+        Scenario((_t("nested", "ignore_once"), _t("slow_raise"))),
+        "descendant-outlived",
+    ),
+    (
+        "grace-cut",
+        Scenario((_t("nested", "ignore_once"),), return_exceptions=True, deadline=0.04),
+        "descendant-outlived",
+    ),
+    ("join-inside", Scenario((_t("join_inside"),), via_op=True), "join-inside-task"),
+    ("join-inside", Scenario((_t("join_inside"),), yield_before_join=True), "join-inside-task"),
+    (
+        "span-not-ended",
+        Scenario((_t("ignore_forever"),), deadline=0.08, cancel_joiner="in_grace"),
+        "span-not-ended[traced]",
+    ),
+    ("telemetry-changes-outcome", Scenario((_t("badstr"),)), "traced-differs"),
+    ("stale-name", Scenario((_t("ok"),), bad_submit=0), "names"),
+    ("stale-name", Scenario((_t("ok"),), bad_submit=0), "traced-differs"),
+    ("fail-fast-warning", Scenario((_t("slow_raise"), _t("hang"))), "fail-fast-warning"),
+]
+
+
+@pytest.mark.parametrize(
+    ("defect", "scenario", "invariant"),
+    [pytest.param(d, sc, inv, id=f"{d}-{inv}") for d, sc, inv in MINIMAL],
 )
-def test_join_properties(
-    plan: list[str],
-    timeout: float | None,
-    return_exceptions: bool,
-    spans: InMemorySpanExporter,
+def test_minimal_scenario_of_a_mended_defect_holds(
+    defect: str, scenario: Scenario, invariant: str, spans: InMemorySpanExporter
+) -> None:
+    broken = [f for f in check_scenario(scenario, traced=True) if invariant_of(f) == invariant]
+    assert not broken, f"{scenario.describe()}\n" + "\n".join(broken)
+
+
+async def test_a_cancel_after_the_deadline_time_is_not_taken_for_the_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("HANGGUARD_CANCEL_GRACE", str(GRACE))
-    blocking = any(k in ("hang", "ignore_cancel") for k in plan)
-    if timeout is None and blocking:
-        timeout = 0.05  # a join with no limit over a hanging task would hang by design
-    spans.clear()
-    handler = CountingHandler()
-    logger = logging.getLogger("hangguard")
-    logger.addHandler(handler)
-    try:
-        asyncio.run(check(plan, timeout, return_exceptions, spans, handler))
-    finally:
-        logger.removeHandler(handler)
+    # The soak meets this as a real-time race (a few in 10,000 scenarios); hangguard's
+    # clock, moved past the deadline before its loop timer fires, makes it deterministic.
+    monkeypatch.setenv("HANGGUARD_CANCEL_GRACE", "0.05")
+    started = asyncio.Event()
 
+    async def joiner() -> list[object]:
+        async with hangguard.deadline(10, name="outer"):
+            group = hangguard.TaskGroup("g")
+            group.submit(asyncio.sleep, 100)
+            started.set()
+            return await group.join()
 
-async def check(
-    plan: list[str],
-    timeout: float | None,
-    return_exceptions: bool,
-    spans: InMemorySpanExporter,
-    handler: CountingHandler,
-) -> None:
-    released = asyncio.Event()
-    group = TaskGroup("prop")
-    tasks = [group.submit_named(f"t{i}", behave, k, i, released) for i, k in enumerate(plan)]
-    started = time.monotonic()
-    outcome: Any
-    try:
-        outcome = await group.join(timeout=timeout, return_exceptions=return_exceptions)
-    except JoinTimeout as exc:
-        outcome = exc
-    except Boom as exc:
-        outcome = exc
-    elapsed = time.monotonic() - started
-    limit = (timeout or 0) + GRACE + MARGIN
-    assert elapsed <= limit, f"join took {elapsed:.3f}s > {limit:.3f}s"
-
-    ignoring = {f"t{i}" for i, k in enumerate(plan) if k == "ignore_cancel"}
-    # No task is left pending, except those that ignored cancellation (and were reported).
-    for i, t in enumerate(tasks):
-        if not t.done():
-            assert f"t{i}" in ignoring
-
-    raisers = [i for i, k in enumerate(plan) if k == "raise"]
-    if isinstance(outcome, list):
-        assert len(outcome) == len(plan)
-        for i, k in enumerate(plan):
-            if k == "raise":
-                assert return_exceptions and isinstance(outcome[i], Boom)
-                assert outcome[i].args == (i,)
-            else:
-                assert outcome[i] == expected_value(k, i)
-    elif isinstance(outcome, Boom):
-        assert not return_exceptions and outcome.args[0] in raisers
-    else:
-        assert isinstance(outcome, JoinTimeout)
-        assert len(outcome.results) == len(plan)
-        for i, k in enumerate(plan):
-            r = outcome.results[i]
-            if f"t{i}" in outcome.pending:
-                assert isinstance(r, hangguard.DeadlineExceeded)
-            elif k == "raise":
-                assert isinstance(r, Boom)
-            else:
-                assert r == expected_value(k, i)
-        for i, k in enumerate(plan):
-            if k in ("hang", "ignore_cancel"):
-                assert f"t{i}" in outcome.pending
-
-    # Every failure logged exactly once, with its traceback.
-    logged = [e for e in handler.failures if isinstance(e, Boom)]
-    failed = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()]
-    assert sorted(e.args[0] for e in logged) == sorted(
-        e.args[0] for e in failed if isinstance(e, Boom)
-    )
-
-    # Every task the group cancelled has its hangguard.cancelled event, with a reason.
-    released.set()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    by_name = {s.name: s for s in spans.get_finished_spans()}
-    for i, t in enumerate(tasks):
-        if t in group._cancel_info:
-            span = by_name[f"task t{i}"]
-            reasons = [
-                (e.attributes or {}).get("hangguard.cancel.reason")
-                for e in span.events
-                if e.name == "hangguard.cancelled"
-            ]
-            assert reasons and reasons[0] in ("sibling_failed", "timeout")
+    with use_clock(FakeClock()) as clock:
+        task = asyncio.create_task(joiner())
+        await started.wait()
+        assert isinstance(clock, FakeClock)
+        clock.advance(11)  # past the deadline on hangguard's clock; its timer has not fired
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

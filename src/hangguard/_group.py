@@ -169,6 +169,7 @@ class TaskGroup:
         self._cancel_info: dict[asyncio.Task[Any], _CancelInfo] = {}
         self._cancelled_at: float | None = None  # loop time of the first cancel: grace start
         self._task_spans: dict[asyncio.Task[Any], Span] = {}
+        self._unstarted: dict[asyncio.Task[Any], Coroutine[Any, Any, Any]] = {}
         self._stacks_taken = 0
         self._waiter: asyncio.Future[None] | None = None
         # ``async with``: the body's task, and whether the group cancelled it (a failure).
@@ -232,13 +233,14 @@ class TaskGroup:
         self._checked_fn = fn
         index = len(self._tasks)
         loop = asyncio.get_running_loop()
-        coro: Coroutine[Any, Any, T]
-        if self._tracer is None and self._limiter is None:
-            coro = fn(*args, **kwargs)  # type: ignore[assignment]
-        else:
+        # The call is made here on every path, so a call with bad arguments raises at
+        # submit whether the group is traced or not (telemetry never changes an outcome).
+        work: Coroutine[Any, Any, T] = fn(*args, **kwargs)  # type: ignore[assignment]
+        coro = work
+        if self._tracer is not None or self._limiter is not None:
             if self._tracer is not None and self._span is None:
                 self._start_span()
-            coro = self._run(index, fn, args, kwargs)
+            coro = self._run(index, work)
         # Recorded before create_task: with an eager task factory (3.12+) the task's first
         # step runs inside create_task, and its span is named from these. A call that
         # raises takes them back, so nothing is left for the next task at this index.
@@ -250,7 +252,13 @@ class TaskGroup:
         except BaseException:
             self._fns.pop()
             self._names.pop(index, None)
+            _close(work)
+            if coro is not work:
+                _close(coro)
             raise
+        if coro is not work:
+            # Closed by _on_done if the task is cancelled before _run ever awaits it.
+            self._unstarted[task] = work
         self._tasks.append(task)
         self._index[task] = index
         self._pending += 1
@@ -274,30 +282,38 @@ class TaskGroup:
         """Whether ``task`` is one of this group's tasks."""
         return task in self._index
 
-    async def _run(self, index: int, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
+    async def _run(self, index: int, work: Coroutine[Any, Any, T]) -> T:
         span: Span | None = None
         token: object = None
         task = asyncio.current_task()
+        self._unstarted.pop(task, None)  # type: ignore[arg-type]
         if self._tracer is not None and task is not None:
-            span = self._task_span(index)
-            self._task_spans[task] = span
-            token = otel_context.attach(trace.set_span_in_context(span))
+            with _spans.guard():
+                span = self._task_span(index)
+                self._task_spans[task] = span
+                token = otel_context.attach(trace.set_span_in_context(span))
         try:
             if self._limiter is None:
-                return await fn(*args, **kwargs)
-            await self._limiter.acquire()
+                return await work
+            try:
+                await self._limiter.acquire()
+            except BaseException:
+                _close(work)  # cancelled while queued: it will never run
+                raise
             try:
                 if not self._serial:
-                    return await fn(*args, **kwargs)
-                return await self._run_logged(index, fn, args, kwargs)
+                    return await work
+                return await self._run_logged(index, work)
             finally:
                 self._limiter.release()
         except asyncio.CancelledError:
             if span is not None and task not in self._cancel_info:
                 # Not cancelled by the group (that is recorded when it cancels).
-                span.add_event(
-                    EVENT_CANCELLED, {ATTR_CANCEL_REASON: CANCEL_PARENT, ATTR_CANCEL_CAUSE: ""}
-                )
+                with _spans.guard():
+                    span.add_event(
+                        EVENT_CANCELLED,
+                        {ATTR_CANCEL_REASON: CANCEL_PARENT, ATTR_CANCEL_CAUSE: ""},
+                    )
             raise
         except BaseException as exc:
             if span is not None:
@@ -305,9 +321,10 @@ class TaskGroup:
             raise
         finally:
             if span is not None:
-                otel_context.detach(token)  # type: ignore[arg-type]
-                span.end()
-                del self._task_spans[task]  # type: ignore[arg-type]
+                with _spans.guard():
+                    otel_context.detach(token)  # type: ignore[arg-type]
+                    del self._task_spans[task]  # type: ignore[arg-type]
+                    span.end()
 
     def _task_span(self, index: int) -> Span:
         assert self._tracer is not None
@@ -318,14 +335,12 @@ class TaskGroup:
             attributes={ATTR_TASK_NAME: name},
         )
 
-    async def _run_logged(
-        self, index: int, fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any
-    ) -> T:
+    async def _run_logged(self, index: int, work: Coroutine[Any, Any, T]) -> T:
         name = self.task_name(index)
         logger.info("serial: task %r started (group %r)", name, self.name)
         started = time.monotonic()
         try:
-            result = await fn(*args, **kwargs)
+            result = await work
         except asyncio.CancelledError:
             logger.info("serial: task %r cancelled after %.3fs", name, time.monotonic() - started)
             raise
@@ -357,6 +372,10 @@ class TaskGroup:
 
     def _on_done(self, task: asyncio.Task[Any]) -> None:
         self._pending -= 1
+        if self._unstarted:
+            work = self._unstarted.pop(task, None)
+            if work is not None:  # cancelled before its first step: never awaited
+                _close(work)
         failed = False
         if not task.cancelled():
             exc = task.exception()  # also marks it retrieved: no "never retrieved" warning
@@ -629,8 +648,11 @@ class TaskGroup:
         if fired is not None:  # this task's own deadline fired: answered with data
             return CANCEL_DEADLINE, fired.name or "", (fired.name, fired.budget)
         if cancel is not None:
+            cause = deadline_cancel_of(cancel)
+            if cause is not None:  # an enclosing deadline, enforced in this task
+                return CANCEL_DEADLINE, cause.name or "", None
             dl = current_deadline()
-            if dl is not None and remaining() <= 0:
+            if dl is not None and remaining() <= 0:  # one enforced in a parent task
                 return CANCEL_DEADLINE, dl.binding().name or "", None
             return CANCEL_PARENT, self.name, None
         if self._fail_fast and self._failures:
@@ -652,7 +674,9 @@ class TaskGroup:
             return None
         if task.cancelling() != cancelling + 1:
             return None  # someone else cancelled this task too: not ours to turn into data
-        if remaining() <= 0 or deadline_cancel_of(cancel) is not None:
+        # Only the deadline's own cancel carries its DeadlineCancel: a cancel that merely
+        # arrives after the deadline's time (before its timer ran) is someone else's.
+        if deadline_cancel_of(cancel) is not None:
             return dl.binding()
         return None
 
@@ -756,6 +780,13 @@ def _detach(task: asyncio.Task[Any]) -> None:
     unregister = getattr(sys.modules["asyncio.tasks"], "_unregister_task", None)
     if unregister is not None:
         unregister(task)
+
+
+def _close(coro: object) -> None:
+    """Close a coroutine that will never run, so Python does not warn it was never awaited."""
+    close = getattr(coro, "close", None)
+    if callable(close):
+        close()
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
