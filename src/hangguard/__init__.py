@@ -19,12 +19,14 @@ from ._exceptions import (
     McpConnectError,
     McpError,
     McpToolError,
+    ThreadCancelled,
 )
 from ._group import TaskGroup
 from ._op import GuardedOpMixin, guarded_op
 from ._providers import use_providers
 from ._retry import Backoff, RetryOn, RetryPolicy, retry, retry_call
 from ._retry_budget import RetryBudget, retry_budget
+from ._threads import ThreadGroup, checkpoint, to_thread
 from ._traced import traced
 from ._version import __version__
 from .tracing import setup_tracing
@@ -47,7 +49,10 @@ __all__ = [
     "RetryOn",
     "RetryPolicy",
     "TaskGroup",
+    "ThreadCancelled",
+    "ThreadGroup",
     "__version__",
+    "checkpoint",
     "current_deadline",
     "deadline",
     "guarded_op",
@@ -58,6 +63,7 @@ __all__ = [
     "retry_call",
     "setup_tracing",
     "split_budget",
+    "to_thread",
     "traced",
     "use_providers",
 ]
