@@ -662,14 +662,14 @@ class ThreadGroup:
         current deadline caps it. On timeout :class:`JoinTimeout` carries the partial
         results, and threads still running are abandoned (see the class docstring).
         """
-        if self._joined:
-            raise RuntimeError(f"thread group {self.name!r} was already joined")
         mine = _current_slot.get()
         if mine is not None and any(s is mine for s in self._slots):
             raise RuntimeError(
                 f"thread group {self.name!r} cannot be joined from one of its own threads "
                 "(it would wait for itself)"
             )
+        if self._joined:
+            raise RuntimeError(f"thread group {self.name!r} was already joined")
         if timeout is not None:
             own = check_timeout(timeout, "timeout")
         elif self._timeout is not None:
