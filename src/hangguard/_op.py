@@ -299,9 +299,12 @@ def _find_original(cls: type, attr: str) -> Callable[..., Any] | None:
 
 
 def _guard_class(cls: type, spec: _OpSpec, *, strict: bool) -> None:
+    from ._op_sync import guard_sync  # the sync side (submit_task/join_task, call/execute)
+
+    has_sync_entry = guard_sync(cls, spec)
     entry_attr = next((a for a in _ENTRY_NAMES if _find_original(cls, a) is not None), None)
     if entry_attr is None:
-        if strict:
+        if strict and not has_sync_entry:
             raise TypeError(
                 f"guarded_op: {cls.__qualname__} has neither async_call() nor async_execute()"
             )

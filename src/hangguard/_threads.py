@@ -399,8 +399,10 @@ class ThreadGroup:
         executor = self._executor if self._executor is not None else _shared_pool()
         try:
             slot.future = executor.submit(contextvars.copy_context().run, self._run, slot)
-        except BaseException as exc:  # a shut-down executor: the slot fails, not the group
-            slot.state = _RUNNING
+        except BaseException as exc:
+            if slot.state == _DONE:
+                return  # the executor ran it inline and it raised: its outcome is recorded
+            slot.state = _RUNNING  # a shut-down executor: the slot fails, not the group
             self._finish_slot(slot, exc, failed=True)
 
     def task_name(self, index: int) -> str:
@@ -415,6 +417,10 @@ class ThreadGroup:
 
     def __len__(self) -> int:
         return len(self._slots)
+
+    def futures(self) -> list[tuple[int, Future[Any]]]:
+        """The executor's future of each call handed to it, with its index."""
+        return [(s.index, s.future) for s in self._slots if s.future is not None]
 
     def _start_span(self) -> None:
         assert self._tracer is not None
@@ -506,15 +512,34 @@ class ThreadGroup:
         )
 
     def _finish_slot(self, slot: _Slot, outcome: Any, *, failed: bool) -> None:
+        # What the joiner may look at (the span, the failure's log line) is done before
+        # it is woken, so that a join that returned has nothing of its calls in flight.
+        with self._lock:
+            abandoned = slot.state == _ABANDONED
+            span, slot.span = slot.span, None
+        if span is not None:
+            span.end()
+        logged = False
+        if (
+            failed
+            and not abandoned
+            and not (
+                slot.cancel is not None and isinstance(outcome, (DeadlineExceeded, ThreadCancelled))
+            )
+        ):
+            logged = True
+            logger.error(
+                "task %r of thread group %r failed with %s",
+                self.task_name(slot.index),
+                self.name,
+                type(outcome).__name__,
+                exc_info=outcome,
+            )
         nxt: _Slot | None = None
         with self._lock:
-            was_abandoned = slot.state == _ABANDONED
+            late = slot.state == _ABANDONED
             slot.state = _DONE
-            span, slot.span = slot.span, None
-            if was_abandoned:
-                late = True
-            else:
-                late = False
+            if not late:
                 slot.outcome = outcome
                 slot.failed = failed
                 self._pending -= 1
@@ -526,22 +551,10 @@ class ThreadGroup:
                 if self._queued and not self._joined_giving_up():
                     nxt = self._queued.popleft()
                     self._running += 1
-        if span is not None:
-            span.end()
         if late:
-            self._log_late(slot, outcome, failed)
-        elif failed and not (
-            slot.cancel is not None and isinstance(outcome, (DeadlineExceeded, ThreadCancelled))
-        ):
-            logger.error(
-                "task %r of thread group %r failed with %s",
-                self.task_name(slot.index),
-                self.name,
-                type(outcome).__name__,
-                exc_info=outcome,
-            )
-            if self._fail_fast and len(self._failures) == 1:
-                self._cancel_rest(CANCEL_SIBLING_FAILED, self.task_name(slot.index))
+            self._log_late(slot, outcome, failed and not logged)
+        elif failed and self._fail_fast and self._failures[0] is slot:
+            self._cancel_rest(CANCEL_SIBLING_FAILED, self.task_name(slot.index))
         if nxt is not None:
             self._dispatch(nxt)
 
@@ -626,7 +639,12 @@ class ThreadGroup:
                 attrs[ATTR_TASK_STACK] = stack
             with self._lock:
                 span, slot.span = slot.span, None
-            if span is None and self._tracer is not None and i < STACK_CAPTURES:
+            if (
+                span is None
+                and slot.thread_id is None  # never started: it has no span of its own yet
+                and self._tracer is not None
+                and i < STACK_CAPTURES
+            ):
                 span = self._task_span(slot)
             if span is not None:
                 span.add_event(EVENT_CANCELLED, attrs)
