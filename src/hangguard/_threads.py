@@ -391,9 +391,9 @@ class ThreadGroup:
                 self._queued.append(slot)
                 return
             self._running += 1
-        self._dispatch(slot)
+        self._dispatch(slot, direct=True)
 
-    def _dispatch(self, slot: _Slot) -> None:
+    def _dispatch(self, slot: _Slot, *, direct: bool) -> None:
         slot.state = _SUBMITTED
         slot.submitted_at = time.monotonic()
         executor = self._executor if self._executor is not None else _shared_pool()
@@ -401,9 +401,15 @@ class ThreadGroup:
             slot.future = executor.submit(contextvars.copy_context().run, self._run, slot)
         except BaseException as exc:
             if slot.state == _DONE:
-                return  # the executor ran it inline and it raised: its outcome is recorded
-            slot.state = _RUNNING  # a shut-down executor: the slot fails, not the group
-            self._finish_slot(slot, exc, failed=True)
+                if slot.outcome is exc:
+                    return  # the executor ran it inline and it raised: recorded in its slot
+                raise  # the executor's own failure after running the call inline
+            # The executor refused it (shut down, say): the slot holds the error, and a
+            # direct submit raises it to its caller, as the executor's submit would.
+            slot.state = _RUNNING
+            self._finish_slot(slot, exc, failed=True, quiet=direct)
+            if direct:
+                raise
 
     def task_name(self, index: int) -> str:
         """The name of the task submitted at ``index`` (explicit, else ``fn[index]``)."""
@@ -511,7 +517,7 @@ class ThreadGroup:
             budget=bound.budget,
         )
 
-    def _finish_slot(self, slot: _Slot, outcome: Any, *, failed: bool) -> None:
+    def _finish_slot(self, slot: _Slot, outcome: Any, *, failed: bool, quiet: bool = False) -> None:
         # What the joiner may look at (the span, the failure's log line) is done before
         # it is woken, so that a join that returned has nothing of its calls in flight.
         with self._lock:
@@ -522,6 +528,7 @@ class ThreadGroup:
         logged = False
         if (
             failed
+            and not quiet
             and not abandoned
             and not (
                 slot.cancel is not None and isinstance(outcome, (DeadlineExceeded, ThreadCancelled))
@@ -556,7 +563,7 @@ class ThreadGroup:
         elif failed and self._fail_fast and self._failures[0] is slot:
             self._cancel_rest(CANCEL_SIBLING_FAILED, self.task_name(slot.index))
         if nxt is not None:
-            self._dispatch(nxt)
+            self._dispatch(nxt, direct=False)
 
     def _joined_giving_up(self) -> bool:
         return self._finished or (self._fail_fast and bool(self._failures))
