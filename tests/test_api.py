@@ -29,6 +29,7 @@ SURFACE: dict[str, list[str]] = {
         "GuardedOpMixin",
         "HangguardError",
         "JoinTimeout",
+        "LoopWatchdog",
         "McpCallError",
         "McpConnectError",
         "McpError",
@@ -54,6 +55,7 @@ SURFACE: dict[str, list[str]] = {
         "to_thread",
         "traced",
         "use_providers",
+        "watch_loop",
     ],
     "hangguard.mcp": [
         "TIMEOUT_META_KEY",

@@ -29,6 +29,7 @@ from ._retry_budget import RetryBudget, retry_budget
 from ._threads import ThreadGroup, checkpoint, to_thread
 from ._traced import traced
 from ._version import __version__
+from ._watchdog import LoopWatchdog, watch_loop
 from .tracing import setup_tracing
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "GuardedOpMixin",
     "HangguardError",
     "JoinTimeout",
+    "LoopWatchdog",
     "McpCallError",
     "McpConnectError",
     "McpError",
@@ -66,6 +68,7 @@ __all__ = [
     "to_thread",
     "traced",
     "use_providers",
+    "watch_loop",
 ]
 
 # Tracebacks and docs name the public path (as httpx does), not the private module.

@@ -165,8 +165,10 @@ class DeadlineScope:
         "_budget",
         "_cancelling",
         "_deadline",
+        "_due",
         "_fired",
         "_handle",
+        "_late",
         "_name",
         "_task",
         "_token",
@@ -181,6 +183,8 @@ class DeadlineScope:
         self._task: asyncio.Task[object] | None = None
         self._cancelling = 0
         self._fired = False
+        self._due = 0.0
+        self._late = ""
 
     @property
     def deadline(self) -> Deadline | None:
@@ -234,10 +238,11 @@ class DeadlineScope:
         loop = task.get_loop()
         self._task = task
         self._cancelling = task.cancelling()
+        self._due = loop.time() + max(0.0, delay)
         if delay <= 0:
             self._handle = loop.call_soon(self._on_timeout)
         else:
-            self._handle = loop.call_at(loop.time() + delay, self._on_timeout)
+            self._handle = loop.call_at(self._due, self._on_timeout)
 
     def _on_timeout(self) -> None:
         self._handle = None
@@ -245,7 +250,11 @@ class DeadlineScope:
             self._fired = True
             fired = self._deadline.binding() if self._deadline is not None else None
             label = fired.name if fired is not None and fired.name else "(unnamed)"
-            self._task.cancel(f"hangguard deadline {label!r} exceeded")
+            # A timer that fired late because the loop was blocked says so, and where.
+            from ._watchdog import late_note
+
+            self._late = late_note(self._task.get_loop(), self._due)
+            self._task.cancel(f"hangguard deadline {label!r} exceeded{self._late}")
 
     def __exit__(
         self,
@@ -271,7 +280,7 @@ class DeadlineScope:
             name = fired.name if fired is not None else self._name
             budget = fired.budget if fired is not None else self._budget
             record_deadline_exceeded(name, budget)
-            raise DeadlineExceeded(deadline_name=name, budget=budget) from exc
+            raise DeadlineExceeded(deadline_name=name, budget=budget, detail=self._late) from exc
 
     async def __aenter__(self) -> DeadlineScope:
         return self.__enter__()

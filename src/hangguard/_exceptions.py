@@ -55,12 +55,13 @@ class DeadlineExceeded(HangguardError, TimeoutError):
         *,
         deadline_name: str | None = None,
         budget: float = math.inf,
+        detail: str = "",
     ) -> None:
         self.deadline_name = deadline_name
         self.budget = budget
         if message is None:
             label = repr(deadline_name) if deadline_name else "(unnamed)"
-            message = f"deadline {label} exceeded (budget {_fmt_budget(budget)})"
+            message = f"deadline {label} exceeded (budget {_fmt_budget(budget)}){detail}"
         super().__init__(message)
 
 

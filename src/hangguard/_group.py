@@ -27,7 +27,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from . import _config, _metrics, _semconv, _spans
+from . import _config, _metrics, _semconv, _spans, _watchdog
 from ._deadline import Deadline, check_timeout, current_deadline, remaining
 from ._exceptions import ConfigError, DeadlineExceeded, JoinTimeout
 from ._limiter import Limiter
@@ -127,6 +127,7 @@ class TaskGroup:
         self._limit = 1 if self._serial else limit
         self._limiter = Limiter(self._limit) if self._limit is not None else None
         self._tracer = _spans.get_tracer()
+        _watchdog.maybe_watch()
         self._span: Span | None = None
         self._span_ctx: otel_context.Context | None = None
 
@@ -417,6 +418,8 @@ class TaskGroup:
         task = asyncio.current_task()
         cancelling = task.cancelling() if task is not None else 0
         timed_out = False
+        loop = asyncio.get_running_loop()
+        due = loop.time() + limit  # to tell a join that fired late (a blocked loop)
         try:
             if self._fail_fast and self._failures:
                 pass  # a task failed before join: go straight to cancelling the rest
@@ -439,21 +442,23 @@ class TaskGroup:
             if fired is not None:
                 # This task's own deadline fired: answer with the partial results rather
                 # than a bare cancellation (the deadline's scope withdraws its cancel).
-                raise self._join_timeout(fired.name, fired.budget) from None
+                late = _watchdog.late_note(loop, due)
+                raise self._join_timeout(fired.name, fired.budget, late) from None
             raise
 
         if timed_out:
+            late = _watchdog.late_note(loop, due)
             if by_deadline:
                 current = current_deadline()
                 bound = current.binding() if current is not None else None
                 dname = bound.name if bound is not None else None
                 budget = bound.budget if bound is not None else left
-                self._cancel_all(CANCEL_DEADLINE, dname or "")
+                self._cancel_all(CANCEL_DEADLINE, (dname or "") + late)
             else:
                 dname, budget = f"join {self.name}", own
-                self._cancel_all(CANCEL_TIMEOUT, self.name)
+                self._cancel_all(CANCEL_TIMEOUT, self.name + late)
             await self._after_cancelling(grace, task, cancelling, timed_out=True)
-            raise self._join_timeout(dname, budget)
+            raise self._join_timeout(dname, budget, late)
 
         if self._fail_fast and self._failures:
             first = self._failures[0]
@@ -505,7 +510,9 @@ class TaskGroup:
                 self._finish(timed_out=timed_out)
                 raise
 
-    def _join_timeout(self, deadline_name: str | None, budget: float) -> JoinTimeout:
+    def _join_timeout(
+        self, deadline_name: str | None, budget: float, late: str = ""
+    ) -> JoinTimeout:
         cancelled = self._cancel_info
         pending: list[str] = []
         results: list[Any] = []
@@ -530,7 +537,7 @@ class TaskGroup:
         budget_text = "no limit" if math.isinf(budget) else f"{budget:g}s"
         return JoinTimeout(
             f"group {self.name!r}: {len(pending)} of {len(self._tasks)} task(s) did not finish "
-            f"before {label!r} ({budget_text}): {shown}",
+            f"before {label!r} ({budget_text}): {shown}{late}",
             deadline_name=deadline_name,
             budget=budget,
             results=results,

@@ -40,7 +40,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from . import _config, _metrics, _semconv, _spans
+from . import _config, _metrics, _semconv, _spans, _watchdog
 from ._deadline import Deadline, check_timeout, current_deadline, now, remaining
 from ._exceptions import DeadlineExceeded, JoinTimeout, ThreadCancelled
 from ._semconv import (
@@ -935,6 +935,7 @@ async def to_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
             "await it directly"
         )
     loop = asyncio.get_running_loop()
+    _watchdog.maybe_watch()
     slot = _Slot(0, fn, args, kwargs)
     slot.state = _SUBMITTED
     slot.submitted_at = time.monotonic()

@@ -26,6 +26,8 @@ from opentelemetry import metrics, trace
 from .._config import ENV_TRACE_FILE
 from .._deadline import check_timeout
 from .._exceptions import ConfigError
+from .._watchdog import enable as enable_watchdog
+from .._watchdog import resolve_threshold
 from ._guard import (
     Counters,
     ExportStats,
@@ -159,6 +161,7 @@ def setup_tracing(
     trace_file: str | os.PathLike[str] | None = None,
     max_local_spans: int = 10_000,
     set_global: bool = True,
+    loop_block_threshold: float | None = None,
 ) -> TracingHandle:
     """Install an OpenTelemetry SDK tracer and meter provider exporting hangguard's telemetry.
 
@@ -175,6 +178,8 @@ def setup_tracing(
                       port 4317) or ``http/protobuf`` (port 4318)
     ``sampler``       ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``, or a Sampler
     ``trace_file``    ``HANGGUARD_TRACE_FILE``: with no endpoint, also append spans there
+    ``loop_block_``   ``HANGGUARD_LOOP_BLOCK_THRESHOLD``: watch the event loops hangguard
+    ``threshold``     runs in and report blocking calls longer than this (0: off)
     ================  =====================================================================
 
     With no endpoint at all, spans stay in-process (see :func:`local_spans`) instead of
@@ -232,6 +237,7 @@ def setup_tracing(
         raise ValueError(f"max_local_spans must be >= 1, got {max_local_spans!r}")
     if set_global:
         _check_globals_free(meter=metrics_enabled)
+    watchdog_threshold = resolve_threshold(loop_block_threshold)
 
     attrs: dict[str, Any] = dict(resource_attributes or {})
     if service_name is not None:
@@ -301,4 +307,5 @@ def setup_tracing(
         if meter_provider is not None:
             metrics.set_meter_provider(meter_provider)
         _active_handle = handle
+    enable_watchdog(watchdog_threshold)
     return handle
