@@ -545,3 +545,46 @@ async def test_to_thread_refuses_a_coroutine_function() -> None:
 
     with pytest.raises(TypeError, match="coroutine function"):
         await hangguard.to_thread(coro)
+
+
+# --- the guide's examples --------------------------------------------------------------------
+
+
+def _guide_section_examples() -> list[str]:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()
+    section = text.split("## Sync code and threads", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^```python\n(.*?)^```", section, flags=re.S | re.M)
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_the_guide_examples_of_sync_code_run_as_written(index: int) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    examples = _guide_section_examples()
+    assert len(examples) == 5
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    out = subprocess.run(
+        [sys.executable, "-c", examples[index]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": src},
+    )
+    assert out.returncode == 0, out.stderr
+    expected = {
+        0: "['page 0', 'page 1', 'page 3']",
+        1: "[332833500]",
+        2: "REPORT.CSV",
+        3: "['A', 'B']",
+        4: "",
+    }[index]
+    assert expected in out.stdout
+    if index == 4:
+        assert "event loop blocked" in out.stderr

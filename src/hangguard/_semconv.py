@@ -18,7 +18,6 @@ __all__ = [
     "ATTR_ERROR_TYPE",
     "ATTR_EXCEPTION_MESSAGE",
     "ATTR_EXCEPTION_TYPE",
-    "ATTR_FIRED_LATE_S",
     "ATTR_GEN_AI_OPERATION_NAME",
     "ATTR_GEN_AI_TOOL_CALL_ARGUMENTS",
     "ATTR_GEN_AI_TOOL_CALL_RESULT",
@@ -117,8 +116,6 @@ ATTR_CANCEL_CAUSE: Final = "hangguard.cancel.cause"
 ATTR_CANCEL_GRACE_S: Final = "hangguard.cancel_grace_s"
 ATTR_DEADLINE_NAME: Final = "hangguard.deadline.name"
 ATTR_DEADLINE_BUDGET_S: Final = "hangguard.deadline.budget_s"
-# How late a deadline or join timeout fired because the event loop was blocked.
-ATTR_FIRED_LATE_S: Final = "hangguard.fired_late_s"
 # On loop_blocked: how long the loop ran no callback, the stack sampled while it was
 # blocked (innermost frame first), and the watchdog's threshold.
 ATTR_LOOP_BLOCKED_S: Final = "hangguard.loop.blocked_s"
