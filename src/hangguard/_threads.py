@@ -349,6 +349,8 @@ class ThreadGroup:
         self._joined = False
         self._finished = False
         self._abandoned = 0
+        self._wake_any = False
+        self._checked_fn: object = _NOTHING
         self._named_fn: object = _NOTHING
         self._fn_label = ""
 
@@ -371,7 +373,7 @@ class ThreadGroup:
     def _submit(self, name: str | None, fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
         if self._joined:
             raise RuntimeError(f"thread group {self.name!r} was already joined")
-        if fn is not self._named_fn:
+        if fn is not self._checked_fn:
             if not callable(fn):
                 raise TypeError(f"submit() takes a function, got {fn!r} (group {self.name!r})")
             if is_coroutine_function(fn):
@@ -379,6 +381,7 @@ class ThreadGroup:
                     f"submit() runs blocking functions in threads; {fn_name(fn)!r} is a "
                     f"coroutine function: use hangguard.TaskGroup (group {self.name!r})"
                 )
+            self._checked_fn = fn
         slot = _Slot(len(self._slots), fn, args, kwargs)
         if name is not None:
             self._names[slot.index] = name
@@ -439,11 +442,15 @@ class ThreadGroup:
             self._span.set_attribute(ATTR_GROUP_SERIAL, True)
         self._span_ctx = trace.set_span_in_context(self._span)
 
-    def _task_span(self, slot: _Slot) -> Span:
+    def _task_span(self, slot: _Slot, thread: threading.Thread | None = None) -> Span:
         assert self._tracer is not None
         name = self.task_name(slot.index)
+        attributes: dict[str, str | int] = {ATTR_TASK_NAME: name}
+        if thread is not None:
+            attributes[ATTR_THREAD_ID] = slot.thread_id or 0
+            attributes[ATTR_THREAD_NAME] = thread.name
         return self._tracer.start_span(
-            SPAN_TASK.format(name), context=self._span_ctx, attributes={ATTR_TASK_NAME: name}
+            SPAN_TASK.format(name), context=self._span_ctx, attributes=attributes
         )
 
     # -- in the worker thread ---------------------------------------------------------
@@ -462,10 +469,7 @@ class ThreadGroup:
         span: Span | None = None
         token: object = None
         if self._tracer is not None:
-            span = slot.span = self._task_span(slot)
-            thread = threading.current_thread()
-            span.set_attribute(ATTR_THREAD_ID, slot.thread_id)
-            span.set_attribute(ATTR_THREAD_NAME, thread.name)
+            span = slot.span = self._task_span(slot, threading.current_thread())
             token = otel_context.attach(trace.set_span_in_context(span))
         try:
             result = self._run_logged(slot) if self._serial else slot.fn(*slot.args, **slot.kwargs)
@@ -520,11 +524,13 @@ class ThreadGroup:
     def _finish_slot(self, slot: _Slot, outcome: Any, *, failed: bool, quiet: bool = False) -> None:
         # What the joiner may look at (the span, the failure's log line) is done before
         # it is woken, so that a join that returned has nothing of its calls in flight.
-        with self._lock:
-            abandoned = slot.state == _ABANDONED
-            span, slot.span = slot.span, None
-        if span is not None:
-            span.end()
+        abandoned = False
+        if slot.span is not None:
+            with self._lock:
+                abandoned = slot.state == _ABANDONED
+                span, slot.span = slot.span, None
+            if span is not None:
+                span.end()
         logged = False
         if (
             failed
@@ -552,7 +558,9 @@ class ThreadGroup:
                 self._pending -= 1
                 if failed:
                     self._failures.append(slot)
-                if self._joined or self._pending == 0:
+                # The joiner waits for all, for a failure (fail-fast), or, in the grace,
+                # for any: woken only then, not once per call.
+                if self._pending == 0 or self._wake_any or (failed and self._fail_fast):
                     self._cond.notify_all()
                 self._running -= 1
                 if self._queued and not self._joined_giving_up():
@@ -755,6 +763,7 @@ class ThreadGroup:
                 # Threads that call checkpoint() stop within the grace; the join stays
                 # within its own limit even so.
                 wait_until = min(time.monotonic() + grace, end)
+                self._wake_any = True
                 with self._cond:
                     while any(s.state == _RUNNING for s in running):
                         wait = wait_until - time.monotonic()

@@ -85,6 +85,7 @@ class _Block:
     stack: str
     where: str  # the innermost frame, "file:line in function"
     span: Span | None
+    detected: float = 0.0  # when the monitor sampled it (monotonic)
     ended: float | None = None
 
 
@@ -245,7 +246,9 @@ class LoopWatchdog:
         frame = sys._current_frames().get(self._loop_thread)
         stack = frame_stack(frame, STACK_DEPTH)
         where = stack.split("\n", 1)[0] if stack else "(unknown)"
-        block = _Block(since=beat, stack=stack, where=where, span=_our_span(frame))
+        block = _Block(
+            since=beat, stack=stack, where=where, span=_our_span(frame), detected=time.monotonic()
+        )
         with self._lock:
             if self._beat != beat:
                 return  # it beat meanwhile: not blocked after all
