@@ -84,8 +84,8 @@ _LOGGED_STACKS: Final = 3
 
 # Slot states.
 _QUEUED: Final = 0  # waiting for the group's limit
-_SUBMITTED: Final = 1  # handed to the executor, not started
-_RUNNING: Final = 2
+_SUBMITTED: Final = 1  # handed to the executor (started or not: its future knows)
+_RUNNING: Final = 2  # the executor refused it: failing at once
 _DONE: Final = 3
 _CANCELLED: Final = 4  # never started
 _ABANDONED: Final = 5  # still running, given up on
@@ -232,7 +232,9 @@ class _DaemonPool(Executor):
         """``n`` running calls were given up on: add workers while they are stuck."""
         with self._lock:
             self._stuck += n
-            spawn = max(0, min(n, self._queue.qsize() - self._idle))
+            # The idle count can be stale (a worker counts itself idle before it takes
+            # an item that was already queued): spawn for what is queued regardless.
+            spawn = max(0, min(n, self._queue.qsize()))
             self._threads += spawn
             first = self._threads - spawn
         for i in range(spawn):
@@ -457,8 +459,9 @@ class ThreadGroup:
 
     def _run(self, slot: _Slot) -> Any:
         """Run one call in the worker thread, inside the context copied at submit."""
+        # The state stays _SUBMITTED while it runs: only the joiner (abandoning it) and
+        # _finish_slot change it, under the lock, so neither overwrites the other.
         slot.thread_id = threading.get_ident()
-        slot.state = _RUNNING
         _current_slot.set(slot)  # this context is the call's own copy
         d = current_deadline()
         if d is not None and not math.isinf(d.expires_at) and now() >= d.expires_at:
@@ -765,7 +768,7 @@ class ThreadGroup:
                 wait_until = min(time.monotonic() + grace, end)
                 self._wake_any = True
                 with self._cond:
-                    while any(s.state == _RUNNING for s in running):
+                    while any(s.state in (_SUBMITTED, _RUNNING) for s in running):
                         wait = wait_until - time.monotonic()
                         if wait <= 0:
                             break
@@ -882,9 +885,22 @@ class ThreadGroup:
 
 
 def _run_alone(slot: _Slot) -> Any:
-    slot.thread_id = threading.get_ident()
-    slot.state = _RUNNING
+    slot.thread_id = threading.get_ident()  # its state is changed under _alone_lock only
     _current_slot.set(slot)
+    d = current_deadline()
+    if d is not None and not math.isinf(d.expires_at) and now() >= d.expires_at:
+        # It waited for a worker past its deadline (nobody awaits it any more): not late.
+        bound = d.binding()
+        _metrics.record_threads_no_free_worker()
+        exc = DeadlineExceeded(
+            f"to_thread({fn_name(slot.fn)}) did not start before deadline {_label(bound)} "
+            f"({_budget_text(bound.budget)}): no free worker in the pool for "
+            f"{time.monotonic() - slot.submitted_at:.2f}s",
+            deadline_name=bound.name,
+            budget=bound.budget,
+        )
+        _ended_alone(slot, exc, failed=True)
+        raise exc
     try:
         result = slot.fn(*slot.args, **slot.kwargs)
     except BaseException as exc:
