@@ -254,29 +254,41 @@ def test_after_a_timeout_checkpoint_raises_deadline_exceeded_in_the_abandoned_th
     assert isinstance(seen[0], hangguard.DeadlineExceeded)
 
 
+class _Signal(logging.Handler):
+    """Sets ``event`` when a record with a traceback reaches the root logger.
+
+    Added after pytest's capture handler, so the record is captured when it is set.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:
+            self.event.set()
+
+
 def test_an_abandoned_thread_that_fails_later_is_logged_once(
     caplog: pytest.LogCaptureFixture, release: Callable[[], threading.Event]
 ) -> None:
     go_on = release()
-    finished = threading.Event()
 
     def late_failure() -> None:
-        try:
-            go_on.wait(10)
-            raise RuntimeError("too late")
-        finally:
-            finished.set()
+        go_on.wait(10)
+        raise RuntimeError("too late")
 
     group = hangguard.ThreadGroup("late")
     group.submit(late_failure)
     with pytest.raises(hangguard.JoinTimeout):
         group.join(timeout=0.1)
-    go_on.set()
-    assert finished.wait(10)
-    for _ in range(200):  # the log line follows the function's return in the same thread
-        if failure_logs(caplog):
-            break
-        time.sleep(0.01)
+    signal = _Signal()
+    logging.getLogger().addHandler(signal)
+    try:
+        go_on.set()
+        assert signal.event.wait(10)  # logged in the thread, after the function returned
+    finally:
+        logging.getLogger().removeHandler(signal)
     (record,) = failure_logs(caplog)
     assert "too late" in str(record.exc_info[1]) and "abandoned" in record.getMessage()  # type: ignore[index]
 
