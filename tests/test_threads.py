@@ -209,7 +209,8 @@ def test_join_timeout_returns_on_time_with_partial_results_and_the_stuck_stack(
     stack = str(event.attributes[_semconv.ATTR_TASK_STACK])
     # Where the thread is blocked, innermost first: the recv() line of read().
     assert stack.splitlines()[0].endswith("in read")
-    assert stuck.attributes is not None and stuck.attributes[_semconv.ATTR_THREAD_ID]
+    assert event.attributes[_semconv.ATTR_THREAD_ID]
+    assert str(event.attributes[_semconv.ATTR_THREAD_NAME]).startswith("hangguard-")
     group_span = telemetry.span("group fetch")
     assert group_span.attributes is not None
     assert group_span.attributes[_semconv.ATTR_GROUP_ABANDONED] == 1

@@ -105,7 +105,7 @@ ATTR_GROUP_LIMIT: Final = "hangguard.group.limit"
 ATTR_GROUP_SERIAL: Final = "hangguard.group.serial"
 # Threads of a thread group that did not stop when it gave up on them, left running.
 ATTR_GROUP_ABANDONED: Final = "hangguard.group.abandoned"
-# OpenTelemetry's thread attributes, on the span of a task that runs in a thread.
+# OpenTelemetry's thread attributes, on the cancelled record of an abandoned thread.
 ATTR_THREAD_ID: Final = "thread.id"
 ATTR_THREAD_NAME: Final = "thread.name"
 ATTR_TIMEOUT_S: Final = "hangguard.timeout_s"

@@ -444,15 +444,11 @@ class ThreadGroup:
             self._span.set_attribute(ATTR_GROUP_SERIAL, True)
         self._span_ctx = trace.set_span_in_context(self._span)
 
-    def _task_span(self, slot: _Slot, thread: threading.Thread | None = None) -> Span:
+    def _task_span(self, slot: _Slot) -> Span:
         assert self._tracer is not None
         name = self.task_name(slot.index)
-        attributes: dict[str, str | int] = {ATTR_TASK_NAME: name}
-        if thread is not None:
-            attributes[ATTR_THREAD_ID] = slot.thread_id or 0
-            attributes[ATTR_THREAD_NAME] = thread.name
         return self._tracer.start_span(
-            SPAN_TASK.format(name), context=self._span_ctx, attributes=attributes
+            SPAN_TASK.format(name), context=self._span_ctx, attributes={ATTR_TASK_NAME: name}
         )
 
     # -- in the worker thread ---------------------------------------------------------
@@ -472,7 +468,7 @@ class ThreadGroup:
         span: Span | None = None
         token: object = None
         if self._tracer is not None:
-            span = slot.span = self._task_span(slot, threading.current_thread())
+            span = slot.span = self._task_span(slot)
             token = otel_context.attach(trace.set_span_in_context(span))
         try:
             result = self._run_logged(slot) if self._serial else slot.fn(*slot.args, **slot.kwargs)
@@ -646,15 +642,20 @@ class ThreadGroup:
             return stuck
         self._abandoned += len(stuck)
         stacks = thread_stacks(s.thread_id for s in stuck[:STACK_CAPTURES])
+        # Which thread each is stuck in (named on its record, not on every task span).
+        names = {t.ident: t.name for t in threading.enumerate()}
         _metrics.record_threads_abandoned(len(stuck))
         pool = self._executor if self._executor is not None else _pool
         if isinstance(pool, _DaemonPool):
             pool.abandoned(len(stuck))
         for i, slot in enumerate(stuck):
-            attrs: dict[str, str] = {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: cause}
+            attrs: dict[str, str | int] = {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: cause}
             stack = stacks.get(slot.thread_id) if (i < STACK_CAPTURES and slot.thread_id) else None
             if stack:
                 attrs[ATTR_TASK_STACK] = stack
+            if slot.thread_id is not None:
+                attrs[ATTR_THREAD_ID] = slot.thread_id
+                attrs[ATTR_THREAD_NAME] = names.get(slot.thread_id, "")
             with self._lock:
                 span, slot.span = slot.span, None
             if (
