@@ -233,3 +233,16 @@ async def test_watch_loop_twice_returns_the_running_watchdog() -> None:
     again = hangguard.watch_loop(THRESHOLD)
     assert again is not dog
     again.stop()
+
+
+async def test_a_long_block_is_logged_while_it_lasts(caplog: pytest.LogCaptureFixture) -> None:
+    dog = hangguard.watch_loop(THRESHOLD)
+    try:
+        time.sleep(dog.still_blocked_after + 0.3)  # noqa: ASYNC251 - the block under test
+        await settle_one_beat()
+    finally:
+        dog.stop()
+    still = [r for r in caplog.records if "still blocked" in r.getMessage()]
+    assert len(still) == 1
+    assert "test_a_long_block_is_logged_while_it_lasts" in still[0].getMessage()
+    assert len(warnings_about_blocks(caplog)) == 1  # and the report after it resumed

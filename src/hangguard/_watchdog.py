@@ -15,6 +15,9 @@ heartbeat records, in the loop thread:
 * the ``hangguard.loop.blocked`` histogram;
 * one WARNING log line with the stack.
 
+A block that lasts (1 s, or ten thresholds if more) is also logged while it lasts, from
+the monitor thread, since a loop that never resumes would otherwise never be reported.
+
 Repeated blocks at the same frame are rate-limited (one report per frame per minute, the
 count of the others in the next one); the histogram counts every block. Detection comes
 at most ``threshold + heartbeat`` after the block starts; the reported duration is exact
@@ -73,6 +76,8 @@ MAX_HEARTBEAT: Final = 0.02
 STACK_DEPTH: Final = 12
 #: Reports of blocks at one frame are at most one per this many seconds.
 RATE_LIMIT_S: Final = 60.0
+#: A loop blocked this long (or 10 thresholds, if more) is logged while still blocked.
+STILL_BLOCKED_MIN_S: Final = 1.0
 #: A deadline that fires at least this late mentions it even with no watchdog running.
 LATE_NOTE_MIN_S: Final = 0.1
 
@@ -101,6 +106,8 @@ class LoopWatchdog:
     def __init__(self, loop: asyncio.AbstractEventLoop, threshold: float) -> None:
         self.threshold = threshold
         self.heartbeat = min(MAX_HEARTBEAT, threshold / 4)
+        #: A block this long is logged while it lasts, before the loop resumes.
+        self.still_blocked_after = max(STILL_BLOCKED_MIN_S, 10 * threshold)
         # Held weakly: the watchdog must not keep a finished loop alive.
         self._loop_ref = weakref.ref(loop)
         self._loop_thread = threading.get_ident()
@@ -214,6 +221,7 @@ class LoopWatchdog:
 
     def _monitor(self) -> None:
         sampled_for: float | None = None
+        warned = False
         paused = False
         while not self._stop.is_set():
             loop = self._loop_ref()
@@ -239,8 +247,29 @@ class LoopWatchdog:
                 continue
             if sampled_for != beat:
                 sampled_for = beat
+                warned = False
                 self._sample(beat)
+            elif not warned and time.monotonic() - beat >= self.still_blocked_after:
+                # A loop that may never resume would never be reported: say it now, once.
+                warned = True
+                self._warn_still_blocked(beat)
             self._stop.wait(self.threshold)  # until the loop beats again
+
+    def _warn_still_blocked(self, beat: float) -> None:
+        with self._lock:
+            block = self._block
+        if block is None or block.since != beat:
+            return
+        frame = sys._current_frames().get(self._loop_thread)
+        stack = frame_stack(frame, STACK_DEPTH) or block.stack
+        logger.warning(
+            "event loop still blocked after %.1fs (threshold %gs), now in %s; nothing on "
+            "this loop can run or time out until it returns. Stack (innermost first):\n      %s",
+            time.monotonic() - beat,
+            self.threshold,
+            stack.split("\n", 1)[0],
+            stack.replace("\n", "\n      "),
+        )
 
     def _sample(self, beat: float) -> None:
         frame = sys._current_frames().get(self._loop_thread)
