@@ -30,6 +30,11 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "mcp": ("bench.mcp_call", "Guarded MCP call_tool against the raw SDK client (per call)"),
     "memory": ("bench.memory", "Traced tasks in batches: resident memory growth"),
     "shutdown": ("bench.shutdown", "Exit with the collector blackholed: wall time to exit"),
+    "threads": (
+        "bench.threads",
+        "Thread fan-out of N no-op calls (per task); join around hung threads",
+    ),
+    "watchdog": ("bench.watchdog", "Loop watchdog: fan-out with it on vs off; detection latency"),
 }
 
 

@@ -209,6 +209,19 @@ def test_demo_serial_runs_the_searches_one_at_a_time() -> None:
     assert started == ["0", "1", "2", "3"]
 
 
+def test_demo_block_loop_shows_the_blocking_frame() -> None:
+    run = hangguard_cmd(
+        "demo", "--json", "--block-loop", "0.4", "--tasks", "3", "--no-flaky", "--budget", BUDGET
+    )
+    assert run.rc == 0, run.err
+    doc = run.json()
+    (op,) = [s for s in doc["spans"] if s["name"] == OP]
+    (event,) = [e for e in op["events"] if e["name"] == "hangguard.loop_blocked"]
+    assert event["attributes"]["hangguard.loop.blocked_s"] >= 0.3
+    assert event["attributes"]["hangguard.loop.stack"].splitlines()[0].endswith("in parse_report")
+    assert "event loop blocked" in run.err
+
+
 class _OtlpReceiver(BaseHTTPRequestHandler):
     """Answers 200 to OTLP/HTTP posts and keeps them (``server.requests``)."""
 

@@ -18,6 +18,7 @@ from hangguard._config import (
     ENV_CANCEL_GRACE,
     ENV_DEFAULT_BUDGET,
     ENV_JOIN_TIMEOUT,
+    ENV_LOOP_BLOCK_THRESHOLD,
     ENV_MCP_CONNECT_TIMEOUT,
     ENV_MCP_TIMEOUT,
     ENV_RETRY_ATTEMPTS,
@@ -36,6 +37,7 @@ GETTERS: list[tuple[str, Callable[[], object], object]] = [
     (ENV_RETRY_ATTEMPTS, config.retry_attempts, 3),
     (ENV_CANCEL_GRACE, config.cancel_grace, 1.0),
     (ENV_SERIAL, config.serial, False),
+    (ENV_LOOP_BLOCK_THRESHOLD, config.loop_block_threshold, None),
 ]
 
 DURATION_VARS = [
@@ -68,6 +70,8 @@ BAD_VALUES: list[tuple[str, Callable[[], object], str]] = [
     (ENV_CANCEL_GRACE, config.cancel_grace, "1 sec"),
     (ENV_SERIAL, config.serial, "maybe"),
     (ENV_SERIAL, config.serial, "2"),
+    (ENV_LOOP_BLOCK_THRESHOLD, config.loop_block_threshold, "0"),
+    (ENV_LOOP_BLOCK_THRESHOLD, config.loop_block_threshold, "fast"),
 ]
 
 

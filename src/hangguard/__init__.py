@@ -19,14 +19,17 @@ from ._exceptions import (
     McpConnectError,
     McpError,
     McpToolError,
+    ThreadCancelled,
 )
 from ._group import TaskGroup
 from ._op import GuardedOpMixin, guarded_op
 from ._providers import use_providers
 from ._retry import Backoff, RetryOn, RetryPolicy, retry, retry_call
 from ._retry_budget import RetryBudget, retry_budget
+from ._threads import ThreadGroup, checkpoint, to_thread
 from ._traced import traced
 from ._version import __version__
+from ._watchdog import LoopWatchdog, watch_loop
 from .tracing import setup_tracing
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "GuardedOpMixin",
     "HangguardError",
     "JoinTimeout",
+    "LoopWatchdog",
     "McpCallError",
     "McpConnectError",
     "McpError",
@@ -47,7 +51,10 @@ __all__ = [
     "RetryOn",
     "RetryPolicy",
     "TaskGroup",
+    "ThreadCancelled",
+    "ThreadGroup",
     "__version__",
+    "checkpoint",
     "current_deadline",
     "deadline",
     "guarded_op",
@@ -58,8 +65,10 @@ __all__ = [
     "retry_call",
     "setup_tracing",
     "split_budget",
+    "to_thread",
     "traced",
     "use_providers",
+    "watch_loop",
 ]
 
 # Tracebacks and docs name the public path (as httpx does), not the private module.

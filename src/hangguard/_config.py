@@ -24,6 +24,7 @@ __all__ = [
     "ENV_DEFAULT_BUDGET",
     "ENV_JAEGER_UI",
     "ENV_JOIN_TIMEOUT",
+    "ENV_LOOP_BLOCK_THRESHOLD",
     "ENV_MCP_CONNECT_TIMEOUT",
     "ENV_MCP_TIMEOUT",
     "ENV_RETRY_ATTEMPTS",
@@ -61,6 +62,7 @@ __all__ = [
     "default_budget",
     "join_timeout",
     "load_config",
+    "loop_block_threshold",
     "mcp_connect_timeout",
     "mcp_timeout",
     "op_budget",
@@ -77,6 +79,8 @@ ENV_MCP_CONNECT_TIMEOUT = "HANGGUARD_MCP_CONNECT_TIMEOUT"
 ENV_RETRY_ATTEMPTS = "HANGGUARD_RETRY_ATTEMPTS"
 ENV_CANCEL_GRACE = "HANGGUARD_CANCEL_GRACE"
 ENV_SERIAL = "HANGGUARD_SERIAL"
+#: Turns the blocked-event-loop watchdog on, with this threshold.
+ENV_LOOP_BLOCK_THRESHOLD = "HANGGUARD_LOOP_BLOCK_THRESHOLD"
 #: With no OTLP endpoint, :func:`hangguard.setup_tracing` also appends spans to this file.
 ENV_TRACE_FILE = "HANGGUARD_TRACE_FILE"
 #: Base URL of the Jaeger UI that ``hangguard demo`` links its trace to.
@@ -119,6 +123,10 @@ ENV_VARS: Mapping[str, tuple[str, str]] = MappingProxyType(
         ENV_RETRY_ATTEMPTS: ("3", "default number of attempts of hangguard.retry"),
         ENV_CANCEL_GRACE: ("1", "how long join waits for cancelled tasks to finish"),
         ENV_SERIAL: ("0", "1: run submitted tasks one at a time, in submit order (debug mode)"),
+        ENV_LOOP_BLOCK_THRESHOLD: (
+            "off",
+            "watch event loops; report a loop that runs no callback for longer than this",
+        ),
     }
 )
 
@@ -289,6 +297,24 @@ def serial() -> bool:
     return _read(ENV_SERIAL, False, _parse_bool(ENV_SERIAL))
 
 
+def _parse_threshold(text: str) -> float | None:
+    seconds = parse_duration(text, name=ENV_LOOP_BLOCK_THRESHOLD)
+    if math.isinf(seconds):
+        return None
+    if seconds <= 0:
+        raise ConfigError(
+            f"{ENV_LOOP_BLOCK_THRESHOLD}={text!r} must be a duration > 0, or 'off'",
+            name=ENV_LOOP_BLOCK_THRESHOLD,
+            value=text,
+        )
+    return seconds
+
+
+def loop_block_threshold() -> float | None:
+    """``HANGGUARD_LOOP_BLOCK_THRESHOLD`` in seconds; ``None`` (unset or off): no watchdog."""
+    return _read(ENV_LOOP_BLOCK_THRESHOLD, None, _parse_threshold)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """A snapshot of the effective configuration (what ``hangguard config`` shows)."""
@@ -301,6 +327,7 @@ class Config:
     retry_attempts: int = 3
     cancel_grace: float = 1.0
     serial: bool = False
+    loop_block_threshold: float | None = None
 
 
 def load_config() -> Config:
@@ -314,4 +341,5 @@ def load_config() -> Config:
         retry_attempts=retry_attempts(),
         cancel_grace=cancel_grace(),
         serial=serial(),
+        loop_block_threshold=loop_block_threshold(),
     )

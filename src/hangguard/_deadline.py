@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from ._exceptions import DeadlineExceeded
+from ._late import late_note
 from ._validate import is_number
 
 __all__ = [
@@ -132,9 +133,11 @@ class DeadlineCancel:
 
     name: str | None
     budget: float
+    #: " (fired 1.9 s late: the loop was blocked in ...)" when the loop held the timer up.
+    late: str = ""
 
     def __str__(self) -> str:
-        return f"hangguard deadline {self.name or '(unnamed)'!r} exceeded"
+        return f"hangguard deadline {self.name or '(unnamed)'!r} exceeded{self.late}"
 
 
 def deadline_cancel_of(exc: BaseException) -> DeadlineCancel | None:
@@ -219,8 +222,10 @@ class DeadlineScope:
         "_budget",
         "_cancelling",
         "_deadline",
+        "_due",
         "_fired",
         "_handle",
+        "_late",
         "_name",
         "_orphaned",
         "_task",
@@ -237,6 +242,8 @@ class DeadlineScope:
         self._cancelling = 0
         self._fired = False
         self._orphaned = False
+        self._due = 0.0
+        self._late = ""
 
     @property
     def deadline(self) -> Deadline | None:
@@ -291,10 +298,11 @@ class DeadlineScope:
         loop = task.get_loop()
         self._task = task
         self._cancelling = task.cancelling()
+        self._due = loop.time() + max(0.0, delay)
         if delay <= 0:
             self._handle = loop.call_soon(self._on_timeout)
         else:
-            self._handle = loop.call_at(loop.time() + delay, self._on_timeout)
+            self._handle = loop.call_at(self._due, self._on_timeout)
 
     def _on_timeout(self) -> None:
         self._handle = None
@@ -303,7 +311,9 @@ class DeadlineScope:
             fired = self._deadline.binding() if self._deadline is not None else None
             name = fired.name if fired is not None else self._name
             budget = fired.budget if fired is not None else self._budget
-            self._task.cancel(DeadlineCancel(name, budget))
+            # A timer that fired late because the loop was blocked says so, and where.
+            self._late = late_note(self._task.get_loop(), self._due)
+            self._task.cancel(DeadlineCancel(name, budget, self._late))
 
     def __exit__(
         self,
@@ -346,7 +356,7 @@ class DeadlineScope:
             name = fired.name if fired is not None else self._name
             budget = fired.budget if fired is not None else self._budget
             record_deadline_exceeded(name, budget)
-            raise DeadlineExceeded(deadline_name=name, budget=budget) from exc
+            raise DeadlineExceeded(deadline_name=name, budget=budget, detail=self._late) from exc
 
     async def __aenter__(self) -> DeadlineScope:
         return self.__enter__()

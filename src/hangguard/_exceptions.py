@@ -5,6 +5,7 @@ The hierarchy::
     HangguardError
     ├── DeadlineExceeded        (also builtin TimeoutError)
     │   └── JoinTimeout         partial results + names of unfinished tasks
+    ├── ThreadCancelled         a thread's group or awaiting task gave up on it
     ├── ConfigError             (also ValueError) names the env var / parameter
     └── McpError                names the server and the tool
         ├── McpConnectError     cannot reach the server or finish the handshake
@@ -29,6 +30,7 @@ __all__ = [
     "McpConnectError",
     "McpError",
     "McpToolError",
+    "ThreadCancelled",
 ]
 
 
@@ -53,12 +55,13 @@ class DeadlineExceeded(HangguardError, TimeoutError):
         *,
         deadline_name: str | None = None,
         budget: float = math.inf,
+        detail: str = "",
     ) -> None:
         self.deadline_name = deadline_name
         self.budget = budget
         if message is None:
             label = repr(deadline_name) if deadline_name else "(unnamed)"
-            message = f"deadline {label} exceeded (budget {_fmt_budget(budget)})"
+            message = f"deadline {label} exceeded (budget {_fmt_budget(budget)}){detail}"
         super().__init__(message)
 
 
@@ -84,6 +87,21 @@ class JoinTimeout(DeadlineExceeded):
         self.results = list(results)
         self.pending = list(pending)
         super().__init__(message, deadline_name=deadline_name, budget=budget)
+
+
+class ThreadCancelled(HangguardError):
+    """Raised by :func:`hangguard.checkpoint` in a thread whose work is no longer wanted.
+
+    A thread cannot be killed: when its group fails or its awaiting task is cancelled,
+    the thread is left running and this is raised at its next ``checkpoint()``, so a long
+    loop can stop early. ``reason`` is the ``hangguard.cancel.reason`` value (for
+    example ``sibling_failed``), ``cause`` names what caused it.
+    """
+
+    def __init__(self, message: str, *, reason: str = "", cause: str = "") -> None:
+        self.reason = reason
+        self.cause = cause
+        super().__init__(message)
 
 
 class ConfigError(HangguardError, ValueError):

@@ -35,7 +35,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from . import _config, _metrics, _semconv, _spans
+from . import _config, _late, _metrics, _semconv, _spans, _watchdog
 from ._deadline import Deadline, check_timeout, current_deadline, deadline_cancel_of, remaining
 from ._exceptions import ConfigError, DeadlineExceeded, JoinTimeout
 from ._limiter import Limiter
@@ -149,6 +149,7 @@ class TaskGroup:
         self._limit = 1 if self._serial else limit
         self._limiter = Limiter(self._limit) if self._limit is not None else None
         self._tracer = _spans.get_tracer()
+        _watchdog.maybe_watch()
         self._span: Span | None = None
         self._span_ctx: otel_context.Context | None = None
 
@@ -282,6 +283,7 @@ class TaskGroup:
         """Whether ``task`` is one of this group's tasks."""
         return task in self._index
 
+    @_watchdog.holds_span
     async def _run(self, index: int, work: Coroutine[Any, Any, T]) -> T:
         span: Span | None = None
         token: object = None
@@ -612,6 +614,8 @@ class TaskGroup:
         by_deadline = left <= own
         cancelling = task.cancelling() if task is not None else 0
         cancel: asyncio.CancelledError | None = None
+        loop = asyncio.get_running_loop()
+        due = loop.time() + min(own, left)  # to tell a join that fired late (a blocked loop)
         try:
             if not (self._fail_fast and self._failures):
                 await self._wait_pending(min(own, left))
@@ -624,13 +628,14 @@ class TaskGroup:
         # Why the wait ended decides the shutdown's reason and what join raises after it.
         fired = None if cancel is None else self._own_deadline_fired(cancel, task, cancelling)
         reason, cause, timeout_of = self._why_stopped(cancel, fired, own, left, by_deadline)
-        later = await self._shutdown(reason, cause, grace, timed_out=timeout_of is not None)
+        late = _late.late_note(loop, due) if timeout_of is not None else ""
+        later = await self._shutdown(reason, cause + late, grace, timed_out=timeout_of is not None)
         if later is not None and self._own_deadline_fired(later, task, cancelling) is None:
             raise later  # the joiner was cancelled during the grace: that wins, after it
         if cancel is not None and fired is None:
             raise cancel
         if timeout_of is not None:
-            raise self._join_timeout(*timeout_of) from None
+            raise self._join_timeout(*timeout_of, late) from None
         error = self._failures[0].exception()
         assert error is not None
         raise error
@@ -680,7 +685,9 @@ class TaskGroup:
             return dl.binding()
         return None
 
-    def _join_timeout(self, deadline_name: str | None, budget: float) -> JoinTimeout:
+    def _join_timeout(
+        self, deadline_name: str | None, budget: float, late: str = ""
+    ) -> JoinTimeout:
         cancelled = self._cancel_info
         pending: list[str] = []
         results: list[Any] = []
@@ -704,7 +711,7 @@ class TaskGroup:
         budget_text = "no limit" if math.isinf(budget) else f"{budget:g}s"
         return JoinTimeout(
             f"group {self.name!r}: {len(pending)} of {len(self._tasks)} task(s) did not finish "
-            f"before {label!r} ({budget_text}): {shown}",
+            f"before {label!r} ({budget_text}): {shown}{late}",
             deadline_name=deadline_name,
             budget=budget,
             results=results,

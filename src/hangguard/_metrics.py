@@ -15,7 +15,12 @@ Instruments (names in ``_semconv``):
 * ``hangguard.deadline.exceeded`` (counter): deadlines that fired, by
   ``hangguard.deadline.name``;
 * ``mcp.client.operation.duration`` (histogram, seconds): MCP requests, by
-  ``mcp.method.name``, ``gen_ai.tool.name`` and, on failure, ``error.type``.
+  ``mcp.method.name``, ``gen_ai.tool.name`` and, on failure, ``error.type``;
+* ``hangguard.threads.abandoned`` (counter): threads left running when the group or the
+  awaiting task gave up on them (a thread cannot be killed);
+* ``hangguard.threads.no_free_worker`` (counter): thread tasks whose deadline passed
+  before a worker of their pool was free (a saturated pool);
+* ``hangguard.loop.blocked`` (histogram, seconds): event-loop blocks the watchdog saw.
 """
 
 from __future__ import annotations
@@ -36,10 +41,13 @@ from ._semconv import (
     ATTR_RETRY_NAME,
     ATTR_TASK_OUTCOME,
     METRIC_DEADLINE_EXCEEDED,
+    METRIC_LOOP_BLOCKED,
     METRIC_MCP_CLIENT_OPERATION_DURATION,
     METRIC_RETRIES,
     METRIC_RETRY_BUDGET_REFUSALS,
     METRIC_TASKS,
+    METRIC_THREADS_ABANDONED,
+    METRIC_THREADS_NO_FREE_WORKER,
     OUTCOME_CANCELLED,
     OUTCOME_FAILED,
     OUTCOME_OK,
@@ -49,14 +57,18 @@ from ._semconv import (
 from ._version import __version__
 
 __all__ = [
+    "LOOP_BLOCKED_BUCKETS",
     "MCP_DURATION_BUCKETS",
     "OUTCOMES",
     "get_meter",
     "record_deadline_exceeded",
+    "record_loop_blocked",
     "record_mcp_duration",
     "record_retry",
     "record_retry_refused",
     "record_task_outcome",
+    "record_threads_abandoned",
+    "record_threads_no_free_worker",
 ]
 
 #: The values ``hangguard.task.outcome`` takes.
@@ -81,6 +93,10 @@ MCP_DURATION_BUCKETS: Final = (
 )
 
 
+#: Bucket boundaries (seconds) of the blocked-loop histogram.
+LOOP_BLOCKED_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
 @dataclass(frozen=True, slots=True)
 class _Instruments:
     meter: Meter
@@ -89,6 +105,9 @@ class _Instruments:
     refusals: Counter
     deadlines: Counter
     mcp_duration: Histogram
+    threads_abandoned: Counter
+    no_free_worker: Counter
+    loop_blocked: Histogram
 
 
 _cache: tuple[MeterProvider, _Instruments] | None = None
@@ -119,6 +138,22 @@ def _build(provider: MeterProvider) -> _Instruments:
             unit="s",
             description="Duration of MCP requests as seen by the client.",
             explicit_bucket_boundaries_advisory=MCP_DURATION_BUCKETS,
+        ),
+        threads_abandoned=meter.create_counter(
+            METRIC_THREADS_ABANDONED,
+            unit="{thread}",
+            description="Threads left running when their group or awaiting task gave up.",
+        ),
+        no_free_worker=meter.create_counter(
+            METRIC_THREADS_NO_FREE_WORKER,
+            unit="{task}",
+            description="Thread tasks whose deadline passed before a worker was free.",
+        ),
+        loop_blocked=meter.create_histogram(
+            METRIC_LOOP_BLOCKED,
+            unit="s",
+            description="How long the event loop ran no callback, per block the watchdog saw.",
+            explicit_bucket_boundaries_advisory=LOOP_BLOCKED_BUCKETS,
         ),
     )
 
@@ -204,3 +239,24 @@ def record_mcp_duration(
     if attributes:
         attrs.update(attributes)
     inst.mcp_duration.record(max(0.0, seconds), attrs)
+
+
+def record_threads_abandoned(n: int = 1) -> None:
+    """Count ``n`` threads left running when their group or awaiting task gave up."""
+    inst = _instruments()
+    if inst is not None and n:
+        inst.threads_abandoned.add(n)
+
+
+def record_threads_no_free_worker(n: int = 1) -> None:
+    """Count ``n`` thread tasks whose deadline passed while they waited for a worker."""
+    inst = _instruments()
+    if inst is not None and n:
+        inst.no_free_worker.add(n)
+
+
+def record_loop_blocked(seconds: float) -> None:
+    """Record one event-loop block of ``seconds`` (the watchdog calls this)."""
+    inst = _instruments()
+    if inst is not None:
+        inst.loop_blocked.record(max(0.0, seconds))

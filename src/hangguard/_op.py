@@ -40,8 +40,18 @@ from . import _config
 from ._deadline import remaining
 from ._exceptions import ConfigError
 from ._group import TaskGroup
+from ._op_spec import (
+    FALLBACK_ATTR,
+    ORIGINAL_ATTR,
+    SPEC_ATTR,
+    OpSpec,
+    find_original,
+    op_task_list,
+    spec_of,
+    submit_label,
+)
+from ._op_sync import guard_sync
 from ._traced import check_budget, check_name, run_in_scope
-from ._validate import callable_name
 
 __all__ = ["GuardedOpMixin", "guarded_op"]
 
@@ -52,11 +62,6 @@ C = TypeVar("C", bound=type)
 _SUBMIT: Final = "submit_async_task"
 _JOIN: Final = "join_async_task"
 _ENTRY_NAMES: Final = ("async_call", "async_execute")
-_SPEC_ATTR: Final = "__hangguard_op__"
-# On every function this module installs on a class: what it replaced (None: nothing).
-_ORIGINAL_ATTR: Final = "__hangguard_original__"
-# On the mixin's own submit/join: stand-ins that a class's real methods take precedence over.
-_FALLBACK_ATTR: Final = "__hangguard_fallback__"
 _INSTANCE_RUN: Final = "_hangguard_run"
 
 # Every task submitted through a guarded op, to tell them from tasks put on a
@@ -65,17 +70,6 @@ _INSTANCE_RUN: Final = "_hangguard_run"
 # kept by id, not by reference: a value holding its key alive would never be dropped, and
 # a live task keeps its run alive (its context holds it), so the id cannot be reused.
 _guarded_tasks: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
-
-
-@dataclass(frozen=True, slots=True)
-class _OpSpec:
-    """What the decorator was given; ``None`` means "derive at call time"."""
-
-    name: str | None
-    budget: float | None
-
-    def op_name(self, op: object) -> str:
-        return self.name or type(op).__name__
 
 
 @dataclass(slots=True, eq=False)
@@ -122,11 +116,6 @@ def _warn_if_unbounded(name: str, timeout: float | None) -> None:
 # --- per-run groups ----------------------------------------------------------------------
 
 
-def _spec_of(op: object) -> _OpSpec:
-    spec = getattr(type(op), _SPEC_ATTR, None)
-    return spec if isinstance(spec, _OpSpec) else _OpSpec(None, None)
-
-
 def _run_of(op: object) -> _Run:
     """The run whose group ``op.submit_async_task`` feeds: the innermost run of ``op`` in
     this context, else (called outside a guarded run) one kept on the instance."""
@@ -145,27 +134,13 @@ def _run_of(op: object) -> _Run:
     run = state.get(_INSTANCE_RUN)
     # ``run.op is op`` guards against a shallow copy of the op carrying its original's run.
     if not isinstance(run, _Run) or run.op is not op:
-        run = state[_INSTANCE_RUN] = _Run(op, _spec_of(op).op_name(op), None, None)
+        run = state[_INSTANCE_RUN] = _Run(op, spec_of(op).op_name(op), None, None)
     return run
-
-
-def _label(fn: object) -> str:
-    owner = getattr(fn, "__self__", None)
-    if owner is not None and isinstance(getattr(type(owner), _SPEC_ATTR, None), _OpSpec):
-        return _spec_of(owner).op_name(owner)  # a guarded op's bound entry point
-    if isinstance(fn, functools.partial):
-        return _label(fn.func)
-    return callable_name(fn)
-
-
-def _task_list(op: object) -> list[Any] | None:
-    tasks = getattr(op, "task_list", None)
-    return tasks if isinstance(tasks, list) else None
 
 
 def _forget(op: object, tasks: list[asyncio.Task[Any]]) -> None:
     """Take ``tasks`` off the op's ``task_list`` (the original join's cleanup duty)."""
-    task_list = _task_list(op)
+    task_list = op_task_list(op)
     if task_list is not None and tasks:
         ours = set(tasks)
         task_list[:] = [t for t in task_list if t not in ours]
@@ -178,11 +153,11 @@ def _guarded_submit(
     if run.group is None:
         run.group = TaskGroup(run.name)
         run.tasks = []
-    label = f"{_label(fn)}[{len(run.tasks)}]"
+    label = f"{submit_label(fn)}[{len(run.tasks)}]"
     task = run.group.submit_named(label, fn, *args, **kwargs)
     run.tasks.append(task)
     _guarded_tasks[task] = id(run)
-    task_list = _task_list(self)
+    task_list = op_task_list(self)
     if task_list is not None:
         task_list.append(task)  # the original join gathers the real tasks
     return task
@@ -190,7 +165,7 @@ def _guarded_submit(
 
 # Installed as ``submit_async_task``; it never defers to the class's own submit, because
 # the group makes the task.
-setattr(_guarded_submit, _ORIGINAL_ATTR, None)
+setattr(_guarded_submit, ORIGINAL_ATTR, None)
 
 
 def _original_params(original: Callable[..., Any] | None) -> tuple[set[str], bool, bool]:
@@ -240,7 +215,7 @@ def _make_join(
                 raise
         if original is None:
             return results
-        task_list = _task_list(self)
+        task_list = op_task_list(self)
         if task_list is not None:
             # Exactly this run's tasks (plus any put there by hand), in submit order.
             ours = set(tasks)
@@ -258,7 +233,7 @@ def _make_join(
     if original is not None:
         # Introspection shows the class's own join, whose meaning the wrapper keeps.
         functools.update_wrapper(join_async_task, original)
-    setattr(join_async_task, _ORIGINAL_ATTR, original)
+    setattr(join_async_task, ORIGINAL_ATTR, original)
     return join_async_task
 
 
@@ -288,7 +263,7 @@ async def _close_leftover(run: _Run, exc: BaseException | None) -> None:
 
 
 def _make_entry(
-    original: Callable[..., Awaitable[Any]], spec: _OpSpec
+    original: Callable[..., Awaitable[Any]], spec: OpSpec
 ) -> Callable[..., Coroutine[Any, Any, Any]]:
     @functools.wraps(original)
     async def entry(self: Any, /, *args: Any, **kwargs: Any) -> Any:
@@ -314,37 +289,23 @@ def _make_entry(
         finally:
             _current_run.reset(token)
 
-    setattr(entry, _ORIGINAL_ATTR, original)
+    setattr(entry, ORIGINAL_ATTR, original)
     return entry
 
 
 # --- class transformation ----------------------------------------------------------------
 
 
-def _find_original(cls: type, attr: str) -> Callable[..., Any] | None:
-    """The class's own ``attr`` behind any guarded wrapper or mixin stand-in, or ``None``."""
-    for klass in cls.__mro__:
-        fn = klass.__dict__.get(attr)
-        if fn is None:
-            continue
-        if getattr(fn, _FALLBACK_ATTR, False):
-            continue  # the mixin's stand-in: a real one later in the MRO wins
-        if hasattr(fn, _ORIGINAL_ATTR):
-            original: Callable[..., Any] | None = getattr(fn, _ORIGINAL_ATTR)
-            return original
-        return fn  # type: ignore[no-any-return]
-    return None
-
-
-def _guard_class(cls: type, spec: _OpSpec, *, strict: bool) -> None:
-    entry_attr = next((a for a in _ENTRY_NAMES if _find_original(cls, a) is not None), None)
+def _guard_class(cls: type, spec: OpSpec, *, strict: bool) -> None:
+    has_sync_entry = guard_sync(cls, spec)
+    entry_attr = next((a for a in _ENTRY_NAMES if find_original(cls, a) is not None), None)
     if entry_attr is None:
-        if strict:
+        if strict and not has_sync_entry:
             raise TypeError(
                 f"guarded_op: {cls.__qualname__} has neither async_call() nor async_execute()"
             )
     else:
-        original = _find_original(cls, entry_attr)
+        original = find_original(cls, entry_attr)
         assert original is not None
         if not inspect.iscoroutinefunction(original):
             raise TypeError(
@@ -352,8 +313,8 @@ def _guard_class(cls: type, spec: _OpSpec, *, strict: bool) -> None:
             )
         setattr(cls, entry_attr, _make_entry(original, spec))
     setattr(cls, _SUBMIT, _guarded_submit)
-    setattr(cls, _JOIN, _make_join(_find_original(cls, _JOIN)))
-    setattr(cls, _SPEC_ATTR, spec)
+    setattr(cls, _JOIN, _make_join(find_original(cls, _JOIN)))
+    setattr(cls, SPEC_ATTR, spec)
 
 
 @overload
@@ -392,13 +353,13 @@ def guarded_op(
                 return await self.join_async_task(timeout=60, return_exceptions=True)
     """
     if isinstance(cls_or_name, type):
-        _guard_class(cls_or_name, _OpSpec(check_name(name), check_budget(budget)), strict=True)
+        _guard_class(cls_or_name, OpSpec(check_name(name), check_budget(budget)), strict=True)
         return cls_or_name
     if cls_or_name is not None and not isinstance(cls_or_name, str):
         raise TypeError(f"guarded_op() takes a class or a name, got {cls_or_name!r}")
     if cls_or_name is not None and name is not None:
         raise TypeError("guarded_op() got the name twice (positional and name=)")
-    spec = _OpSpec(
+    spec = OpSpec(
         check_name(cls_or_name if cls_or_name is not None else name), check_budget(budget)
     )
 
@@ -434,9 +395,9 @@ class GuardedOpMixin:
         cls, /, *, name: str | None = None, budget: float | None = None, **kwargs: Any
     ) -> None:
         super().__init_subclass__(**kwargs)
-        inherited = getattr(cls, _SPEC_ATTR, None)
-        base = inherited if isinstance(inherited, _OpSpec) else _OpSpec(None, None)
-        spec = _OpSpec(
+        inherited = getattr(cls, SPEC_ATTR, None)
+        base = inherited if isinstance(inherited, OpSpec) else OpSpec(None, None)
+        spec = OpSpec(
             check_name(name) if name is not None else base.name,
             check_budget(budget) if budget is not None else base.budget,
         )
@@ -466,5 +427,5 @@ class GuardedOpMixin:
 
 
 _FRESH_JOIN: Final = _make_join(None)
-setattr(GuardedOpMixin.submit_async_task, _FALLBACK_ATTR, True)
-setattr(GuardedOpMixin.join_async_task, _FALLBACK_ATTR, True)
+setattr(GuardedOpMixin.submit_async_task, FALLBACK_ATTR, True)
+setattr(GuardedOpMixin.join_async_task, FALLBACK_ATTR, True)

@@ -22,6 +22,7 @@ __all__ = [
     "ATTR_GEN_AI_TOOL_CALL_ARGUMENTS",
     "ATTR_GEN_AI_TOOL_CALL_RESULT",
     "ATTR_GEN_AI_TOOL_NAME",
+    "ATTR_GROUP_ABANDONED",
     "ATTR_GROUP_CANCELLED",
     "ATTR_GROUP_FAILED",
     "ATTR_GROUP_LIMIT",
@@ -30,6 +31,9 @@ __all__ = [
     "ATTR_GROUP_SIZE",
     "ATTR_GROUP_TIMED_OUT",
     "ATTR_HTTP_RESPONSE_STATUS_CODE",
+    "ATTR_LOOP_BLOCKED_S",
+    "ATTR_LOOP_STACK",
+    "ATTR_LOOP_THRESHOLD_S",
     "ATTR_MCP_METHOD_NAME",
     "ATTR_MCP_SERVER",
     "ATTR_NETWORK_TRANSPORT",
@@ -44,8 +48,11 @@ __all__ = [
     "ATTR_TASK_NAME",
     "ATTR_TASK_OUTCOME",
     "ATTR_TASK_STACK",
+    "ATTR_THREAD_ID",
+    "ATTR_THREAD_NAME",
     "ATTR_TIMEOUT_S",
     "CANCEL_DEADLINE",
+    "CANCEL_NO_FREE_WORKER",
     "CANCEL_PARENT",
     "CANCEL_SIBLING_FAILED",
     "CANCEL_TIMEOUT",
@@ -54,20 +61,25 @@ __all__ = [
     "EVENT_CANCELLED",
     "EVENT_CANCEL_IGNORED",
     "EVENT_DEADLINE_EXCEEDED",
+    "EVENT_LOOP_BLOCKED",
     "EVENT_RETRY",
     "EVENT_RETRY_BUDGET_EXHAUSTED",
     "EVENT_RETRY_BUDGET_REFUSED",
     "METRIC_DEADLINE_EXCEEDED",
+    "METRIC_LOOP_BLOCKED",
     "METRIC_MCP_CLIENT_OPERATION_DURATION",
     "METRIC_RETRIES",
     "METRIC_RETRY_BUDGET_REFUSALS",
     "METRIC_TASKS",
+    "METRIC_THREADS_ABANDONED",
+    "METRIC_THREADS_NO_FREE_WORKER",
     "OUTCOME_CANCELLED",
     "OUTCOME_FAILED",
     "OUTCOME_OK",
     "OUTCOME_TIMEOUT",
     "SPAN_EXECUTE_TOOL",
     "SPAN_GROUP",
+    "SPAN_LOOP_BLOCKED",
     "SPAN_OP",
     "SPAN_TASK",
     "TRACER_NAME",
@@ -79,6 +91,8 @@ TRACER_NAME: Final = "hangguard"
 SPAN_OP: Final = "{}"
 SPAN_GROUP: Final = "group {}"
 SPAN_TASK: Final = "task {}"
+# A blocked event loop, when no span of ours was running (else an event on that span).
+SPAN_LOOP_BLOCKED: Final = "loop blocked"
 
 # Attributes.
 ATTR_OP_NAME: Final = "hangguard.op.name"
@@ -89,6 +103,11 @@ ATTR_GROUP_CANCELLED: Final = "hangguard.group.cancelled"
 ATTR_GROUP_TIMED_OUT: Final = "hangguard.group.timed_out"
 ATTR_GROUP_LIMIT: Final = "hangguard.group.limit"
 ATTR_GROUP_SERIAL: Final = "hangguard.group.serial"
+# Threads of a thread group that did not stop when it gave up on them, left running.
+ATTR_GROUP_ABANDONED: Final = "hangguard.group.abandoned"
+# OpenTelemetry's thread attributes, on the cancelled record of an abandoned thread.
+ATTR_THREAD_ID: Final = "thread.id"
+ATTR_THREAD_NAME: Final = "thread.name"
 ATTR_TIMEOUT_S: Final = "hangguard.timeout_s"
 ATTR_TASK_NAME: Final = "hangguard.task.name"
 ATTR_TASK_STACK: Final = "hangguard.task.stack"
@@ -97,6 +116,11 @@ ATTR_CANCEL_CAUSE: Final = "hangguard.cancel.cause"
 ATTR_CANCEL_GRACE_S: Final = "hangguard.cancel_grace_s"
 ATTR_DEADLINE_NAME: Final = "hangguard.deadline.name"
 ATTR_DEADLINE_BUDGET_S: Final = "hangguard.deadline.budget_s"
+# On loop_blocked: how long the loop ran no callback, the stack sampled while it was
+# blocked (innermost frame first), and the watchdog's threshold.
+ATTR_LOOP_BLOCKED_S: Final = "hangguard.loop.blocked_s"
+ATTR_LOOP_STACK: Final = "hangguard.loop.stack"
+ATTR_LOOP_THRESHOLD_S: Final = "hangguard.loop.threshold_s"
 # On retry events: the number of the attempt that failed (1-based), the most attempts
 # allowed, what is being retried, the backoff before the next attempt, and the seconds
 # left on the enclosing deadline when a retry did not fit.
@@ -130,6 +154,8 @@ CANCEL_SIBLING_FAILED: Final = "sibling_failed"
 CANCEL_TIMEOUT: Final = "timeout"
 CANCEL_DEADLINE: Final = "deadline"
 CANCEL_PARENT: Final = "parent_cancelled"
+# A thread task whose deadline passed before any worker of its pool was free to start it.
+CANCEL_NO_FREE_WORKER: Final = "no_free_worker"
 
 # Events.
 EVENT_CANCELLED: Final = "hangguard.cancelled"
@@ -138,12 +164,16 @@ EVENT_DEADLINE_EXCEEDED: Final = "hangguard.deadline_exceeded"
 EVENT_RETRY: Final = "hangguard.retry"
 EVENT_RETRY_BUDGET_EXHAUSTED: Final = "hangguard.retry.budget_exhausted"
 EVENT_RETRY_BUDGET_REFUSED: Final = "hangguard.retry.budget_refused"
+EVENT_LOOP_BLOCKED: Final = "hangguard.loop_blocked"
 
 # Metrics (instruments in _metrics.py), with the attributes only they carry.
 METRIC_TASKS: Final = "hangguard.tasks"
 METRIC_RETRIES: Final = "hangguard.retries"
 METRIC_RETRY_BUDGET_REFUSALS: Final = "hangguard.retry.budget_refusals"
 METRIC_DEADLINE_EXCEEDED: Final = "hangguard.deadline.exceeded"
+METRIC_THREADS_ABANDONED: Final = "hangguard.threads.abandoned"
+METRIC_THREADS_NO_FREE_WORKER: Final = "hangguard.threads.no_free_worker"
+METRIC_LOOP_BLOCKED: Final = "hangguard.loop.blocked"
 ATTR_TASK_OUTCOME: Final = "hangguard.task.outcome"
 # The MCP semantic conventions' client call duration, with their attribute names.
 METRIC_MCP_CLIENT_OPERATION_DURATION: Final = "mcp.client.operation.duration"

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
+from types import FrameType
 from typing import Any, Final
 
 from ._validate import callable_name
 
-__all__ = ["fn_name", "is_coroutine_function", "outcome_of", "stack_of"]
+__all__ = [
+    "fn_name",
+    "frame_stack",
+    "is_coroutine_function",
+    "outcome_of",
+    "stack_of",
+    "thread_stacks",
+]
 
 _CO_COROUTINE: Final = inspect.CO_COROUTINE
 #: How many frames of a stuck task's await chain are kept (innermost first).
@@ -109,3 +118,26 @@ def stack_of(task: asyncio.Task[Any]) -> str:
         except Exception:
             pass
     return "\n".join(lines)
+
+
+def frame_stack(frame: FrameType | None, depth: int = _STACK_DEPTH) -> str:
+    """A thread's stack from ``frame`` outwards: the innermost frames, one a line."""
+    lines: list[str] = []
+    while frame is not None and len(lines) < depth:
+        code = frame.f_code
+        lines.append(f"{code.co_filename}:{frame.f_lineno} in {code.co_name}")
+        frame = frame.f_back
+    return "\n".join(lines)
+
+
+def thread_stacks(thread_ids: Iterable[int | None]) -> dict[int, str]:
+    """Where each of these threads is now (one snapshot of every thread's frame).
+
+    A thread cannot be asked where it is, so this reads the interpreter's table of
+    current frames (``sys._current_frames``, the documented way to do it).
+    """
+    wanted = {t for t in thread_ids if t is not None}
+    if not wanted:
+        return {}
+    frames = sys._current_frames()
+    return {t: frame_stack(frames.get(t)) for t in wanted}

@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from . import _config, _spans
+from . import _config, _spans, _watchdog
 from ._deadline import check_timeout, deadline, deadline_cancel_of
 from ._semconv import (
     ATTR_CANCEL_CAUSE,
@@ -61,10 +61,12 @@ def _cancel_attrs(exc: asyncio.CancelledError) -> dict[str, str]:
     return {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: _spans.safe_str(exc)}
 
 
+@_watchdog.holds_span
 async def run_in_scope(name: str, budget: float | None, body: Callable[[], Awaitable[R]]) -> R:
     """Await ``body()`` in a span and a deadline, both named ``name``."""
     # Read per call, so the env can change between runs and a bad value fails this call.
     seconds = budget if budget is not None else _config.op_budget(name)
+    _watchdog.maybe_watch()
     tracer = _spans.get_tracer()
     if tracer is None:
         async with deadline(seconds, name=name):

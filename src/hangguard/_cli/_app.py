@@ -136,6 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the guide's debug mode: run the searches one at a time, in order, logging "
         "each (sets HANGGUARD_SERIAL=1)",
     )
+    demo.add_argument(
+        "--block-loop",
+        type=float,
+        nargs="?",
+        const=0.5,
+        default=0.0,
+        metavar="SECONDS",
+        help="a blocking call (time.sleep) in the op's coroutine stops the event loop for "
+        "SECONDS (0.5 when not given); the loop watchdog shows where",
+    )
     demo.add_argument("--json", action="store_true", help="print one JSON document, no tree")
     demo.add_argument(
         "--all-spans",

@@ -51,6 +51,8 @@ __all__ = ["DEFAULT_BUDGET", "Budgets", "run_demo"]
 
 #: The op's budget when neither a flag nor the env gives one: the demo ends in seconds.
 DEFAULT_BUDGET = 3.0
+#: The loop watchdog's threshold when --block-loop is given.
+LOOP_BLOCK_THRESHOLD = 0.1
 
 _SERVICE_NAME = "hangguard-demo"
 
@@ -131,9 +133,9 @@ def _logging(err: Console, *, verbose: bool, serial: bool) -> Iterator[None]:
 
 
 async def _run_op(
-    url: str, searches: list[Search], budgets: Budgets, progress: Progress
+    url: str, searches: list[Search], budgets: Budgets, progress: Progress, block_loop: float
 ) -> tuple[list[Any] | None, BaseException | None]:
-    op_cls = make_op(budget=budgets.op, join_timeout=budgets.join)
+    op_cls = make_op(budget=budgets.op, join_timeout=budgets.join, block_loop=block_loop)
     search_op = SearchOp(url, timeout=None, run_key=uuid.uuid4().hex[:8])
     op = op_cls(searches, search_op, progress.watch)
     try:
@@ -159,9 +161,14 @@ def run_demo(args: argparse.Namespace, out: Console, err: Console) -> int:
             os.environ[_config.ENV_SERIAL] = "1"
         budgets = Budgets.resolve(args)
         serial = _config.serial()
+        block_loop = float(args.block_loop or 0.0)
+        if block_loop < 0 or math.isnan(block_loop):
+            raise ValueError(f"--block-loop must be >= 0 seconds, got {args.block_loop!r}")
         tracing = hangguard.setup_tracing(
             None if os.environ.get("OTEL_SERVICE_NAME") else _SERVICE_NAME,
             metrics_enabled=False,
+            # With --block-loop the watchdog is on (0.1 s), else as the env says.
+            loop_block_threshold=LOOP_BLOCK_THRESHOLD if block_loop else None,
         )
     except (ValueError, ConfigError) as exc:
         err.print(Text(f"error: {exc}", style="red"))
@@ -190,7 +197,9 @@ def run_demo(args: argparse.Namespace, out: Console, err: Console) -> int:
     with _logging(err, verbose=args.verbose, serial=serial):
         try:
             with ChaosServer() as chaos, live if show_progress else nullcontext():
-                results, timed_out = asyncio.run(_run_op(chaos.url, searches, budgets, progress))
+                results, timed_out = asyncio.run(
+                    _run_op(chaos.url, searches, budgets, progress, block_loop)
+                )
         except Exception as exc:
             failure = exc
             logging.getLogger("hangguard.demo").error(

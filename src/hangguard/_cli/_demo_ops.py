@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -188,7 +189,12 @@ class SearchOp(BaseAsyncOp):
 Watch = Callable[[asyncio.Task[Any], Search], None]
 
 
-def make_op(*, budget: float, join_timeout: float) -> type[Any]:
+def parse_report(seconds: float) -> None:
+    """The demo's blocking call: a sync parse run straight in a coroutine (a mistake)."""
+    time.sleep(seconds)
+
+
+def make_op(*, budget: float, join_timeout: float, block_loop: float = 0.0) -> type[Any]:
     """The guide's fan-out op, guarded with this run's budget.
 
     Made per run because the budget is the decorator's argument; ``watch`` (an
@@ -213,6 +219,9 @@ def make_op(*, budget: float, join_timeout: float) -> type[Any]:
                 task = self.submit_async_task(search_op.async_call, query=search)
                 if self.watch is not None:
                     self.watch(task, search)
+            if block_loop:
+                # Blocks the event loop: no search, timeout or deadline progresses meanwhile.
+                parse_report(block_loop)
             try:
                 # Fault-tolerant + timeout: failures stand in their places, and what
                 # has not finished at the timeout is cancelled.

@@ -32,6 +32,8 @@ from .._semconv import (
     ATTR_GROUP_SERIAL,
     ATTR_GROUP_SIZE,
     ATTR_GROUP_TIMED_OUT,
+    ATTR_LOOP_BLOCKED_S,
+    ATTR_LOOP_STACK,
     ATTR_RETRY_ATTEMPT,
     ATTR_RETRY_ATTEMPTS,
     ATTR_RETRY_REMAINING_S,
@@ -42,6 +44,7 @@ from .._semconv import (
     EVENT_CANCEL_IGNORED,
     EVENT_CANCELLED,
     EVENT_DEADLINE_EXCEEDED,
+    EVENT_LOOP_BLOCKED,
     EVENT_RETRY,
     EVENT_RETRY_BUDGET_EXHAUSTED,
     EVENT_RETRY_BUDGET_REFUSED,
@@ -227,6 +230,21 @@ def _event_line(span: SpanRecord, event: SpanEventRecord) -> RenderableType | No
         return Text.assemble(
             when, (f"{EVENT_CANCEL_IGNORED} ", "red"), f"still running after grace: {shown}"
         )
+    if event.name == EVENT_LOOP_BLOCKED:
+        blocked = _num(attrs.get(ATTR_LOOP_BLOCKED_S))
+        line = Text.assemble(
+            when,
+            (f"{EVENT_LOOP_BLOCKED} ", "red"),
+            "the event loop ran nothing"
+            + (f" for {format_duration(blocked)}" if blocked is not None else ""),
+        )
+        stack = attrs.get(ATTR_LOOP_STACK)
+        if isinstance(stack, str) and stack:
+            frames = [short_frame(f) for f in stack.splitlines()[:STACK_LINES]]
+            lines = [Text(f"  blocked in {frames[0]}", style="red")]
+            lines += [Text(f"             {f}", style="dim") for f in frames[1:]]
+            return Group(line, *lines)
+        return line
     if event.name == _EXCEPTION_EVENT and span.status == "ERROR":
         return None
     shown = " ".join(f"{k}={v}" for k, v in attrs.items())

@@ -27,6 +27,8 @@ from .._config import ENV_TRACE_FILE
 from .._deadline import check_timeout
 from .._exceptions import ConfigError
 from .._validate import check_whole
+from .._watchdog import enable as enable_watchdog
+from .._watchdog import resolve_threshold
 from ._guard import (
     Counters,
     ExportStats,
@@ -244,28 +246,14 @@ def setup_tracing(
     max_queue_size: int | None = None,
     max_export_batch_size: int | None = None,
     set_global: bool = True,
+    loop_block_threshold: float | None = None,
 ) -> TracingHandle:
     """Install an OpenTelemetry SDK tracer and meter provider exporting hangguard's telemetry.
 
     For applications (the library never calls it). Configuration follows the standard
     variables, and each argument overrides its variable:
 
-    =========================  ============================================================
-    ``service_name``           ``OTEL_SERVICE_NAME`` (else ``service.name`` in
-                               ``OTEL_RESOURCE_ATTRIBUTES``)
-    ``endpoint``               ``OTEL_EXPORTER_OTLP_ENDPOINT`` (a base URL; the per-signal
-                               ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``_METRICS_ENDPOINT``
-                               are used as they are)
-    ``protocol``               ``OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]PROTOCOL``: ``grpc``
-                               (default, port 4317) or ``http/protobuf`` (port 4318)
-    ``sampler``                ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``, or a
-                               Sampler
-    ``trace_file``             ``HANGGUARD_TRACE_FILE``: with no endpoint, also append spans
-    ``export_timeout``         ``OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]TIMEOUT`` (seconds, 10)
-    ``max_queue_size``         ``OTEL_BSP_MAX_QUEUE_SIZE``: spans waiting for export (32768)
-    ``max_export_batch_size``  ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``: spans per request (512)
-    =========================  ============================================================
-
+    =========================  =====================================================
     With no endpoint at all, spans stay in-process (see :func:`local_spans`) instead of
     failing. A span that finds the export queue full is dropped and counted
     (``stats().dropped``, the ``otel.sdk.processor.span.processed`` metric), and
@@ -319,6 +307,7 @@ def setup_tracing(
     check_whole(max_local_spans, "max_local_spans")
     if set_global:
         _check_globals_free()
+    watchdog_threshold = resolve_threshold(loop_block_threshold)
 
     attrs: dict[str, Any] = dict(resource_attributes or {})
     if service_name is not None:
@@ -403,4 +392,5 @@ def setup_tracing(
                 raise RuntimeError(_GLOBAL_TAKEN.format("MeterProvider"))
         trace.set_tracer_provider(provider)
         _active_handle = handle
+    enable_watchdog(watchdog_threshold)
     return handle

@@ -1,0 +1,1037 @@
+"""Sync code and threads with the task group's guarantees, as far as threads allow.
+
+:class:`ThreadGroup` is the thread counterpart of :class:`~hangguard.TaskGroup` (results in
+submit order, partial results on :class:`JoinTimeout`, each failure logged once, ``limit``,
+``HANGGUARD_SERIAL``), :func:`to_thread` is ``asyncio.to_thread`` bounded by the deadline,
+and :func:`checkpoint` lets a long loop in a thread stop when it is no longer wanted.
+
+A thread cannot be killed. When a join times out or a task fails, work that has not
+started is cancelled (its slot says so), and threads that are running are *abandoned*:
+the join returns on time, each abandoned thread gets a ``hangguard.cancelled`` record with
+its current stack, and is counted (span attribute and metric). It goes on running until
+its blocking call returns; its later outcome is logged once. ``checkpoint()`` raises in
+it from then on. The current deadline and OpenTelemetry context travel into every thread
+(one context copy per submit), so ``hangguard.remaining()`` and nested spans work there.
+
+Without an executor of their own, groups and ``to_thread`` share one pool of daemon
+threads (daemon, so an abandoned thread never holds up the interpreter's exit), which
+grows by one worker for each thread it abandoned while that thread is still stuck, so
+abandoned threads never starve later work. A given executor is used as it is: a task
+queued behind stuck threads there is bounded by its deadline and fails with "no free
+worker" instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any, Final, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span
+
+from . import _config, _metrics, _semconv, _spans, _watchdog
+from ._deadline import Deadline, check_timeout, current_deadline, now, remaining
+from ._exceptions import DeadlineExceeded, JoinTimeout, ThreadCancelled
+from ._semconv import (
+    ATTR_CANCEL_CAUSE,
+    ATTR_CANCEL_REASON,
+    ATTR_GROUP_ABANDONED,
+    ATTR_GROUP_CANCELLED,
+    ATTR_GROUP_FAILED,
+    ATTR_GROUP_LIMIT,
+    ATTR_GROUP_NAME,
+    ATTR_GROUP_SERIAL,
+    ATTR_GROUP_SIZE,
+    ATTR_GROUP_TIMED_OUT,
+    ATTR_TASK_NAME,
+    ATTR_TASK_STACK,
+    ATTR_THREAD_ID,
+    ATTR_THREAD_NAME,
+    ATTR_TIMEOUT_S,
+    CANCEL_DEADLINE,
+    CANCEL_NO_FREE_WORKER,
+    CANCEL_PARENT,
+    CANCEL_SIBLING_FAILED,
+    CANCEL_TIMEOUT,
+    EVENT_CANCELLED,
+    SPAN_GROUP,
+    SPAN_TASK,
+)
+from ._task_info import fn_name, is_coroutine_function, thread_stacks
+
+__all__ = ["ThreadGroup", "checkpoint", "to_thread"]
+
+logger = logging.getLogger("hangguard")
+
+T = TypeVar("T")
+
+#: Stacks are captured for at most this many abandoned threads per join (the rest get the
+#: record without one), so abandoning 10,000 stays cheap.
+STACK_CAPTURES: Final = 20
+#: How many abandoned threads the one warning of a join lists with their stacks.
+_LOGGED_STACKS: Final = 3
+
+# Slot states.
+_QUEUED: Final = 0  # waiting for the group's limit
+_SUBMITTED: Final = 1  # handed to the executor (started or not: its future knows)
+_RUNNING: Final = 2  # the executor refused it: failing at once
+_DONE: Final = 3
+_CANCELLED: Final = 4  # never started
+_ABANDONED: Final = 5  # still running, given up on
+
+_NOTHING: Final = object()
+
+
+class _Cancel:
+    """Why a thread's work is no longer wanted; what ``checkpoint()`` raises there."""
+
+    __slots__ = ("budget", "cause", "deadline_name", "reason")
+
+    def __init__(
+        self, reason: str, cause: str, *, deadline_name: str | None = None, budget: float = 0.0
+    ) -> None:
+        self.reason = reason
+        self.cause = cause
+        self.deadline_name = deadline_name
+        self.budget = budget
+
+    def exception(self) -> Exception:
+        if self.reason in (CANCEL_TIMEOUT, CANCEL_DEADLINE):
+            return DeadlineExceeded(
+                f"{self.cause}: this thread was given up on; stop at this checkpoint",
+                deadline_name=self.deadline_name,
+                budget=self.budget,
+            )
+        return ThreadCancelled(
+            f"{self.cause}: this thread was given up on ({self.reason}); stop at this checkpoint",
+            reason=self.reason,
+            cause=self.cause,
+        )
+
+
+class _Slot:
+    """One submitted call: its place in the results, and what became of it."""
+
+    __slots__ = (
+        "args",
+        "cancel",
+        "failed",
+        "fn",
+        "future",
+        "index",
+        "kwargs",
+        "outcome",
+        "span",
+        "state",
+        "submitted_at",
+        "thread_id",
+    )
+
+    def __init__(self, index: int, fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
+        self.index = index
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.state = _QUEUED
+        self.future: Future[Any] | None = None
+        self.thread_id: int | None = None
+        self.cancel: _Cancel | None = None
+        self.outcome: Any = _NOTHING
+        self.failed = False
+        self.span: Span | None = None
+        self.submitted_at = 0.0
+
+
+# The slot of the call running in this thread (set in the copied context of each call).
+_current_slot: contextvars.ContextVar[_Slot | None] = contextvars.ContextVar(
+    "hangguard_thread_slot", default=None
+)
+
+
+def checkpoint() -> None:
+    """Raise here if the work running in this thread is no longer wanted.
+
+    A thread cannot be cancelled from outside, so a long loop calls this now and then:
+    it raises :class:`DeadlineExceeded` when the current deadline has passed or the
+    group's join timed out, and :class:`ThreadCancelled` when the group gave up for
+    another reason (a sibling failed, the awaiting task was cancelled)::
+
+        def crunch(rows):
+            for row in rows:
+                hangguard.checkpoint()
+                handle(row)
+
+    Elsewhere (the main thread, an asyncio task) it checks the current deadline only.
+    """
+    slot = _current_slot.get()
+    if slot is not None and slot.cancel is not None:
+        raise slot.cancel.exception()
+    d = current_deadline()
+    if d is not None and not math.isinf(d.expires_at) and now() >= d.expires_at:
+        bound = d.binding()
+        _spans.record_deadline_exceeded(bound.name, bound.budget)
+        raise DeadlineExceeded(deadline_name=bound.name, budget=bound.budget)
+
+
+def _label(d: Deadline | None) -> str:
+    name = d.name if d is not None else None
+    return repr(name) if name else "(unnamed)"
+
+
+def _budget_text(budget: float) -> str:
+    return "no limit" if math.isinf(budget) else f"{budget:g}s"
+
+
+# --- the shared pool ---------------------------------------------------------------------
+
+
+class _DaemonPool(Executor):
+    """A thread pool of daemon workers that grows past its size for abandoned threads.
+
+    ``concurrent.futures.ThreadPoolExecutor`` joins its (non-daemon) workers at exit, so
+    one thread stuck in a socket read would hang the interpreter's exit; and its stuck
+    workers would starve everything queued behind them. Here each thread the pool is told
+    it abandoned (:meth:`abandoned`) adds a worker until that thread's call returns.
+    """
+
+    def __init__(self, max_workers: int, prefix: str) -> None:
+        self._max = max_workers
+        self._prefix = prefix
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+        self._stuck = 0
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((future, fn, args, kwargs))
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1  # that worker takes this item
+                return future
+            if self._threads >= self._max + self._stuck:
+                return future
+            self._threads += 1
+            n = self._threads
+        threading.Thread(target=self._work, name=f"{self._prefix}-{n}", daemon=True).start()
+        return future
+
+    def abandoned(self, n: int = 1) -> None:
+        """``n`` running calls were given up on: add workers while they are stuck."""
+        with self._lock:
+            self._stuck += n
+            # The idle count can be stale (a worker counts itself idle before it takes
+            # an item that was already queued): spawn for what is queued regardless.
+            spawn = max(0, min(n, self._queue.qsize()))
+            self._threads += spawn
+            first = self._threads - spawn
+        for i in range(spawn):
+            name = f"{self._prefix}-{first + i + 1}"
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+
+    def released(self) -> None:
+        """An abandoned call returned: its extra worker is no longer owed."""
+        with self._lock:
+            self._stuck -= 1
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args, kwargs = self._queue.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del future, fn, args, kwargs
+            with self._lock:
+                if self._threads > self._max + self._stuck:
+                    self._threads -= 1
+                    return  # a worker added for a stuck thread that has since returned
+                self._idle += 1
+
+
+_pool: _DaemonPool | None = None
+_pool_lock = threading.Lock()
+
+
+def _shared_pool() -> _DaemonPool:
+    global _pool
+    pool = _pool
+    if pool is None:
+        with _pool_lock:
+            if _pool is None:
+                size = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default
+                _pool = _DaemonPool(size, "hangguard")
+            pool = _pool
+    return pool
+
+
+def _release_worker(executor: Executor | None) -> None:
+    if isinstance(executor, _DaemonPool):
+        executor.released()
+
+
+# --- the thread group --------------------------------------------------------------------
+
+
+class ThreadGroup:
+    """Run blocking functions in threads and join them within a bounded time.
+
+    The thread counterpart of :class:`~hangguard.TaskGroup`, with the same semantics as
+    far as threads allow: ``join`` returns results in submit order; with
+    ``return_exceptions=False`` the first failure is raised (after the rest were
+    cancelled); on timeout (``timeout``, else ``HANGGUARD_JOIN_TIMEOUT``, capped by the
+    current :func:`hangguard.deadline`) :class:`JoinTimeout` carries the partial results.
+    A running thread cannot be stopped: it is abandoned (recorded with its stack) and
+    the join returns on time; :func:`checkpoint` raises in it from then on::
+
+        group = hangguard.ThreadGroup("fetch", timeout=30)
+        for url in urls:
+            group.submit(fetch, url)
+        pages = group.join(return_exceptions=True)
+
+    or, joining at the end of the block::
+
+        with hangguard.ThreadGroup("fetch") as group:
+            group.submit(fetch, "http://127.0.0.1:8000/")
+
+    ``submit(fn, *args, **kwargs)`` passes every keyword to ``fn``; ``submit_named``
+    gives the task a name. ``executor`` is the pool to run in (by default a shared pool
+    of daemon threads); ``limit`` bounds how many run at once; ``HANGGUARD_SERIAL=1``
+    runs them one at a time in submit order and logs each start and outcome.
+    """
+
+    def __init__(
+        self,
+        name: str = "group",
+        *,
+        timeout: float | None = None,
+        return_exceptions: bool | None = None,
+        limit: int | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        self.name = name
+        self._timeout = None if timeout is None else check_timeout(timeout, "timeout")
+        self._return_exceptions = return_exceptions
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise TypeError(f"limit must be a whole number >= 1 or None, got {limit!r}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        if executor is not None and not callable(getattr(executor, "submit", None)):
+            raise TypeError(f"executor must have a submit() method, got {executor!r}")
+        self._serial = _config.serial()
+        self._limit = 1 if self._serial else limit
+        self._executor = executor
+        self._tracer = _spans.get_tracer()
+        self._span: Span | None = None
+        self._span_ctx: otel_context.Context | None = None
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._slots: list[_Slot] = []
+        self._names: dict[int, str] = {}
+        self._queued: collections.deque[_Slot] = collections.deque()
+        self._running = 0  # handed to the executor and not finished (for the limit)
+        self._pending = 0
+        self._failures: list[_Slot] = []
+        self._fail_fast = return_exceptions is False
+        self._joined = False
+        self._finished = False
+        self._abandoned = 0
+        self._wake_any = False
+        self._checked_fn: object = _NOTHING
+        self._named_fn: object = _NOTHING
+        self._fn_label = ""
+
+    # -- submitting -------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        """Run ``fn(*args, **kwargs)`` in a thread of this group; ``join`` gives its result.
+
+        ``fn`` is a plain (blocking) function; for ``async def`` use a
+        :class:`~hangguard.TaskGroup`. Every keyword goes to ``fn``.
+        """
+        self._submit(None, fn, args, kwargs)
+
+    def submit_named(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        """Like :meth:`submit`, naming the task ``name`` in logs, spans and errors."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        self._submit(name, fn, args, kwargs)
+
+    def _submit(self, name: str | None, fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
+        if self._joined:
+            raise RuntimeError(f"thread group {self.name!r} was already joined")
+        if fn is not self._checked_fn:
+            if not callable(fn):
+                raise TypeError(f"submit() takes a function, got {fn!r} (group {self.name!r})")
+            if is_coroutine_function(fn):
+                raise TypeError(
+                    f"submit() runs blocking functions in threads; {fn_name(fn)!r} is a "
+                    f"coroutine function: use hangguard.TaskGroup (group {self.name!r})"
+                )
+            self._checked_fn = fn
+        slot = _Slot(len(self._slots), fn, args, kwargs)
+        if name is not None:
+            self._names[slot.index] = name
+        if self._tracer is not None and self._span is None:
+            self._start_span()
+        with self._lock:
+            self._slots.append(slot)
+            self._pending += 1
+            if self._limit is not None and self._running >= self._limit:
+                self._queued.append(slot)
+                return
+            self._running += 1
+        self._dispatch(slot, direct=True)
+
+    def _dispatch(self, slot: _Slot, *, direct: bool) -> None:
+        slot.state = _SUBMITTED
+        slot.submitted_at = time.monotonic()
+        executor = self._executor if self._executor is not None else _shared_pool()
+        try:
+            slot.future = executor.submit(contextvars.copy_context().run, self._run, slot)
+        except BaseException as exc:
+            if slot.state == _DONE:
+                if slot.outcome is exc:
+                    return  # the executor ran it inline and it raised: recorded in its slot
+                raise  # the executor's own failure after running the call inline
+            # The executor refused it (shut down, say): the slot holds the error, and a
+            # direct submit raises it to its caller, as the executor's submit would.
+            slot.state = _RUNNING
+            self._finish_slot(slot, exc, failed=True, quiet=direct)
+            if direct:
+                raise
+
+    def task_name(self, index: int) -> str:
+        """The name of the task submitted at ``index`` (explicit, else ``fn[index]``)."""
+        name = self._names.get(index)
+        if name is not None:
+            return name
+        fn = self._slots[index].fn
+        if fn is not self._named_fn:
+            self._named_fn, self._fn_label = fn, fn_name(fn)
+        return f"{self._fn_label}[{index}]"
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def futures(self) -> list[tuple[int, Future[Any]]]:
+        """The executor's future of each call handed to it, with its index."""
+        return [(s.index, s.future) for s in self._slots if s.future is not None]
+
+    def _start_span(self) -> None:
+        assert self._tracer is not None
+        self._span = self._tracer.start_span(
+            SPAN_GROUP.format(self.name), attributes={ATTR_GROUP_NAME: self.name}
+        )
+        if self._limit is not None:
+            self._span.set_attribute(ATTR_GROUP_LIMIT, self._limit)
+        if self._serial:
+            self._span.set_attribute(ATTR_GROUP_SERIAL, True)
+        self._span_ctx = trace.set_span_in_context(self._span)
+
+    def _task_span(self, slot: _Slot) -> Span:
+        assert self._tracer is not None
+        name = self.task_name(slot.index)
+        return self._tracer.start_span(
+            SPAN_TASK.format(name), context=self._span_ctx, attributes={ATTR_TASK_NAME: name}
+        )
+
+    # -- in the worker thread ---------------------------------------------------------
+
+    def _run(self, slot: _Slot) -> Any:
+        """Run one call in the worker thread, inside the context copied at submit."""
+        # The state stays _SUBMITTED while it runs: only the joiner (abandoning it) and
+        # _finish_slot change it, under the lock, so neither overwrites the other.
+        slot.thread_id = threading.get_ident()
+        _current_slot.set(slot)  # this context is the call's own copy
+        d = current_deadline()
+        if d is not None and not math.isinf(d.expires_at) and now() >= d.expires_at:
+            # It waited for a worker until its deadline passed: it must not start late.
+            exc = self._no_free_worker(slot, d)
+            self._finish_slot(slot, exc, failed=True)
+            raise exc
+        span: Span | None = None
+        token: object = None
+        if self._tracer is not None:
+            span = slot.span = self._task_span(slot)
+            token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            result = self._run_logged(slot) if self._serial else slot.fn(*slot.args, **slot.kwargs)
+        except BaseException as exc:
+            if span is not None:
+                otel_context.detach(token)  # type: ignore[arg-type]
+                if slot.cancel is None or not isinstance(exc, (DeadlineExceeded, ThreadCancelled)):
+                    _spans.record_failure(span, exc)
+            self._finish_slot(slot, exc, failed=True)
+            raise
+        if span is not None:
+            otel_context.detach(token)  # type: ignore[arg-type]
+        self._finish_slot(slot, result, failed=False)
+        return result
+
+    def _run_logged(self, slot: _Slot) -> Any:
+        name = self.task_name(slot.index)
+        logger.info("serial: task %r started (group %r)", name, self.name)
+        started = time.monotonic()
+        try:
+            result = slot.fn(*slot.args, **slot.kwargs)
+        except BaseException as exc:
+            logger.info(
+                "serial: task %r failed after %.3fs: %s: %s",
+                name,
+                time.monotonic() - started,
+                type(exc).__name__,
+                exc,
+            )
+            raise
+        logger.info("serial: task %r succeeded in %.3fs", name, time.monotonic() - started)
+        return result
+
+    def _no_free_worker(self, slot: _Slot, d: Deadline) -> DeadlineExceeded:
+        bound = d.binding()
+        waited = time.monotonic() - slot.submitted_at
+        _metrics.record_threads_no_free_worker()
+        if self._tracer is not None:
+            span = self._task_span(slot)
+            span.add_event(
+                EVENT_CANCELLED,
+                {ATTR_CANCEL_REASON: CANCEL_NO_FREE_WORKER, ATTR_CANCEL_CAUSE: bound.name or ""},
+            )
+            span.end()
+        return DeadlineExceeded(
+            f"task {self.task_name(slot.index)!r} did not start before deadline {_label(bound)} "
+            f"({_budget_text(bound.budget)}): no free worker in its pool for {waited:.2f}s",
+            deadline_name=bound.name,
+            budget=bound.budget,
+        )
+
+    def _finish_slot(self, slot: _Slot, outcome: Any, *, failed: bool, quiet: bool = False) -> None:
+        # What the joiner may look at (the span, the failure's log line) is done before
+        # it is woken, so that a join that returned has nothing of its calls in flight.
+        abandoned = False
+        if slot.span is not None:
+            with self._lock:
+                abandoned = slot.state == _ABANDONED
+                span, slot.span = slot.span, None
+            if span is not None:
+                span.end()
+        logged = False
+        if (
+            failed
+            and not quiet
+            and not abandoned
+            and not (
+                slot.cancel is not None and isinstance(outcome, (DeadlineExceeded, ThreadCancelled))
+            )
+        ):
+            logged = True
+            logger.error(
+                "task %r of thread group %r failed with %s",
+                self.task_name(slot.index),
+                self.name,
+                type(outcome).__name__,
+                exc_info=outcome,
+            )
+        nxt: _Slot | None = None
+        with self._lock:
+            late = slot.state == _ABANDONED
+            slot.state = _DONE
+            if not late:
+                slot.outcome = outcome
+                slot.failed = failed
+                self._pending -= 1
+                if failed:
+                    self._failures.append(slot)
+                # The joiner waits for all, for a failure (fail-fast), or, in the grace,
+                # for any: woken only then, not once per call.
+                if self._pending == 0 or self._wake_any or (failed and self._fail_fast):
+                    self._cond.notify_all()
+                self._running -= 1
+                if self._queued and not self._joined_giving_up():
+                    nxt = self._queued.popleft()
+                    self._running += 1
+        if late:
+            self._log_late(slot, outcome, failed and not logged)
+        elif failed and self._fail_fast and self._failures[0] is slot:
+            self._cancel_rest(CANCEL_SIBLING_FAILED, self.task_name(slot.index))
+        if nxt is not None:
+            self._dispatch(nxt, direct=False)
+
+    def _joined_giving_up(self) -> bool:
+        return self._finished or (self._fail_fast and bool(self._failures))
+
+    def _log_late(self, slot: _Slot, outcome: Any, failed: bool) -> None:
+        """An abandoned thread's call returned at last: say how it ended, once."""
+        _release_worker(self._executor if self._executor is not None else _pool)
+        name = self.task_name(slot.index)
+        if failed and not isinstance(outcome, (DeadlineExceeded, ThreadCancelled)):
+            logger.error(
+                "abandoned task %r of thread group %r failed later with %s",
+                name,
+                self.name,
+                type(outcome).__name__,
+                exc_info=outcome,
+            )
+        else:
+            logger.info("abandoned task %r of thread group %r has ended", name, self.name)
+
+    # -- cancelling and abandoning ----------------------------------------------------
+
+    def _cancel_rest(self, reason: str, cause: str, d: Deadline | None = None) -> list[_Slot]:
+        """Cancel what has not started; mark the running ones so checkpoint() raises.
+
+        Returns the slots still running (for the caller to wait on or abandon).
+        """
+        cancel = _Cancel(
+            reason,
+            cause,
+            deadline_name=d.name if d is not None else cause,
+            budget=d.budget if d is not None else 0.0,
+        )
+        running: list[_Slot] = []
+        never_started: list[_Slot] = []
+        with self._lock:
+            self._queued.clear()
+            for slot in self._slots:
+                if slot.state in (_DONE, _CANCELLED, _ABANDONED):
+                    continue
+                if slot.cancel is None:
+                    slot.cancel = cancel
+                if slot.state == _QUEUED or (slot.future is not None and slot.future.cancel()):
+                    slot.state = _CANCELLED
+                    self._pending -= 1
+                    never_started.append(slot)
+                else:
+                    running.append(slot)
+            if self._pending == 0:
+                self._cond.notify_all()
+        if self._tracer is not None:
+            for slot in never_started[:STACK_CAPTURES]:
+                span = self._task_span(slot)
+                span.add_event(
+                    EVENT_CANCELLED, {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: cause}
+                )
+                span.end()
+        return running
+
+    def _abandon(self, running: list[_Slot], reason: str, cause: str) -> list[_Slot]:
+        """Give up on threads that are still running: record where each one is stuck."""
+        stuck: list[_Slot] = []
+        with self._lock:
+            for slot in running:
+                if slot.state == _RUNNING or slot.state == _SUBMITTED:
+                    slot.state = _ABANDONED
+                    self._pending -= 1
+                    stuck.append(slot)
+        if not stuck:
+            return stuck
+        self._abandoned += len(stuck)
+        stacks = thread_stacks(s.thread_id for s in stuck[:STACK_CAPTURES])
+        # Which thread each is stuck in (named on its record, not on every task span).
+        names = {t.ident: t.name for t in threading.enumerate()}
+        _metrics.record_threads_abandoned(len(stuck))
+        pool = self._executor if self._executor is not None else _pool
+        if isinstance(pool, _DaemonPool):
+            pool.abandoned(len(stuck))
+        for i, slot in enumerate(stuck):
+            attrs: dict[str, str | int] = {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: cause}
+            stack = stacks.get(slot.thread_id) if (i < STACK_CAPTURES and slot.thread_id) else None
+            if stack:
+                attrs[ATTR_TASK_STACK] = stack
+            if slot.thread_id is not None:
+                attrs[ATTR_THREAD_ID] = slot.thread_id
+                attrs[ATTR_THREAD_NAME] = names.get(slot.thread_id, "")
+            with self._lock:
+                span, slot.span = slot.span, None
+            if (
+                span is None
+                and slot.thread_id is None  # never started: it has no span of its own yet
+                and self._tracer is not None
+                and i < STACK_CAPTURES
+            ):
+                span = self._task_span(slot)
+            if span is not None:
+                span.add_event(EVENT_CANCELLED, attrs)
+                span.end()  # the trace is complete now; the thread may never return
+        shown = []
+        for slot in stuck[:_LOGGED_STACKS]:
+            stack = stacks.get(slot.thread_id) if slot.thread_id is not None else None
+            where = stack.replace("\n", "\n      ") if stack else "(not started yet)"
+            shown.append(f"  {self.task_name(slot.index)}:\n      {where}")
+        more = (
+            f"\n  ... and {len(stuck) - _LOGGED_STACKS} more" if len(stuck) > _LOGGED_STACKS else ""
+        )
+        logger.warning(
+            "thread group %r: %d thread(s) still running were abandoned (%s: %s); "
+            "a thread cannot be killed, it runs on until its call returns:\n%s%s",
+            self.name,
+            len(stuck),
+            reason,
+            cause,
+            "\n".join(shown),
+            more,
+        )
+        return stuck
+
+    # -- joining ----------------------------------------------------------------------
+
+    def join(
+        self, timeout: float | None = None, return_exceptions: bool | None = None
+    ) -> list[Any]:
+        """Wait for every call; return their results in submit order.
+
+        ``timeout`` (seconds) defaults to the group's, then ``HANGGUARD_JOIN_TIMEOUT``; the
+        current deadline caps it. On timeout :class:`JoinTimeout` carries the partial
+        results, and threads still running are abandoned (see the class docstring).
+        """
+        mine = _current_slot.get()
+        if mine is not None and any(s is mine for s in self._slots):
+            raise RuntimeError(
+                f"thread group {self.name!r} cannot be joined from one of its own threads "
+                "(it would wait for itself)"
+            )
+        if self._joined:
+            raise RuntimeError(f"thread group {self.name!r} was already joined")
+        if timeout is not None:
+            own = check_timeout(timeout, "timeout")
+        elif self._timeout is not None:
+            own = self._timeout
+        else:
+            own = _config.join_timeout()
+        grace = _config.cancel_grace()
+        self._joined = True
+        mode = return_exceptions if return_exceptions is not None else bool(self._return_exceptions)
+        if not mode and not self._fail_fast:
+            self._fail_fast = True
+            if self._failures:
+                first = self._failures[0]
+                self._cancel_rest(CANCEL_SIBLING_FAILED, self.task_name(first.index))
+        if self._span is not None and not math.isinf(own):
+            self._span.set_attribute(ATTR_TIMEOUT_S, own)
+        left = remaining()
+        by_deadline = left <= own
+        limit = min(own, left)
+        end = time.monotonic() + limit
+        try:
+            with self._cond:
+                while self._pending > 0 and not (self._fail_fast and self._failures):
+                    wait = None if math.isinf(limit) else end - time.monotonic()
+                    if wait is not None and wait <= 0:
+                        break
+                    self._cond.wait(wait)
+                timed_out = self._pending > 0 and not (self._fail_fast and self._failures)
+        except BaseException as exc:  # KeyboardInterrupt in the joining thread
+            running = self._cancel_rest(CANCEL_PARENT, f"{self.name} join interrupted")
+            self._abandon(running, CANCEL_PARENT, f"join interrupted by {type(exc).__name__}")
+            self._finish(timed_out=False)
+            raise
+
+        if timed_out:
+            if by_deadline:
+                dl = current_deadline()
+                bound = dl.binding() if dl is not None else None
+                dname = bound.name if bound is not None else None
+                budget = bound.budget if bound is not None else left
+                reason, cause = CANCEL_DEADLINE, dname or ""
+            else:
+                bound = None
+                dname, budget = f"join {self.name}", own
+                reason, cause = CANCEL_TIMEOUT, self.name
+            waiting = [s for s in self._slots if s.state == _SUBMITTED]
+            running = self._cancel_rest(reason, cause, bound)
+            stuck = self._abandon(running, reason, cause)
+            no_worker = [s for s in waiting if s.state == _CANCELLED]
+            if no_worker:
+                _metrics.record_threads_no_free_worker(len(no_worker))
+            raise self._join_timeout(dname, budget, stuck, no_worker)
+
+        if self._fail_fast and self._failures:
+            first = self._failures[0]
+            running = self._cancel_rest(CANCEL_SIBLING_FAILED, self.task_name(first.index))
+            if running:
+                # Threads that call checkpoint() stop within the grace; the join stays
+                # within its own limit even so.
+                wait_until = min(time.monotonic() + grace, end)
+                self._wake_any = True
+                with self._cond:
+                    while any(s.state in (_SUBMITTED, _RUNNING) for s in running):
+                        wait = wait_until - time.monotonic()
+                        if wait <= 0:
+                            break
+                        self._cond.wait(wait)
+                self._abandon(running, CANCEL_SIBLING_FAILED, self.task_name(first.index))
+            self._finish(timed_out=False)
+            error = first.outcome
+            assert isinstance(error, BaseException)
+            raise error
+
+        self._finish(timed_out=False)
+        return [s.outcome for s in self._slots]
+
+    def _join_timeout(
+        self,
+        deadline_name: str | None,
+        budget: float,
+        stuck: list[_Slot],
+        no_worker: list[_Slot],
+    ) -> JoinTimeout:
+        label = repr(deadline_name) if deadline_name else "(unnamed)"
+        abandoned = {id(s) for s in stuck}
+        waiting = {id(s) for s in no_worker}
+        pending: list[str] = []
+        results: list[Any] = []
+        for slot in self._slots:
+            if slot.state == _DONE and slot.outcome is not _NOTHING:
+                results.append(slot.outcome)
+                continue
+            name = self.task_name(slot.index)
+            pending.append(name)
+            if id(slot) in abandoned:
+                why = "is still running (abandoned)"
+            elif id(slot) in waiting:
+                why = "did not start: no free worker in its pool"
+            else:
+                why = "did not start"
+            results.append(
+                DeadlineExceeded(
+                    f"task {name!r} {why} at {label}", deadline_name=deadline_name, budget=budget
+                )
+            )
+        self._finish(timed_out=True)
+        shown = ", ".join(pending[:5]) + (", ..." if len(pending) > 5 else "")
+        extra = []
+        if stuck:
+            extra.append(f"{len(stuck)} abandoned still running")
+        if no_worker:
+            extra.append(f"{len(no_worker)} waited for a worker: no free worker in the pool")
+        detail = f" ({'; '.join(extra)})" if extra else ""
+        return JoinTimeout(
+            f"thread group {self.name!r}: {len(pending)} of {len(self._slots)} task(s) did not "
+            f"finish before {label} ({_budget_text(budget)}){detail}: {shown}",
+            deadline_name=deadline_name,
+            budget=budget,
+            results=results,
+            pending=pending,
+        )
+
+    def _finish(self, *, timed_out: bool) -> None:
+        """Count the outcomes and end the group span (once)."""
+        if self._finished:
+            return
+        self._finished = True
+        counts: collections.Counter[str] = collections.Counter()
+        for s in self._slots:
+            if s.state == _DONE:
+                counts[_semconv.OUTCOME_FAILED if s.failed else _semconv.OUTCOME_OK] += 1
+            elif s.state in (_CANCELLED, _ABANDONED):
+                counts[_semconv.OUTCOME_TIMEOUT if timed_out else _semconv.OUTCOME_CANCELLED] += 1
+        for outcome, n in counts.items():
+            _metrics.record_task_outcome(outcome, n)
+        span, self._span = self._span, None
+        if span is None:
+            return
+        span.set_attribute(ATTR_GROUP_SIZE, len(self._slots))
+        span.set_attribute(ATTR_GROUP_FAILED, len(self._failures))
+        span.set_attribute(
+            ATTR_GROUP_CANCELLED, sum(1 for s in self._slots if s.state == _CANCELLED)
+        )
+        if self._abandoned:
+            span.set_attribute(ATTR_GROUP_ABANDONED, self._abandoned)
+        if timed_out:
+            span.set_attribute(ATTR_GROUP_TIMED_OUT, True)
+            span.set_attribute(_semconv.ATTR_ERROR_TYPE, "timeout")
+            span.set_status(trace.Status(trace.StatusCode.ERROR, "join timed out"))
+        elif self._failures and self._fail_fast:
+            first = self._failures[0].outcome
+            assert isinstance(first, BaseException)
+            _spans.record_failure(span, first)
+        span.end()
+
+    # -- with -------------------------------------------------------------------------
+
+    def __enter__(self) -> ThreadGroup:
+        if self._return_exceptions is None:
+            self._fail_fast = True
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if exc is None:
+            self.join()
+            return
+        # The body failed: nothing more should run, and the join must not hide its error.
+        self._joined = True
+        running = self._cancel_rest(CANCEL_PARENT, f"{self.name} body raised {type(exc).__name__}")
+        self._abandon(running, CANCEL_PARENT, f"{self.name} body raised {type(exc).__name__}")
+        self._finish(timed_out=False)
+
+
+# --- to_thread -----------------------------------------------------------------------------
+
+
+def _run_alone(slot: _Slot) -> Any:
+    slot.thread_id = threading.get_ident()  # its state is changed under _alone_lock only
+    _current_slot.set(slot)
+    d = current_deadline()
+    if d is not None and not math.isinf(d.expires_at) and now() >= d.expires_at:
+        # It waited for a worker past its deadline (nobody awaits it any more): not late.
+        bound = d.binding()
+        _metrics.record_threads_no_free_worker()
+        exc = DeadlineExceeded(
+            f"to_thread({fn_name(slot.fn)}) did not start before deadline {_label(bound)} "
+            f"({_budget_text(bound.budget)}): no free worker in the pool for "
+            f"{time.monotonic() - slot.submitted_at:.2f}s",
+            deadline_name=bound.name,
+            budget=bound.budget,
+        )
+        _ended_alone(slot, exc, failed=True)
+        raise exc
+    try:
+        result = slot.fn(*slot.args, **slot.kwargs)
+    except BaseException as exc:
+        _ended_alone(slot, exc, failed=True)
+        raise
+    _ended_alone(slot, result, failed=False)
+    return result
+
+
+_alone_lock = threading.Lock()
+
+
+def _ended_alone(slot: _Slot, outcome: Any, *, failed: bool) -> None:
+    with _alone_lock:
+        late = slot.state == _ABANDONED
+        slot.state = _DONE
+    if not late:
+        return
+    _release_worker(_pool)
+    name = fn_name(slot.fn)
+    if failed and not isinstance(outcome, (DeadlineExceeded, ThreadCancelled)):
+        logger.error(
+            "abandoned to_thread(%s) failed later with %s",
+            name,
+            type(outcome).__name__,
+            exc_info=outcome,
+        )
+    else:
+        logger.info("abandoned to_thread(%s) has ended", name)
+
+
+def _own_deadline_fired(task: asyncio.Task[Any] | None, cancelling: int) -> Deadline | None:
+    """The deadline, when the cancellation just received is this task's own deadline."""
+    dl = current_deadline()
+    if dl is None or task is None or dl.enforced_in is not task:
+        return None
+    if task.cancelling() != cancelling + 1 or remaining() > 0:
+        return None  # cancelled by someone else (too): not ours to turn into an error
+    return dl.binding()
+
+
+async def to_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run the blocking ``fn(*args, **kwargs)`` in a thread, bounded by the deadline.
+
+    Like ``asyncio.to_thread``, and the context (deadline, OpenTelemetry span) travels
+    into the thread. When the deadline passes (or the awaiting task is cancelled) the
+    await ends on time: a call that has not started is cancelled; a running thread is
+    abandoned, recorded on the current span with its stack, and :func:`checkpoint`
+    raises in it from then on. Raises :class:`DeadlineExceeded` saying which::
+
+        async with hangguard.deadline(5, name="parse"):
+            tree = await hangguard.to_thread(parse_big_file, path)
+    """
+    if is_coroutine_function(fn):
+        raise TypeError(
+            f"to_thread() runs blocking functions; {fn_name(fn)!r} is a coroutine function: "
+            "await it directly"
+        )
+    loop = asyncio.get_running_loop()
+    _watchdog.maybe_watch()
+    slot = _Slot(0, fn, args, kwargs)
+    slot.state = _SUBMITTED
+    slot.submitted_at = time.monotonic()
+    pool = _shared_pool()
+    future = pool.submit(contextvars.copy_context().run, _run_alone, slot)
+    task = asyncio.current_task()
+    cancelling = task.cancelling() if task is not None else 0
+    try:
+        return await asyncio.wrap_future(future, loop=loop)
+    except asyncio.CancelledError:
+        fired = _own_deadline_fired(task, cancelling)
+        reason = CANCEL_DEADLINE if fired is not None else CANCEL_PARENT
+        cause = (fired.name or "") if fired is not None else "awaiting task cancelled"
+        slot.cancel = _Cancel(
+            reason,
+            cause,
+            deadline_name=fired.name if fired is not None else None,
+            budget=fired.budget if fired is not None else 0.0,
+        )
+        with _alone_lock:
+            started = slot.state != _SUBMITTED or not future.cancel()
+            if started and slot.state != _DONE:
+                slot.state = _ABANDONED
+        message = _give_up_alone(slot, fn, reason, cause, started)
+        if fired is not None and message:
+            _spans.record_deadline_exceeded(fired.name, fired.budget)
+            raise DeadlineExceeded(
+                f"deadline {_label(fired)} exceeded ({_budget_text(fired.budget)}): {message}",
+                deadline_name=fired.name,
+                budget=fired.budget,
+            ) from None
+        raise
+
+
+def _give_up_alone(
+    slot: _Slot, fn: Callable[..., Any], reason: str, cause: str, started: bool
+) -> str:
+    """Record a to_thread call given up on; returns what to say about it ('' if done)."""
+    span = trace.get_current_span()
+    name = fn_name(fn)
+    attrs: dict[str, str] = {
+        ATTR_CANCEL_REASON: reason,
+        ATTR_CANCEL_CAUSE: cause,
+        ATTR_TASK_NAME: name,
+    }
+    if not started:
+        waited = time.monotonic() - slot.submitted_at
+        attrs[ATTR_CANCEL_REASON] = CANCEL_NO_FREE_WORKER if reason == CANCEL_DEADLINE else reason
+        if span.is_recording():
+            span.add_event(EVENT_CANCELLED, attrs)
+        if reason == CANCEL_DEADLINE:
+            _metrics.record_threads_no_free_worker()
+            return f"to_thread({name}) did not start: no free worker in the pool for {waited:.2f}s"
+        return ""
+    if slot.state != _ABANDONED:
+        return ""  # it finished just as we gave up
+    stack = thread_stacks([slot.thread_id]).get(slot.thread_id or 0, "")
+    if stack:
+        attrs[ATTR_TASK_STACK] = stack
+    if span.is_recording():
+        span.add_event(EVENT_CANCELLED, attrs)
+    _metrics.record_threads_abandoned()
+    _shared_pool().abandoned()
+    where = stack.split("\n", 1)[0] if stack else "(unknown)"
+    logger.warning(
+        "to_thread(%s) abandoned (%s: %s): a thread cannot be killed, it runs on until its "
+        "call returns; it is at:\n      %s",
+        name,
+        reason,
+        cause,
+        stack.replace("\n", "\n      ") if stack else "(unknown)",
+    )
+    return f"to_thread({name}) abandoned, still running at {where}"
