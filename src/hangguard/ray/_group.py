@@ -273,6 +273,7 @@ class RemoteGroup:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
         self._cutoff = math.inf  # the join's end on time.monotonic, once joining
+        self._node = ""
         self._joined = False
         self._finished = False
 
@@ -346,6 +347,8 @@ class RemoteGroup:
         return f"join {self.name}"
 
     def _start(self, slot: _Slot, budget: float) -> None:
+        if not self._node:
+            self._node = _driver_node()
         slot.attempt += 1
         slot.started = time.monotonic()
         carrier: dict[str, str] = {}
@@ -357,7 +360,9 @@ class RemoteGroup:
                     attributes={ATTR_TASK_NAME: slot.name},
                 )
             propagate.inject(carrier, context=trace.set_span_in_context(slot.span))
-        meta = make_meta(slot.name, self.name, budget, self._deadline_name(budget), carrier)
+        meta = make_meta(
+            slot.name, self.name, budget, self._deadline_name(budget), carrier, self._node
+        )
         if self._serial:
             logger.info("serial: remote task %r started (group %r)", slot.name, self.name)
         try:
@@ -841,6 +846,13 @@ class RemoteGroup:
             await self.ajoin()
             return
         self._abort()  # no blocking wait in a running loop: cancel, then force at once
+
+
+def _driver_node() -> str:
+    """This process's Ray node id (``""`` outside a connected driver)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def _was_cancelled(outcome: object) -> bool:

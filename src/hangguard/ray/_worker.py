@@ -62,6 +62,8 @@ ENV_WORKER_TRACING: Final = "HANGGUARD_RAY_WORKER_TRACING"
 #: The most a task's end waits for its spans to be exported, in seconds.
 FLUSH_TIMEOUT: Final = 2.0
 _STACK_DEPTH: Final = 6
+#: The watchdog takes the stack this long (at most 5 % of the budget) before it runs out.
+_WATCH_LEAD: Final = 0.2
 
 _setup_lock = threading.Lock()
 _setup_done = False
@@ -176,7 +178,8 @@ def _call(
 ) -> Any:
     watch: _Watchdog | None = None
     if span is not None and budget != float("inf"):
-        watch = _Watchdog(span, budget, name or "")
+        # A moment early, so the stack is taken before the driver's cancel can land.
+        watch = _Watchdog(span, budget - min(_WATCH_LEAD, budget * 0.05), name or "")
     try:
         if is_coroutine_function(fn):
             with deadline(budget, name=name):
@@ -216,7 +219,8 @@ def run_task(
     fn: Callable[..., Any], meta: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """Run ``fn(*args, **kwargs)`` in this worker under the budget and trace in ``meta``."""
-    budget = budget_of(meta)
+    node, task_id = _runtime_ids()
+    budget = budget_of(meta, node)
     name = meta.get(DEADLINE_KEY) or None
     flush = _worker_tracing()
     try:
@@ -224,7 +228,6 @@ def run_task(
         if tracer is None:
             return _call(fn, args, kwargs, budget, name, None)
         task = str(meta.get(TASK_KEY) or fn_name(fn))
-        node, task_id = _runtime_ids()
         attributes: dict[str, Any] = {
             ATTR_TASK_NAME: task,
             ATTR_GROUP_NAME: str(meta.get(GROUP_KEY, "")),
