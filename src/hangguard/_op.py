@@ -46,6 +46,7 @@ C = TypeVar("C", bound=type)
 
 _SUBMIT: Final = "submit_async_task"
 _JOIN: Final = "join_async_task"
+_RAY_SUBMIT: Final = "submit_ray_task"
 _ENTRY_NAMES: Final = ("async_call", "async_execute")
 _SPEC_ATTR: Final = "__hangguard_op__"
 # On every function this module installs on a class: what it replaced (None: nothing).
@@ -300,6 +301,13 @@ def _find_original(cls: type, attr: str) -> Callable[..., Any] | None:
 
 def _guard_class(cls: type, spec: _OpSpec, *, strict: bool) -> None:
     entry_attr = next((a for a in _ENTRY_NAMES if _find_original(cls, a) is not None), None)
+    if entry_attr is None and _RAY_SUBMIT in dir(cls):
+        # A Ray op (flowllm's BaseRayOp shape): guarded by hangguard.ray (the ray extra).
+        from .ray._op import guard_ray_class
+
+        guard_ray_class(cls, name=spec.name, budget=spec.budget)
+        setattr(cls, _SPEC_ATTR, spec)
+        return
     if entry_attr is None:
         if strict:
             raise TypeError(

@@ -88,3 +88,71 @@ def call_hanging_tool(url: str, reserve: float) -> dict[str, Any]:
     except hangguard.DeadlineExceeded as exc:
         return {"error": type(exc).__name__, "took": time.monotonic() - started, "seen": seen}
     return {"error": None, "took": time.monotonic() - started, "seen": seen}
+
+
+def item_and_budget(item: str, actor_index: int = 0) -> dict[str, Any]:
+    """One item of a fan-out: hangs on ``"hang"``, else reports the budget it saw."""
+    if item == "hang":
+        wait_forever_in_here()
+    return {"item": item, "left": hangguard.remaining()}
+
+
+class RayShapedOp:
+    """The shape of flowllm 0.2's ``BaseRayOp`` (sync ``call`` -> ``execute``; refs kept in
+    ``ray_task_list``; a join that ``ray.get``s each and flattens), without flowllm."""
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+        self.ray_task_list: list[Any] = []
+        self.max_workers = 2
+
+    def call(self) -> Any:
+        return self.execute()
+
+    def execute(self) -> Any:
+        raise NotImplementedError
+
+    def submit_and_join_ray_task(self, fn: Any, parallel_key: str = "", **kwargs: Any) -> Any:
+        parallel_list = kwargs.pop(parallel_key)
+        self.ray_task_list.clear()
+        for i in range(self.max_workers):
+            self.submit_ray_task(
+                self.ray_task_loop,
+                parallel_key=parallel_key,
+                parallel_list=parallel_list,
+                actor_index=i,
+                max_workers=self.max_workers,
+                internal_fn=fn,
+                **kwargs,
+            )
+        return self.join_ray_task(task_desc="shaped")
+
+    @staticmethod
+    def ray_task_loop(
+        parallel_key: str,
+        parallel_list: list[Any],
+        actor_index: int,
+        max_workers: int,
+        internal_fn: Any,
+        **kwargs: Any,
+    ) -> list[Any]:
+        result = []
+        for value in parallel_list[actor_index::max_workers]:
+            kwargs.update({"actor_index": actor_index, parallel_key: value})
+            result.append(internal_fn(**kwargs))
+        return result
+
+    def submit_ray_task(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import ray
+
+        self.ray_task_list.append(ray.remote(fn).remote(*args, **kwargs))
+        return self
+
+    def join_ray_task(self, task_desc: str | None = None) -> list[Any]:
+        import ray
+
+        result: list[Any] = []
+        for task in self.ray_task_list:
+            result.extend(ray.get(task))
+        self.ray_task_list.clear()
+        return result
