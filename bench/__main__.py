@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "mcp": ("bench.mcp_call", "Guarded MCP call_tool against the raw SDK client (per call)"),
     "memory": ("bench.memory", "Traced tasks in batches: resident memory growth"),
     "shutdown": ("bench.shutdown", "Exit with the collector blackholed: wall time to exit"),
+    "ray": ("bench.ray_fanout", "Ray: RemoteGroup against raw Ray (local 2-CPU Ray)"),
 }
 
 
