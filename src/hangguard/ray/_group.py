@@ -23,7 +23,6 @@ import logging
 import math
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Final
@@ -78,8 +77,10 @@ RAY_DEFAULT_MAX_RETRIES: Final = 3
 _OWN_OPTIONS: Final = frozenset({"max_retries", "retry_exceptions"})
 
 # One remote function per submitted function (Ray exports it once, then only the
-# arguments travel per call). Weak keys: a function that goes away takes its entry along.
-_remotes: weakref.WeakKeyDictionary[Any, tuple[Any, dict[str, Any]]] = weakref.WeakKeyDictionary()
+# arguments travel per call). Bounded: callables made per call (partials, closures)
+# must not pile up.
+_REMOTES_MAX: Final = 256
+_remotes: collections.OrderedDict[Any, tuple[Any, dict[str, Any]]] = collections.OrderedDict()
 _remotes_lock = threading.Lock()
 
 
@@ -97,10 +98,11 @@ def _remote_for(fn: Any) -> tuple[Any, dict[str, Any]]:
     try:
         with _remotes_lock:
             cached = _remotes.get(fn)
-        if cached is not None:
-            return cached
+            if cached is not None:
+                _remotes.move_to_end(fn)
+                return cached
     except TypeError:
-        pass  # not weak-referenceable: built each time, like ray.remote(fn) would be
+        pass  # unhashable: built each time, like ray.remote(fn) would be
     import ray
 
     if is_remote_function(fn):
@@ -122,6 +124,8 @@ def _remote_for(fn: Any) -> tuple[Any, dict[str, Any]]:
     try:
         with _remotes_lock:
             _remotes[fn] = entry
+            while len(_remotes) > _REMOTES_MAX:
+                _remotes.popitem(last=False)
     except TypeError:
         pass
     return entry
@@ -670,7 +674,12 @@ class RemoteGroup:
                 await self._wait_grace(grace)
                 self._force_stuck(grace)
         except asyncio.CancelledError:
-            self._cancel_all(CANCEL_PARENT, self.name)
+            current = current_deadline()
+            if current is not None and remaining() <= 0:
+                # The enclosing deadline fired in this task: the cancel is its doing.
+                self._cancel_all(CANCEL_DEADLINE, current.binding().name or "")
+            else:
+                self._cancel_all(CANCEL_PARENT, self.name)
             try:
                 await self._wait_grace(grace)
             finally:
