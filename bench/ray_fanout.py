@@ -122,7 +122,9 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
             for ref in refs:
                 ray.cancel(ref)
             out["fail_raw"].append(time.time() - _failed_at(exc))
+        ray.wait(refs, num_returns=len(refs), timeout=60)  # settled before the next round
         del refs, ready
+        print("ray bench: raw failure round done", file=sys.stderr, flush=True)
         group = RemoteGroup("bench failure")
         group.submit(fail_after, 0.5)
         for _ in range(m - 1):
@@ -131,6 +133,7 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
             group.join()
         except Exception as exc:
             out["fail_hangguard"].append(time.time() - _failed_at(exc))
+        print("ray bench: hangguard failure round done", file=sys.stderr, flush=True)
 
     k = params["abandoned"]
     gc.collect()

@@ -51,7 +51,7 @@ from .._semconv import (
     SPAN_RAY_TASK,
 )
 from .._task_info import fn_name, is_coroutine_function, stack_of
-from ._wire import DEADLINE_KEY, GROUP_KEY, TASK_KEY, budget_of
+from ._wire import DEADLINE_KEY, GROUP_KEY, TASK_KEY, TIMEOUT_KEY, budget_of
 
 __all__ = ["ENV_WORKER_TRACING", "FLUSH_TIMEOUT", "make_shim", "run_task"]
 
@@ -184,6 +184,8 @@ def _call(
         if is_coroutine_function(fn):
             with deadline(budget, name=name):
                 return asyncio.run(_run_async(fn, args, kwargs, budget, name, watch))
+        if budget == float("inf"):
+            return fn(*args, **kwargs)  # no budget was sent: nothing to put in force
         # Sync code: the deadline is readable (remaining(), nested calls), not enforced;
         # the driver's cancel stops the body.
         with deadline(budget, name=name):
@@ -208,19 +210,30 @@ def _call(
             watch.stop()
 
 
-def _runtime_ids() -> tuple[str, str]:
+_node_id = ""
+
+
+def _node() -> str:
+    """This worker's Ray node id (a worker process never moves: read once)."""
+    global _node_id
+    if not _node_id:
+        import ray
+
+        _node_id = ray.get_runtime_context().get_node_id()
+    return _node_id
+
+
+def _task_id() -> str:
     import ray
 
-    ctx = ray.get_runtime_context()
-    return ctx.get_node_id(), ctx.get_task_id() or ""
+    return ray.get_runtime_context().get_task_id() or ""
 
 
 def run_task(
     fn: Callable[..., Any], meta: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """Run ``fn(*args, **kwargs)`` in this worker under the budget and trace in ``meta``."""
-    node, task_id = _runtime_ids()
-    budget = budget_of(meta, node)
+    budget = budget_of(meta, _node() if TIMEOUT_KEY in meta else "")
     name = meta.get(DEADLINE_KEY) or None
     flush = _worker_tracing()
     try:
@@ -231,8 +244,8 @@ def run_task(
         attributes: dict[str, Any] = {
             ATTR_TASK_NAME: task,
             ATTR_GROUP_NAME: str(meta.get(GROUP_KEY, "")),
-            ATTR_RAY_NODE_ID: node,
-            ATTR_RAY_TASK_ID: task_id,
+            ATTR_RAY_NODE_ID: _node(),
+            ATTR_RAY_TASK_ID: _task_id(),
             ATTR_RAY_WORKER_PID: os.getpid(),
         }
         if budget != float("inf"):
