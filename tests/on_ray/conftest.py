@@ -32,7 +32,7 @@ def need_ray() -> None:
     except ImportError as exc:
         if in_ci():
             pytest.fail(f"ray is not installed but CI=true: {exc}")
-        pytest.skip(f"ray is not installed: {exc}")
+        pytest.skip(f"ray is not installed: {exc}", allow_module_level=True)
 
 
 @dataclass(frozen=True)
