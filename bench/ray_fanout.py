@@ -116,14 +116,16 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
     for _ in range(rounds):
         refs = [remote_fail.remote(0.5)] + [remote_hang.remote() for _ in range(m - 1)]
         try:
-            ready, _ = ray.wait(refs, num_returns=1)
+            ready, rest = ray.wait(refs, num_returns=1)
             ray.get(ready[0])
         except Exception as exc:
-            for ref in refs:
+            # Only the unfinished ones: ray.cancel of finished tasks in a loop like this
+            # crashed Ray 2.60's driver here ("Tried to complete task that was not pending").
+            for ref in rest:
                 ray.cancel(ref)
             out["fail_raw"].append(time.time() - _failed_at(exc))
         ray.wait(refs, num_returns=len(refs), timeout=60)  # settled before the next round
-        del refs, ready
+        del refs, ready, rest
         print("ray bench: raw failure round done", file=sys.stderr, flush=True)
         group = RemoteGroup("bench failure")
         group.submit(fail_after, 0.5)

@@ -73,6 +73,8 @@ logger = logging.getLogger("hangguard")
 
 #: Ray's default for ``max_retries`` of a task (system failures only).
 RAY_DEFAULT_MAX_RETRIES: Final = 3
+#: How often a cancel not yet acknowledged is sent again during the grace, in seconds.
+_RECANCEL_EVERY: Final = 0.1
 # Options the group handles itself instead of passing them to Ray.
 _OWN_OPTIONS: Final = frozenset({"max_retries", "retry_exceptions"})
 
@@ -538,6 +540,25 @@ class RemoteGroup:
                 logger.warning("ray.cancel of remote task %r failed", slot.name, exc_info=True)
         return count
 
+    def _wait_grace_sync(self, grace: float) -> None:
+        end = time.monotonic() + grace
+        while any(not s.done for s in self._slots) and time.monotonic() < end:
+            self._wait_sync(min(end, time.monotonic() + _RECANCEL_EVERY))
+            self._collect()
+            self._recancel()
+
+    def _recancel(self) -> None:
+        """Ask again: a cancel that reaches a task while Ray hands it to a worker can be
+        lost, and the task then runs; ``ray.cancel`` of a finished task does nothing."""
+        import ray
+
+        for slot in self._slots:
+            if slot.cancel is not None and not slot.done and slot.ref is not None:
+                try:
+                    ray.cancel(slot.ref, force=False, recursive=True)
+                except Exception:
+                    logger.debug("ray.cancel of %r failed", slot.name, exc_info=True)
+
     def _record_cancel(self, slot: _Slot, reason: str, cause: str) -> None:
         if slot.span is not None:
             slot.span.add_event(
@@ -638,10 +659,7 @@ class RemoteGroup:
                 self._wait_sync(self._cutoff)
             outcome = self._conclude(fail_fast, by_deadline)
             if outcome is not None:
-                end = time.monotonic() + grace
-                while any(not s.done for s in self._slots) and time.monotonic() < end:
-                    self._wait_sync(end)
-                    self._collect()
+                self._wait_grace_sync(grace)
                 self._force_stuck(grace)
         except BaseException:
             self._abort()
@@ -699,8 +717,9 @@ class RemoteGroup:
     async def _wait_grace(self, grace: float) -> None:
         end = time.monotonic() + grace
         while any(not s.done for s in self._slots) and time.monotonic() < end:
-            await self._wait_async(end)
+            await self._wait_async(min(end, time.monotonic() + _RECANCEL_EVERY))
             self._collect()
+            self._recancel()
 
     def _conclude(self, fail_fast: bool, by_deadline: bool) -> str | None:
         """After the wait: ``None`` when done, else why the rest is being cancelled."""
@@ -748,10 +767,7 @@ class RemoteGroup:
             return
         self._joined = True
         self._cancel_all(CANCEL_PARENT, self.name)
-        end = time.monotonic() + grace
-        while any(not s.done for s in self._slots) and time.monotonic() < end:
-            self._wait_sync(end)
-            self._collect()
+        self._wait_grace_sync(grace)
         self._force_stuck(grace)
         self._finish(timed_out=False)
 
