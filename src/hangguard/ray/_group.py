@@ -276,6 +276,9 @@ class RemoteGroup:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._completed: collections.deque[tuple[_Slot, int]] = collections.deque()
+        self._in_flight = 0  # refs whose completion Ray has not reported yet
+        # While cancelling, every completion matters (the grace ends when all are in).
+        self._wake_each = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
         self._cutoff = math.inf  # the join's end on time.monotonic, once joining
@@ -380,13 +383,25 @@ class RemoteGroup:
             self._finalize(slot, exc, failed=True)
             return
         self._running += 1
+        with self._lock:
+            self._in_flight += 1
         future = slot.future = slot.ref.future()
         future.add_done_callback(functools.partial(self._on_done, slot, slot.attempt))
 
-    def _on_done(self, slot: _Slot, attempt: int, _future: Any) -> None:
-        # On Ray's callback thread: only note it and wake the join.
+    def _on_done(self, slot: _Slot, attempt: int, future: Any) -> None:
+        # On Ray's callback thread: note it, and wake the join only when it has something
+        # to do (all in, a failure, a held-back task to start), not once per task.
         with self._cond:
             self._completed.append((slot, attempt))
+            self._in_flight -= 1
+            wake = (
+                self._in_flight <= 0
+                or self._wake_each
+                or future.exception() is not None
+                or bool(self._queued)
+            )
+            if not wake:
+                return
             self._cond.notify_all()
             loop, event = self._loop, self._event
         if loop is not None and event is not None:
@@ -515,6 +530,8 @@ class RemoteGroup:
         """Ask every unfinished task to stop (``ray.cancel``); queued ones never start."""
         import ray
 
+        with self._lock:
+            self._wake_each = True
         count = 0
         while self._queued:
             slot = self._queued.popleft()
@@ -542,10 +559,14 @@ class RemoteGroup:
 
     def _wait_grace_sync(self, grace: float) -> None:
         end = time.monotonic() + grace
+        # No cancel may be in flight when the forced one is sent (Ray drops a cancel of a
+        # task it is still cancelling): ask again during the first half of the grace only.
+        quiet = end - grace / 2
         while any(not s.done for s in self._slots) and time.monotonic() < end:
             self._wait_sync(min(end, time.monotonic() + _RECANCEL_EVERY))
             self._collect()
-            self._recancel()
+            if time.monotonic() < quiet:
+                self._recancel()
 
     def _recancel(self) -> None:
         """Ask again: a cancel that reaches a task while Ray hands it to a worker can be
@@ -716,10 +737,12 @@ class RemoteGroup:
 
     async def _wait_grace(self, grace: float) -> None:
         end = time.monotonic() + grace
+        quiet = end - grace / 2  # see _wait_grace_sync
         while any(not s.done for s in self._slots) and time.monotonic() < end:
             await self._wait_async(min(end, time.monotonic() + _RECANCEL_EVERY))
             self._collect()
-            self._recancel()
+            if time.monotonic() < quiet:
+                self._recancel()
 
     def _conclude(self, fail_fast: bool, by_deadline: bool) -> str | None:
         """After the wait: ``None`` when done, else why the rest is being cancelled."""
