@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "Thread fan-out of N no-op calls (per task); join around hung threads",
     ),
     "watchdog": ("bench.watchdog", "Loop watchdog: fan-out with it on vs off; detection latency"),
+    "ray": ("bench.ray_fanout", "Ray: RemoteGroup against raw Ray (local 2-CPU Ray)"),
 }
 
 

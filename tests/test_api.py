@@ -66,6 +66,16 @@ SURFACE: dict[str, list[str]] = {
         "McpError",
         "McpToolError",
     ],
+    "hangguard.ray": [
+        "NodeLost",
+        "ObjectLost",
+        "RemoteGroup",
+        "RemoteTaskError",
+        "TaskCancelled",
+        "TaskOptions",
+        "WorkerLost",
+        "worker_env",
+    ],
     "hangguard.tracing": [
         "ExportStats",
         "SpanEventRecord",

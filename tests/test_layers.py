@@ -27,6 +27,11 @@ ALLOWED: dict[str, set[str]] = {
     "face": {"core", "tracing", "face"},
 }
 
+#: Edges allowed across the layers, each for a reason: ``guarded_op`` (core) hands a Ray
+#: op class to ``hangguard.ray`` with a lazy import, so decorating one without the ray
+#: extra fails with the pip command, and nothing of Ray loads for other ops.
+EXCEPTIONS: set[tuple[str, str]] = {("hangguard._op", "hangguard.ray._op")}
+
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(SRC).with_suffix("").parts)
@@ -132,6 +137,6 @@ def test_each_layer_imports_only_what_it_may(source_layer: str) -> None:
         for src, targets in graph().items()
         if layer(src) == source_layer
         for dst in targets
-        if layer(dst) not in ALLOWED[source_layer]
+        if layer(dst) not in ALLOWED[source_layer] and (src, dst) not in EXCEPTIONS
     ]
     assert not bad, f"{source_layer} imports outside its layers: {bad}"

@@ -4,8 +4,9 @@ cancellation visible in an OpenTelemetry trace.
 Importing hangguard has no side effects: it reads no environment variable, installs no
 tracer provider and starts nothing. Applications opt in to exporting with
 :func:`setup_tracing` (from :mod:`hangguard.tracing`). The optional parts live in their
-own subpackages: :mod:`hangguard.mcp` (the ``mcp`` extra), :mod:`hangguard.tracing`
-(the application-side SDK setup, ``otlp`` extra) and :mod:`hangguard.testing`.
+own subpackages: :mod:`hangguard.mcp` (the ``mcp`` extra), :mod:`hangguard.ray` (the
+``ray`` extra), :mod:`hangguard.tracing` (the application-side SDK setup, ``otlp`` extra)
+and :mod:`hangguard.testing`.
 """
 
 from ._config import Config, load_config

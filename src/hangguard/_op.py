@@ -61,6 +61,7 @@ C = TypeVar("C", bound=type)
 
 _SUBMIT: Final = "submit_async_task"
 _JOIN: Final = "join_async_task"
+_RAY_SUBMIT: Final = "submit_ray_task"
 _ENTRY_NAMES: Final = ("async_call", "async_execute")
 _INSTANCE_RUN: Final = "_hangguard_run"
 
@@ -297,8 +298,16 @@ def _make_entry(
 
 
 def _guard_class(cls: type, spec: OpSpec, *, strict: bool) -> None:
-    has_sync_entry = guard_sync(cls, spec)
     entry_attr = next((a for a in _ENTRY_NAMES if find_original(cls, a) is not None), None)
+    if entry_attr is None and _RAY_SUBMIT in dir(cls):
+        # A Ray op (flowllm's BaseRayOp shape): guarded by hangguard.ray, imported only
+        # here (without the ray extra this fails with the pip command to run).
+        from .ray._op import guard_ray_class
+
+        guard_ray_class(cls, name=spec.name, budget=spec.budget)
+        setattr(cls, SPEC_ATTR, spec)
+        return
+    has_sync_entry = guard_sync(cls, spec)
     if entry_attr is None:
         if strict and not has_sync_entry:
             raise TypeError(

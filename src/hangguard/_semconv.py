@@ -11,6 +11,7 @@ from typing import Final
 
 __all__ = [
     "ATTR_CANCEL_CAUSE",
+    "ATTR_CANCEL_FORCED",
     "ATTR_CANCEL_GRACE_S",
     "ATTR_CANCEL_REASON",
     "ATTR_DEADLINE_BUDGET_S",
@@ -38,6 +39,9 @@ __all__ = [
     "ATTR_MCP_SERVER",
     "ATTR_NETWORK_TRANSPORT",
     "ATTR_OP_NAME",
+    "ATTR_RAY_NODE_ID",
+    "ATTR_RAY_TASK_ID",
+    "ATTR_RAY_WORKER_PID",
     "ATTR_RETRY_ATTEMPT",
     "ATTR_RETRY_ATTEMPTS",
     "ATTR_RETRY_NAME",
@@ -54,6 +58,7 @@ __all__ = [
     "CANCEL_DEADLINE",
     "CANCEL_NO_FREE_WORKER",
     "CANCEL_PARENT",
+    "CANCEL_RAY",
     "CANCEL_SIBLING_FAILED",
     "CANCEL_TIMEOUT",
     "ERROR_TYPE_TIMEOUT",
@@ -62,6 +67,7 @@ __all__ = [
     "EVENT_CANCEL_IGNORED",
     "EVENT_DEADLINE_EXCEEDED",
     "EVENT_LOOP_BLOCKED",
+    "EVENT_RAY_RETRY_SKIPPED",
     "EVENT_RETRY",
     "EVENT_RETRY_BUDGET_EXHAUSTED",
     "EVENT_RETRY_BUDGET_REFUSED",
@@ -81,6 +87,7 @@ __all__ = [
     "SPAN_GROUP",
     "SPAN_LOOP_BLOCKED",
     "SPAN_OP",
+    "SPAN_RAY_TASK",
     "SPAN_TASK",
     "TRACER_NAME",
 ]
@@ -149,6 +156,16 @@ ATTR_MCP_SERVER: Final = "hangguard.mcp.server"
 ERROR_TYPE_TIMEOUT: Final = "timeout"
 ERROR_TYPE_TOOL_ERROR: Final = "tool_error"
 
+# Ray (hangguard.ray): the span of a remote task in its worker process, under the driver's
+# task span; where it ran; whether a cancel had to kill the worker (on cancel_ignored).
+SPAN_RAY_TASK: Final = "ray task {}"
+ATTR_RAY_NODE_ID: Final = "hangguard.ray.node_id"
+ATTR_RAY_TASK_ID: Final = "hangguard.ray.task_id"
+ATTR_RAY_WORKER_PID: Final = "hangguard.ray.worker_pid"
+ATTR_CANCEL_FORCED: Final = "hangguard.cancel.forced"
+# A failed remote task that was not retried because the budget left could not fit it.
+EVENT_RAY_RETRY_SKIPPED: Final = "hangguard.ray.retry_skipped"
+
 # Values of hangguard.cancel.reason.
 CANCEL_SIBLING_FAILED: Final = "sibling_failed"
 CANCEL_TIMEOUT: Final = "timeout"
@@ -156,6 +173,8 @@ CANCEL_DEADLINE: Final = "deadline"
 CANCEL_PARENT: Final = "parent_cancelled"
 # A thread task whose deadline passed before any worker of its pool was free to start it.
 CANCEL_NO_FREE_WORKER: Final = "no_free_worker"
+# In a Ray worker: the driver's ray.cancel arrived (a KeyboardInterrupt in the task).
+CANCEL_RAY: Final = "ray_cancel"
 
 # Events.
 EVENT_CANCELLED: Final = "hangguard.cancelled"

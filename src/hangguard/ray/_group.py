@@ -1,0 +1,915 @@
+"""A guarded group of Ray tasks: :class:`hangguard.TaskGroup`'s guarantees across processes.
+
+The driver side. Each submitted function runs in a Ray worker through
+:func:`hangguard.ray._worker.run_task`, with the caller's remaining budget and trace
+context; the join waits on Ray's own completion callbacks (``ObjectRef.future()``), never
+past its timeout plus the cancel grace. On timeout or on the first failure (strict mode)
+the unfinished tasks get ``ray.cancel`` (a ``KeyboardInterrupt`` in the body), and those
+still running after ``HANGGUARD_CANCEL_GRACE`` get ``ray.cancel(force=True)`` (their worker
+process is killed). The group drops its object refs when the join ends, so abandoned work
+leaves nothing pinned in the object store.
+
+Ray's own task retries are turned off for the tasks the group submits; the group retries
+them itself (``max_retries`` / ``retry_exceptions``, with Ray's defaults and meaning), so a
+retry is started only while the budget left exceeds what the failed attempt used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span
+
+from .. import _config, _metrics, _semconv, _spans
+from .._deadline import check_timeout, current_deadline, remaining
+from .._exceptions import DeadlineExceeded, JoinTimeout
+from .._semconv import (
+    ATTR_CANCEL_CAUSE,
+    ATTR_CANCEL_FORCED,
+    ATTR_CANCEL_GRACE_S,
+    ATTR_CANCEL_REASON,
+    ATTR_GROUP_CANCELLED,
+    ATTR_GROUP_FAILED,
+    ATTR_GROUP_LIMIT,
+    ATTR_GROUP_NAME,
+    ATTR_GROUP_SERIAL,
+    ATTR_GROUP_SIZE,
+    ATTR_GROUP_TIMED_OUT,
+    ATTR_RETRY_ATTEMPT,
+    ATTR_RETRY_REMAINING_S,
+    ATTR_TASK_NAME,
+    ATTR_TIMEOUT_S,
+    CANCEL_DEADLINE,
+    CANCEL_PARENT,
+    CANCEL_SIBLING_FAILED,
+    CANCEL_TIMEOUT,
+    EVENT_CANCEL_IGNORED,
+    EVENT_CANCELLED,
+    EVENT_RAY_RETRY_SKIPPED,
+    EVENT_RETRY,
+    SPAN_GROUP,
+    SPAN_TASK,
+)
+from .._task_info import fn_name
+from ._compat import is_remote_function, unwrap_remote_function
+from ._errors import ObjectLost, TaskCancelled, WorkerLost, translate
+from ._wire import make_meta
+from ._worker import make_shim
+
+__all__ = ["RemoteGroup", "TaskOptions"]
+
+logger = logging.getLogger("hangguard")
+
+#: Ray's default for ``max_retries`` of a task (system failures only).
+RAY_DEFAULT_MAX_RETRIES: Final = 3
+#: How often a cancel not yet acknowledged is sent again during the grace, in seconds.
+_RECANCEL_EVERY: Final = 0.1
+# Options the group handles itself instead of passing them to Ray.
+_OWN_OPTIONS: Final = frozenset({"max_retries", "retry_exceptions"})
+
+# One remote function per submitted function (Ray exports it once, then only the
+# arguments travel per call). Bounded: callables made per call (partials, closures)
+# must not pile up.
+_REMOTES_MAX: Final = 256
+_remotes: collections.OrderedDict[Any, tuple[Any, dict[str, Any]]] = collections.OrderedDict()
+_remotes_lock = threading.Lock()
+
+
+def _check_options(options: Mapping[str, Any], where: str) -> None:
+    returns = options.get("num_returns", 1)
+    if returns != 1:
+        raise ValueError(
+            f"{where}: num_returns={returns!r} is not supported by RemoteGroup (one result "
+            "per task); return a tuple instead"
+        )
+
+
+def _remote_for(fn: Any) -> tuple[Any, dict[str, Any]]:
+    """The Ray remote function that runs ``fn`` guarded, and ``fn``'s own retry options."""
+    try:
+        with _remotes_lock:
+            cached = _remotes.get(fn)
+            if cached is not None:
+                _remotes.move_to_end(fn)
+                return cached
+    except TypeError:
+        pass  # unhashable: built each time, like ray.remote(fn) would be
+    import ray
+
+    if is_remote_function(fn):
+        inner, options = unwrap_remote_function(fn)
+    elif callable(fn) and not isinstance(fn, type):
+        inner, options = fn, {}
+    else:
+        raise TypeError(
+            f"submit() takes a function or a @ray.remote function, got {fn!r} "
+            "(actors are not supported: submit a function that calls the actor)"
+        )
+    _check_options(options, fn_name(inner))
+    own = {k: options.pop(k) for k in list(options) if k in _OWN_OPTIONS}
+    # The group does the retrying, within the budget: Ray must not retry behind its back.
+    remote = ray.remote(**{**options, "max_retries": 0, "retry_exceptions": False})(
+        make_shim(inner)
+    )
+    entry = (remote, own)
+    try:
+        with _remotes_lock:
+            _remotes[fn] = entry
+            while len(_remotes) > _REMOTES_MAX:
+                _remotes.popitem(last=False)
+    except TypeError:
+        pass
+    return entry
+
+
+def _retry_options(own: Mapping[str, Any], where: str) -> tuple[int, bool | tuple[type, ...]]:
+    attempts = own.get("max_retries", RAY_DEFAULT_MAX_RETRIES)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < -1:
+        raise ValueError(f"{where}: max_retries must be an int >= -1, got {attempts!r}")
+    on = own.get("retry_exceptions", False)
+    if isinstance(on, (list, tuple)):
+        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in on):
+            raise TypeError(f"{where}: retry_exceptions must be a bool or exception types")
+        return attempts, tuple(on)
+    if not isinstance(on, bool):
+        raise TypeError(f"{where}: retry_exceptions must be a bool or exception types")
+    return attempts, on
+
+
+class _Slot:
+    """One submitted task: what to run, its current attempt, and how it ended."""
+
+    __slots__ = (
+        "args",
+        "attempt",
+        "cancel",
+        "done",
+        "failed",
+        "fn",
+        "future",
+        "index",
+        "kwargs",
+        "max_retries",
+        "name",
+        "options",
+        "outcome",
+        "ref",
+        "remote",
+        "retry_on",
+        "span",
+        "started",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        name: str,
+        remote: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        max_retries: int,
+        retry_on: bool | tuple[type, ...],
+    ) -> None:
+        self.index = index
+        self.name = name
+        self.remote = remote
+        self.args: tuple[Any, ...] | None = args
+        self.kwargs: dict[str, Any] | None = kwargs
+        self.options = options
+        self.max_retries = max_retries
+        self.retry_on = retry_on
+        self.attempt = 0  # 0: not started yet
+        self.ref: Any = None
+        self.future: Any = None
+        self.started = 0.0
+        self.done = False
+        self.failed = False
+        self.outcome: Any = None
+        self.cancel: tuple[str, str] | None = None  # (reason, cause) when the group cancelled
+        self.span: Span | None = None
+
+
+class TaskOptions:
+    """``group.options(...)``: submit with Ray task options (and a task name).
+
+    ``name`` names the task in logs, spans, :class:`~hangguard.JoinTimeout` and Ray; the
+    other keywords are Ray's task options (``num_cpus``, ``resources``,
+    ``scheduling_strategy``, ``max_retries``, ``retry_exceptions``, ...)::
+
+        group.options(name="embed 7", num_cpus=2).submit(embed, chunk)
+    """
+
+    __slots__ = ("_group", "_name", "_options")
+
+    def __init__(self, group: RemoteGroup, name: str | None, options: dict[str, Any]) -> None:
+        self._group = group
+        self._name = name
+        self._options = options
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Like :meth:`RemoteGroup.submit`, with these options."""
+        return self._group._submit(fn, args, kwargs, self._name, self._options)
+
+
+class RemoteGroup:
+    """Run functions as Ray tasks and join them within a bounded time.
+
+    The Ray counterpart of :class:`hangguard.TaskGroup`, with the same semantics: results
+    in submit order; with ``return_exceptions=False`` the first failure is raised once the
+    others are cancelled, with ``True`` exceptions stand in their tasks' places; on timeout
+    (``timeout``, else ``HANGGUARD_JOIN_TIMEOUT``, capped by the enclosing
+    :func:`hangguard.deadline`) the unfinished tasks are cancelled and
+    :class:`~hangguard.JoinTimeout` carries the partial results. ``join`` is the blocking
+    join, ``ajoin`` the awaitable one::
+
+        group = RemoteGroup("embed", timeout=120)
+        for chunk in chunks:
+            group.submit(embed, chunk)          # a plain function or a @ray.remote one
+        vectors = group.join(return_exceptions=True)
+
+    Each task body runs in its worker under the caller's remaining budget and joins the
+    caller's trace. A worker or node lost, a cancellation from elsewhere or a lost result
+    come out as :class:`WorkerLost`, :class:`NodeLost`, :class:`TaskCancelled` and
+    :class:`ObjectLost`. ``limit`` bounds how many tasks run at once;
+    ``HANGGUARD_SERIAL=1`` runs them one at a time, logging each.
+    """
+
+    def __init__(
+        self,
+        name: str = "ray",
+        *,
+        timeout: float | None = None,
+        return_exceptions: bool | None = None,
+        limit: int | None = None,
+    ) -> None:
+        self.name = name
+        self._timeout = None if timeout is None else check_timeout(timeout, "timeout")
+        self._return_exceptions = return_exceptions
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise TypeError(f"limit must be a whole number >= 1 or None, got {limit!r}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        self._serial = _config.serial()
+        self._limit = 1 if self._serial else limit
+        self._tracer = _spans.get_tracer()
+        self._span: Span | None = None
+        self._span_ctx: otel_context.Context | None = None
+        self._slots: list[_Slot] = []
+        self._queued: collections.deque[_Slot] = collections.deque()
+        self._retry: list[_Slot] = []
+        self._running = 0
+        self._pending = 0
+        self._failures: list[_Slot] = []
+        # Completions reported by Ray's callback thread, handled by the joining thread.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._completed: collections.deque[tuple[_Slot, int]] = collections.deque()
+        self._in_flight = 0  # refs whose completion Ray has not reported yet
+        # While cancelling, every completion matters (the grace ends when all are in).
+        self._wake_each = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+        self._cutoff = math.inf  # the join's end on time.monotonic, once joining
+        self._node = ""
+        self._joined = False
+        self._finished = False
+
+    # -- submitting -------------------------------------------------------------------
+
+    def options(self, *, name: str | None = None, **ray_options: Any) -> TaskOptions:
+        """Submit the next task with Ray options and/or a name: ``.options(...).submit(fn)``."""
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {name!r}")
+        _check_options(ray_options, f"group {self.name!r}")
+        return TaskOptions(self, name, ray_options)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` as a Ray task of this group.
+
+        ``fn`` is a plain function (sync or ``async def``) or a ``@ray.remote`` function;
+        every keyword goes to ``fn`` (name the task with :meth:`options`). Returns the
+        task's ``ObjectRef``, or ``None`` while ``limit`` holds it back.
+        """
+        return self._submit(fn, args, kwargs, None, {})
+
+    def _submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        name: str | None,
+        options: dict[str, Any],
+    ) -> Any:
+        if self._joined:
+            raise RuntimeError(f"remote group {self.name!r} was already joined")
+        self._collect()  # start what ``limit`` held back, now that others may be done
+        remote, own = _remote_for(fn)
+        merged = {**own, **{k: v for k, v in options.items() if k in _OWN_OPTIONS}}
+        label = fn_name(getattr(getattr(fn, "remote", None), "__wrapped__", fn))
+        max_retries, retry_on = _retry_options(merged, label)
+        ray_options = {k: v for k, v in options.items() if k not in _OWN_OPTIONS}
+        index = len(self._slots)
+        task_name = name if name is not None else f"{label}[{index}]"
+        if name is not None:
+            ray_options["name"] = name
+        slot = _Slot(index, task_name, remote, args, kwargs, ray_options, max_retries, retry_on)
+        self._slots.append(slot)
+        self._pending += 1
+        if self._tracer is not None and self._span is None:
+            self._start_span()
+        if self._limit is not None and self._running >= self._limit:
+            self._queued.append(slot)
+            return None
+        self._start(slot, self._budget())
+        return slot.ref
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def task_name(self, index: int) -> str:
+        """The name of the task submitted at ``index`` (given, else ``fn[index]``)."""
+        return self._slots[index].name
+
+    def _budget(self) -> float:
+        """What a task started now may use: the join's cut-off, else the known limits."""
+        left = remaining()
+        if self._joined:
+            return min(left, max(0.0, self._cutoff - time.monotonic()))
+        return left if self._timeout is None else min(left, self._timeout)
+
+    def _deadline_name(self, budget: float) -> str | None:
+        current = current_deadline()
+        if current is not None and remaining() <= budget:
+            return current.binding().name
+        return f"join {self.name}"
+
+    def _start(self, slot: _Slot, budget: float) -> None:
+        if not self._node:
+            self._node = _driver_node()
+        slot.attempt += 1
+        slot.started = time.monotonic()
+        carrier: dict[str, str] = {}
+        if self._tracer is not None:
+            if slot.span is None:
+                slot.span = self._tracer.start_span(
+                    SPAN_TASK.format(slot.name),
+                    context=self._span_ctx,
+                    attributes={ATTR_TASK_NAME: slot.name},
+                )
+            propagate.inject(carrier, context=trace.set_span_in_context(slot.span))
+        meta = make_meta(
+            slot.name, self.name, budget, self._deadline_name(budget), carrier, self._node
+        )
+        if self._serial:
+            logger.info("serial: remote task %r started (group %r)", slot.name, self.name)
+        try:
+            remote = slot.remote.options(**slot.options) if slot.options else slot.remote
+            slot.ref = remote.remote(meta, *(slot.args or ()), **(slot.kwargs or {}))
+        except BaseException as exc:
+            # Submitting itself failed (bad options, Ray not reachable): the task's outcome.
+            slot.ref = None
+            self._finalize(slot, exc, failed=True)
+            return
+        self._running += 1
+        with self._lock:
+            self._in_flight += 1
+        future = slot.future = slot.ref.future()
+        future.add_done_callback(functools.partial(self._on_done, slot, slot.attempt))
+
+    def _on_done(self, slot: _Slot, attempt: int, future: Any) -> None:
+        # On Ray's callback thread: note it, and wake the join only when it has something
+        # to do (all in, a failure, a held-back task to start), not once per task.
+        with self._cond:
+            self._completed.append((slot, attempt))
+            self._in_flight -= 1
+            wake = (
+                self._in_flight <= 0
+                or self._wake_each
+                or future.exception() is not None
+                or bool(self._queued)
+            )
+            if not wake:
+                return
+            self._cond.notify_all()
+            loop, event = self._loop, self._event
+        if loop is not None and event is not None:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:
+                pass  # the loop is closed: nobody is waiting any more
+
+    def _start_span(self) -> None:
+        assert self._tracer is not None
+        self._span = self._tracer.start_span(
+            SPAN_GROUP.format(self.name), attributes={ATTR_GROUP_NAME: self.name}
+        )
+        if self._limit is not None:
+            self._span.set_attribute(ATTR_GROUP_LIMIT, self._limit)
+        if self._serial:
+            self._span.set_attribute(ATTR_GROUP_SERIAL, True)
+        self._span_ctx = trace.set_span_in_context(self._span)
+
+    # -- completion (on the joining thread) ---------------------------------------------
+
+    def _collect(self) -> None:
+        """Handle the completions Ray reported, start retries and queued tasks."""
+        while True:
+            with self._lock:
+                if not self._completed:
+                    break
+                slot, attempt = self._completed.popleft()
+            if slot.done or attempt != slot.attempt or slot.future is None:
+                continue  # a stale report of an earlier attempt
+            self._running -= 1
+            exc = slot.future.exception()
+            if exc is None:
+                self._finalize(slot, slot.future.result(), failed=False)
+                continue
+            error = translate(exc, slot.name)
+            if slot.cancel is None and self._should_retry(slot, error):
+                self._retry.append(slot)
+                continue
+            self._finalize(slot, error, failed=True)
+        self._pump()
+
+    def _should_retry(self, slot: _Slot, error: BaseException) -> bool:
+        if isinstance(error, (TaskCancelled, ObjectLost)):
+            return False
+        if isinstance(error, WorkerLost):
+            wanted = True
+        elif isinstance(slot.retry_on, tuple):
+            wanted = isinstance(error, slot.retry_on)
+        else:
+            wanted = slot.retry_on
+        if not wanted or (slot.max_retries != -1 and slot.attempt > slot.max_retries):
+            return False
+        used = time.monotonic() - slot.started
+        left = self._budget()
+        if left <= used:
+            # It took that long to get where it failed: a new attempt would not fit.
+            logger.warning(
+                "remote task %r of group %r not retried: %.3gs left, the failed attempt took %.3gs",
+                slot.name,
+                self.name,
+                left,
+                used,
+            )
+            if slot.span is not None:
+                slot.span.add_event(
+                    EVENT_RAY_RETRY_SKIPPED,
+                    {ATTR_RETRY_ATTEMPT: slot.attempt, ATTR_RETRY_REMAINING_S: left},
+                )
+            return False
+        logger.warning(
+            "remote task %r of group %r failed with %s: retrying (attempt %d)",
+            slot.name,
+            self.name,
+            type(error).__name__,
+            slot.attempt + 1,
+        )
+        if slot.span is not None:
+            slot.span.add_event(
+                EVENT_RETRY,
+                {
+                    ATTR_RETRY_ATTEMPT: slot.attempt,
+                    _semconv.ATTR_EXCEPTION_TYPE: _spans.error_type(error),
+                    _semconv.ATTR_EXCEPTION_MESSAGE: str(error),
+                },
+            )
+        _metrics.record_retry(self.name)
+        return True
+
+    def _pump(self) -> None:
+        """Start the retries due and, within ``limit``, the queued tasks."""
+        while self._retry:
+            slot = self._retry.pop(0)
+            self._start(slot, self._budget())
+        while self._queued and (self._limit is None or self._running < self._limit):
+            if self._joined and self._cutoff <= time.monotonic():
+                return
+            self._start(self._queued.popleft(), self._budget())
+
+    def _finalize(self, slot: _Slot, outcome: Any, *, failed: bool) -> None:
+        slot.done = True
+        slot.outcome = outcome
+        slot.failed = failed and slot.cancel is None
+        slot.ref = slot.future = slot.args = slot.kwargs = None  # release the object refs
+        self._pending -= 1
+        if slot.failed:
+            self._failures.append(slot)
+            logger.error(
+                "remote task %r of group %r failed with %s",
+                slot.name,
+                self.name,
+                type(outcome).__name__,
+                exc_info=outcome,
+            )
+        elif self._serial:
+            logger.info("serial: remote task %r ended (group %r)", slot.name, self.name)
+        span = slot.span
+        if span is not None:
+            if slot.failed:
+                _spans.record_failure(span, outcome)
+            span.end()
+
+    # -- cancelling --------------------------------------------------------------------
+
+    def _cancel_all(self, reason: str, cause: str) -> int:
+        """Ask every unfinished task to stop (``ray.cancel``); queued ones never start."""
+        import ray
+
+        with self._lock:
+            self._wake_each = True
+        count = 0
+        while self._queued:
+            slot = self._queued.popleft()
+            slot.cancel = (reason, cause)
+            self._record_cancel(slot, reason, cause)
+            self._finalize(slot, None, failed=False)
+            count += 1
+        for slot in self._retry:
+            slot.cancel = (reason, cause)
+            self._record_cancel(slot, reason, cause)
+            self._finalize(slot, None, failed=False)
+            count += 1
+        self._retry.clear()
+        for slot in self._slots:
+            if slot.done or slot.ref is None or slot.cancel is not None:
+                continue
+            slot.cancel = (reason, cause)
+            self._record_cancel(slot, reason, cause)
+            count += 1
+            try:
+                ray.cancel(slot.ref, force=False, recursive=True)
+            except Exception:
+                logger.warning("ray.cancel of remote task %r failed", slot.name, exc_info=True)
+        return count
+
+    def _wait_grace_sync(self, grace: float) -> None:
+        end = time.monotonic() + grace
+        # No cancel may be in flight when the forced one is sent (Ray drops a cancel of a
+        # task it is still cancelling): ask again during the first half of the grace only.
+        quiet = end - grace / 2
+        while any(not s.done for s in self._slots) and time.monotonic() < end:
+            self._wait_sync(min(end, time.monotonic() + _RECANCEL_EVERY))
+            self._collect()
+            if time.monotonic() < quiet:
+                self._recancel()
+
+    def _recancel(self) -> None:
+        """Ask again: a cancel that reaches a task while Ray hands it to a worker can be
+        lost, and the task then runs; ``ray.cancel`` of a finished task does nothing."""
+        import ray
+
+        for slot in self._slots:
+            if slot.cancel is not None and not slot.done and slot.ref is not None:
+                try:
+                    ray.cancel(slot.ref, force=False, recursive=True)
+                except Exception:
+                    logger.debug("ray.cancel of %r failed", slot.name, exc_info=True)
+
+    def _record_cancel(self, slot: _Slot, reason: str, cause: str) -> None:
+        if slot.span is not None:
+            slot.span.add_event(
+                EVENT_CANCELLED, {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: cause}
+            )
+
+    def _force_stuck(self, grace: float) -> None:
+        """Kill the workers of the tasks that ignored their cancellation for ``grace``."""
+        import ray
+
+        stuck = [s for s in self._slots if not s.done and s.ref is not None]
+        if not stuck:
+            return
+        names = [s.name for s in stuck]
+        logger.warning(
+            "group %r: %d remote task(s) ignored cancellation for %gs; killing their workers: %s",
+            self.name,
+            len(stuck),
+            grace,
+            ", ".join(names),
+        )
+        if self._span is not None:
+            self._span.add_event(
+                EVENT_CANCEL_IGNORED,
+                {ATTR_TASK_NAME: names, ATTR_CANCEL_GRACE_S: grace, ATTR_CANCEL_FORCED: True},
+            )
+        for slot in stuck:
+            try:
+                ray.cancel(slot.ref, force=True, recursive=True)
+            except Exception:
+                logger.warning("ray.cancel(force=True) of %r failed", slot.name, exc_info=True)
+            # Abandoned: its outcome is decided (cancelled); the refs go now.
+            self._running -= 1
+            self._finalize(slot, None, failed=False)
+
+    # -- joining ----------------------------------------------------------------------
+
+    def _begin(
+        self, timeout: float | None, return_exceptions: bool | None
+    ) -> tuple[float, float, bool, bool]:
+        if self._joined:
+            raise RuntimeError(f"remote group {self.name!r} was already joined")
+        if timeout is not None:
+            own = check_timeout(timeout, "timeout")
+        elif self._timeout is not None:
+            own = self._timeout
+        else:
+            own = _config.join_timeout()
+        grace = _config.cancel_grace()
+        mode = return_exceptions if return_exceptions is not None else bool(self._return_exceptions)
+        left = remaining()
+        self._joined = True
+        self._cutoff = time.monotonic() + min(own, left)
+        if self._span is not None and not math.isinf(own):
+            self._span.set_attribute(ATTR_TIMEOUT_S, own)
+        return own, grace, mode, left <= own
+
+    def _settled(self, fail_fast: bool) -> bool:
+        return self._pending == 0 or (fail_fast and bool(self._failures))
+
+    def _wait_sync(self, until: float) -> None:
+        with self._cond:
+            if not self._completed:
+                self._cond.wait(None if math.isinf(until) else max(0.0, until - time.monotonic()))
+
+    async def _wait_async(self, until: float) -> None:
+        event = self._event
+        assert event is not None
+        event.clear()
+        with self._lock:
+            if self._completed:
+                return
+        if math.isinf(until):
+            await event.wait()
+            return
+        try:
+            await asyncio.wait_for(event.wait(), max(0.0, until - time.monotonic()))
+        except TimeoutError:
+            pass
+
+    def join(
+        self, timeout: float | None = None, return_exceptions: bool | None = None
+    ) -> list[Any]:
+        """Wait for every task (blocking); return their results in submit order.
+
+        ``timeout`` defaults to the group's, then ``HANGGUARD_JOIN_TIMEOUT``; the
+        enclosing deadline caps it; the join returns or raises by then plus the cancel
+        grace. Raises the first failure (``return_exceptions=False``, the default) or
+        :class:`~hangguard.JoinTimeout` with the partial results.
+        """
+        own, grace, mode, by_deadline = self._begin(timeout, return_exceptions)
+        fail_fast = not mode
+        try:
+            while True:
+                self._collect()
+                if self._settled(fail_fast) or time.monotonic() >= self._cutoff:
+                    break
+                self._wait_sync(self._cutoff)
+            outcome = self._conclude(fail_fast, by_deadline)
+            if outcome is not None:
+                self._wait_grace_sync(grace)
+                self._force_stuck(grace)
+        except BaseException:
+            self._abort()
+            raise
+        if outcome is None:
+            return self._results()
+        raise self._raise(outcome, own, by_deadline)
+
+    async def ajoin(
+        self, timeout: float | None = None, return_exceptions: bool | None = None
+    ) -> list[Any]:
+        """:meth:`join` for ``async`` code: the same semantics, awaiting instead of blocking.
+
+        If the awaiting task is cancelled, the remote tasks are cancelled too (forced after
+        the grace) and the cancellation goes on.
+        """
+        own, grace, mode, by_deadline = self._begin(timeout, return_exceptions)
+        fail_fast = not mode
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+            self._event = asyncio.Event()
+        try:
+            while True:
+                self._collect()
+                if self._settled(fail_fast) or time.monotonic() >= self._cutoff:
+                    break
+                await self._wait_async(self._cutoff)
+            outcome = self._conclude(fail_fast, by_deadline)
+            if outcome is not None:
+                await self._wait_grace(grace)
+                self._force_stuck(grace)
+        except asyncio.CancelledError:
+            current = current_deadline()
+            if current is not None and remaining() <= 0:
+                # The enclosing deadline fired in this task: the cancel is its doing.
+                self._cancel_all(CANCEL_DEADLINE, current.binding().name or "")
+            else:
+                self._cancel_all(CANCEL_PARENT, self.name)
+            try:
+                await self._wait_grace(grace)
+            finally:
+                self._force_stuck(grace)
+                self._finish(timed_out=False)
+            raise
+        except BaseException:
+            self._abort()
+            raise
+        finally:
+            with self._lock:
+                self._loop = self._event = None
+        if outcome is None:
+            return self._results()
+        raise self._raise(outcome, own, by_deadline)
+
+    async def _wait_grace(self, grace: float) -> None:
+        end = time.monotonic() + grace
+        quiet = end - grace / 2  # see _wait_grace_sync
+        while any(not s.done for s in self._slots) and time.monotonic() < end:
+            await self._wait_async(min(end, time.monotonic() + _RECANCEL_EVERY))
+            self._collect()
+            if time.monotonic() < quiet:
+                self._recancel()
+
+    def _conclude(self, fail_fast: bool, by_deadline: bool) -> str | None:
+        """After the wait: ``None`` when done, else why the rest is being cancelled."""
+        if fail_fast and self._failures:
+            first = self._failures[0]
+            n = self._cancel_all(CANCEL_SIBLING_FAILED, first.name)
+            if n:
+                logger.warning(
+                    "group %r: remote task %r failed with %s, cancelling %d remaining task(s)",
+                    self.name,
+                    first.name,
+                    type(first.outcome).__name__,
+                    n,
+                )
+            return "failed"
+        if self._pending == 0:
+            self._finish(timed_out=False)
+            return None
+        if by_deadline:
+            current = current_deadline()
+            bound = current.binding() if current is not None else None
+            self._cancel_all(CANCEL_DEADLINE, (bound.name if bound else None) or "")
+        else:
+            self._cancel_all(CANCEL_TIMEOUT, self.name)
+        return "timeout"
+
+    def _raise(self, outcome: str, own: float, by_deadline: bool) -> BaseException:
+        if outcome == "failed":
+            self._finish(timed_out=False)
+            error = self._failures[0].outcome
+            assert isinstance(error, BaseException)
+            return error
+        if by_deadline:
+            current = current_deadline()
+            bound = current.binding() if current is not None else None
+            dname = bound.name if bound is not None else None
+            budget = bound.budget if bound is not None else own
+        else:
+            dname, budget = f"join {self.name}", own
+        return self._join_timeout(dname, budget)
+
+    def _abort(self, grace: float = 0.0) -> None:
+        """The join or the ``with`` body failed: stop every task, waiting at most ``grace``."""
+        if self._finished:
+            return
+        self._joined = True
+        self._cancel_all(CANCEL_PARENT, self.name)
+        self._wait_grace_sync(grace)
+        self._force_stuck(grace)
+        self._finish(timed_out=False)
+
+    def _results(self) -> list[Any]:
+        return [s.outcome for s in self._slots]
+
+    def _join_timeout(self, deadline_name: str | None, budget: float) -> JoinTimeout:
+        label = deadline_name or "(unnamed)"
+        pending: list[str] = []
+        results: list[Any] = []
+        for slot in self._slots:
+            if slot.cancel is not None and (slot.outcome is None or _was_cancelled(slot.outcome)):
+                pending.append(slot.name)
+                results.append(
+                    DeadlineExceeded(
+                        f"remote task {slot.name!r} did not finish before {label!r}",
+                        deadline_name=deadline_name,
+                        budget=budget,
+                    )
+                )
+            else:
+                results.append(slot.outcome)
+        self._finish(timed_out=True)
+        shown = ", ".join(pending[:5]) + (", ..." if len(pending) > 5 else "")
+        budget_text = "no limit" if math.isinf(budget) else f"{budget:g}s"
+        return JoinTimeout(
+            f"group {self.name!r}: {len(pending)} of {len(self._slots)} remote task(s) did not "
+            f"finish before {label!r} ({budget_text}): {shown}",
+            deadline_name=deadline_name,
+            budget=budget,
+            results=results,
+            pending=pending,
+        )
+
+    def _finish(self, *, timed_out: bool) -> None:
+        """Count the outcomes, end every span, and let go of every object ref."""
+        if self._finished:
+            return
+        self._finished = True
+        counts: collections.Counter[str] = collections.Counter()
+        for slot in self._slots:
+            if slot.failed:
+                counts[_semconv.OUTCOME_FAILED] += 1
+            elif slot.cancel is not None and (slot.outcome is None or _was_cancelled(slot.outcome)):
+                reason = slot.cancel[0]
+                timeout = reason in (CANCEL_TIMEOUT, CANCEL_DEADLINE)
+                counts[_semconv.OUTCOME_TIMEOUT if timeout else _semconv.OUTCOME_CANCELLED] += 1
+            elif slot.done:
+                counts[_semconv.OUTCOME_OK] += 1
+            if not slot.done:
+                slot.done = True
+                slot.ref = slot.future = slot.args = slot.kwargs = None
+                if slot.span is not None:
+                    slot.span.end()
+        for outcome, n in counts.items():
+            _metrics.record_task_outcome(outcome, n)
+        span = self._span
+        if span is None:
+            return
+        self._span = None
+        cancelled = sum(1 for s in self._slots if s.cancel is not None and not s.failed)
+        span.set_attribute(ATTR_GROUP_SIZE, len(self._slots))
+        span.set_attribute(ATTR_GROUP_FAILED, len(self._failures))
+        span.set_attribute(ATTR_GROUP_CANCELLED, cancelled)
+        if timed_out:
+            span.set_attribute(ATTR_GROUP_TIMED_OUT, True)
+            span.set_attribute(_semconv.ATTR_ERROR_TYPE, "timeout")
+            span.set_status(trace.Status(trace.StatusCode.ERROR, "join timed out"))
+        elif self._failures and not self._return_exceptions:
+            first = self._failures[0].outcome
+            if isinstance(first, BaseException):
+                _spans.record_failure(span, first)
+        span.end()
+
+    # -- with / async with ---------------------------------------------------------------
+
+    def __enter__(self) -> RemoteGroup:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.join()
+            return
+        self._abort(_grace_or_default())
+
+    async def __aenter__(self) -> RemoteGroup:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            await self.ajoin()
+            return
+        self._abort()  # no blocking wait in a running loop: cancel, then force at once
+
+
+def _driver_node() -> str:
+    """This process's Ray node id (``""`` outside a connected driver)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+def _was_cancelled(outcome: object) -> bool:
+    return isinstance(outcome, (TaskCancelled, WorkerLost))
+
+
+def _grace_or_default() -> float:
+    try:
+        return _config.cancel_grace()
+    except Exception:
+        logger.error("using the default cancel grace", exc_info=True)
+        return _config.DEFAULT_CANCEL_GRACE
