@@ -131,6 +131,7 @@ def start_gateway(binary: Path, overlay: Path, log_dir: Path, name: str) -> Tier
         "GATEWAY_ZPAGES_ENDPOINT": f"127.0.0.1:{ports['zpages']}",
         "GATEWAY_TELEMETRY_HOST": "127.0.0.1",
         "GATEWAY_TELEMETRY_PORT": str(ports["telemetry"]),
+        "GATEWAY_QUEUE_DIR": str(log_dir / f"{name}-queue"),
     }
     health = f"http://127.0.0.1:{ports['zpages']}/debug/servicez"
     config = COLLECTOR_DIR / "gateway.yaml"
