@@ -4,7 +4,8 @@
 // The Jaeger v2 binary carries tail_sampling but no loadbalancing exporter, so the gateway is
 // built here from the Collector's own Go modules, all at one release (see go.mod). The
 // tail_sampling processor of the same release is included, so this binary can run a sampler
-// too (collector/sampler.yaml without its RED-metrics pipeline).
+// too (collector/sampler.yaml). The file_storage extension gives the gateway's queue a disk,
+// so what it holds survives a restart or a reload of its configuration.
 //
 // Build it with scripts/build-gateway.sh, which caches the binary outside the repository.
 package main
@@ -33,6 +34,7 @@ import (
 	"go.opentelemetry.io/collector/service/telemetry/otelconftelemetry"
 
 	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/loadbalancingexporter"
+	"github.com/open-telemetry/opentelemetry-collector-contrib/extension/storage/filestorage"
 	"github.com/open-telemetry/opentelemetry-collector-contrib/processor/tailsamplingprocessor"
 )
 
@@ -63,6 +65,7 @@ func factories() (otelcol.Factories, error) {
 	}
 	if f.Extensions, err = otelcol.MakeFactoryMap[extension.Factory](
 		zpagesextension.NewFactory(),
+		filestorage.NewFactory(),
 	); err != nil {
 		return f, err
 	}
