@@ -6,7 +6,11 @@
 # small distribution in collector/gateway/ (main.go, go.mod, go.sum): the OpenTelemetry
 # Collector's own modules, every one at release v0.161.0 (v1.67.0 for the stable modules),
 # fetched through the Go module proxy and built with `go build`. It also carries
-# tail_sampling, so it can run a sampler that needs no RED metrics.
+# tail_sampling (it runs collector/sampler.yaml too) and file_storage (the gateway's queue on
+# disk). go.mod needs Go 1.26. One requirement is not the release's own: the module proxy
+# refuses github.com/aws/aws-sdk-go-v2/service/servicediscovery v1.48.0, which the
+# loadbalancing exporter asks for ("This module version is not available"), so go.mod
+# requires v1.49.0, the next minor release, which it serves.
 #
 # The binary is cached outside the repository, keyed by the release and a hash of the sources,
 # so later runs reuse it and a change to go.mod/go.sum/main.go rebuilds it:
