@@ -39,8 +39,8 @@ HUNG_BUDGET_S = 3.0
 EXPORT_DELAY_MS = 200
 #: The waits the rule of docs/production.md gives for them (cancel grace: 1 s):
 #: decision_wait >= budget + export delay + margin; root wait >= export delay + grace + margin.
-DECISION_WAIT = "6s"
-ROOT_WAIT = "2s"
+DECISION_WAIT = "10s"
+ROOT_WAIT = "3s"
 
 #: The baseline share of healthy fast traces kept, and the tolerance the issue allows.
 PERCENT = 20
@@ -186,21 +186,26 @@ def test_every_trace_is_decided_once_and_kept_whole_by_its_policy_or_the_percent
             check_whole(
                 wait_for_trace(two_tier.query, trace_id, SPANS[kind]), trace_id, kind, service
             )
-    # Healthy fast traces: the percentage, each kept one whole.
-    kept = 0
-    for trace_id in report["traces"]["ok"]:
-        records = get_trace(two_tier.query, trace_id)
-        if records:
-            check_whole(records, trace_id, "ok", service)
-            kept += 1
+    # Healthy fast traces: the percentage, each kept one whole. The samplers said how many
+    # they kept; poll (bounded) until Jaeger has that many.
+    sampled = sum(d["true"] for d in decided)
+    policy_kept = total - kinds["ok"]
+    pending = set(report["traces"]["ok"])
+    found: set[str] = set()
+    deadline = time.monotonic() + TRACE_TIMEOUT
+    while len(found) < sampled - policy_kept and time.monotonic() < deadline:
+        found |= {t for t in pending - found if get_trace(two_tier.query, t)}
+        pause()
+    for trace_id in found:
+        check_whole(wait_for_trace(two_tier.query, trace_id, SPANS["ok"]), trace_id, "ok", service)
+    kept = len(found)
     share = 100 * kept / kinds["ok"]
     print(
         f"\ntwo-tier: {total} traces in {time.monotonic() - started:.1f}s; kept {kept} of "
         f"{kinds['ok']} healthy ({share:.1f}% for {PERCENT}%); decisions per sampler {decided}"
     )
     assert abs(share - PERCENT) <= TOLERANCE_PP, share
-    sampled = sum(d["true"] for d in decided)
-    assert sampled == kept + 60, (sampled, kept)
+    assert sampled == kept + policy_kept, (sampled, kept)
 
 
 def test_a_hung_op_is_decided_after_its_last_span_when_the_waits_follow_the_budget(
