@@ -16,7 +16,8 @@ guarded op ``WorkOp`` under it and answers on its stdout. The kinds:
 * ``slow``: the op returns at once, but the root span is dated ``--slow-seconds`` earlier
   (the latency policy sees a trace that long without the test waiting for it);
 * ``hung``: the op hangs for its whole budget (``--hung-budget`` seconds) and raises
-  ``DeadlineExceeded``, after a quick task of it ended and was exported long before.
+  ``JoinTimeout`` (its join was waiting when the budget ran out), after a quick task of
+  it ended and was exported long before.
 
 Usage: ``python two_process_app.py --worker-endpoint URL [--kinds ok:940,error:20,...]``.
 It prints one JSON line: the trace ids by kind and both processes' export counts.

@@ -143,10 +143,15 @@ def start_gateway(binary: Path, overlay: Path, log_dir: Path, name: str) -> Tier
 
 def reload(gateway: Tier) -> None:
     """Make a gateway read its configuration again (SIGHUP), and wait until it runs again."""
-    before = gateway.proc.tail().count("Everything is ready")
+
+    def started() -> int:
+        # The whole log: retries to a dead sampler can push the last start out of a tail.
+        return gateway.proc.log.read_text(errors="replace").count("Everything is ready")
+
+    before = started()
     gateway.proc.popen.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 30
-    while gateway.proc.tail().count("Everything is ready") <= before:
+    while started() <= before:
         assert gateway.proc.popen.poll() is None, gateway.proc.tail()
         assert time.monotonic() < deadline, f"{gateway.proc.name} did not reload"
         pause()
