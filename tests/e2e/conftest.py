@@ -23,14 +23,21 @@ from jaeger_helpers import (
     start,
     start_collector,
 )
+from two_tier_helpers import locate_gateway
 
 _located: tuple[Path | None, str] | None = None
+_gateway: tuple[Path | None, str] | None = None
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    global _located
+    # Found (or built) before the first test starts, so no test timeout covers a build.
+    global _located, _gateway
     if _located is None and any(item.get_closest_marker("e2e") for item in session.items):
         _located = locate_jaeger()
+    if _gateway is None and any(
+        "gateway_bin" in getattr(item, "fixturenames", ()) for item in session.items
+    ):
+        _gateway = locate_gateway()
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +48,18 @@ def jaeger_bin() -> Path:
         if in_ci() or os.environ.get("HANGGUARD_JAEGER_BIN"):
             pytest.fail(f"end-to-end tests cannot run: {why}", pytrace=False)
         pytest.skip(f"end-to-end tests need Jaeger: {why}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gateway_bin() -> Path:
+    """The collector of the two-tier setup (scripts/build-gateway.sh); skips without one
+    (fails under CI=true)."""
+    path, why = _gateway if _gateway is not None else locate_gateway()
+    if path is None:
+        if in_ci() or os.environ.get("HANGGUARD_GATEWAY_BIN"):
+            pytest.fail(f"two-tier tests cannot run: {why}", pytrace=False)
+        pytest.skip(f"two-tier tests need the gateway collector: {why}")
     return path
 
 

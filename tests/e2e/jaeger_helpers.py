@@ -164,13 +164,18 @@ def start(
     log_dir: Path,
     *,
     port: int | None = None,
+    extra_configs: list[Path] | None = None,
 ) -> Proc:
-    """Start ``binary --config config``; wait until ``health`` answers 200 and ``port``
-    (the OTLP receiver, which starts after the health endpoint) accepts connections."""
+    """Start ``binary --config config`` (then ``--config`` each of ``extra_configs``, merged
+    over it); wait until ``health`` answers 200 and ``port`` (the OTLP receiver, which starts
+    after the health endpoint) accepts connections."""
     log = log_dir / f"{name}.log"
-    with open(log, "wb") as out:
+    args = [str(binary), "--config", str(config)]
+    for extra in extra_configs or []:
+        args += ["--config", str(extra)]
+    with open(log, "ab") as out:
         popen = subprocess.Popen(
-            [str(binary), "--config", str(config)],
+            args,
             env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
