@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import subprocess
@@ -474,3 +475,33 @@ async def test_a_task_that_finishes_within_the_grace_keeps_its_outcome() -> None
     assert info.value.results[0] == "partial"
     assert isinstance(info.value.results[1], hangguard.DeadlineExceeded)
     assert info.value.pending == ["b"]
+
+
+# -- task names ------------------------------------------------------------------------------
+
+
+class _Base:
+    async def async_call(self) -> str:
+        return type(self).__name__
+
+    async def fetch(self) -> str:
+        return "fetched"
+
+
+class _Search(_Base):
+    pass
+
+
+async def test_bound_methods_name_tasks_after_the_object_class_not_the_defining_one() -> None:
+    g = TaskGroup("names")
+    g.submit(_Search().async_call)  # an op's entry point: the op's name
+    g.submit(_Search().fetch)  # any other method: class and method
+    g.submit(functools.partial(_Search().async_call))
+    g.submit(value, 1)
+    assert await g.join() == ["_Search", "fetched", "_Search", 1]
+    assert [g.task_name(i) for i in range(4)] == [
+        "_Search[0]",
+        "_Search.fetch[1]",
+        "_Search[2]",
+        "value[3]",
+    ]

@@ -40,8 +40,8 @@ from . import _config
 from ._deadline import remaining
 from ._exceptions import ConfigError
 from ._group import TaskGroup
+from ._task_info import OP_ENTRY_NAMES, fn_name
 from ._traced import check_budget, check_name, run_in_scope
-from ._validate import callable_name
 
 __all__ = ["GuardedOpMixin", "guarded_op"]
 
@@ -51,7 +51,7 @@ C = TypeVar("C", bound=type)
 
 _SUBMIT: Final = "submit_async_task"
 _JOIN: Final = "join_async_task"
-_ENTRY_NAMES: Final = ("async_call", "async_execute")
+_ENTRY_NAMES: Final = OP_ENTRY_NAMES
 _SPEC_ATTR: Final = "__hangguard_op__"
 # On every function this module installs on a class: what it replaced (None: nothing).
 _ORIGINAL_ATTR: Final = "__hangguard_original__"
@@ -155,7 +155,7 @@ def _label(fn: object) -> str:
         return _spec_of(owner).op_name(owner)  # a guarded op's bound entry point
     if isinstance(fn, functools.partial):
         return _label(fn.func)
-    return callable_name(fn)
+    return fn_name(fn)  # an undecorated op's entry point is named after its class too
 
 
 def _task_list(op: object) -> list[Any] | None:
