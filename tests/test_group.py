@@ -505,3 +505,44 @@ async def test_bound_methods_name_tasks_after_the_object_class_not_the_defining_
         "_Search[2]",
         "value[3]",
     ]
+
+
+# -- results after ``async with`` ------------------------------------------------------------
+
+
+async def test_results_are_read_after_the_async_with_block_in_submit_order() -> None:
+    async with TaskGroup("block") as g:
+        first = g.submit(value, "a")
+        g.submit(value, ["b"])
+        g.submit_named("third", value, None)
+        with pytest.raises(RuntimeError, match=r"'block' is not done yet \(open\)"):
+            g.results  # noqa: B018 - the property is what is tested
+    assert g.results == ["a", ["b"], None]
+    assert first.result() == g.results[0]
+    g.results.append("not kept")  # a new list each time
+    assert g.results == ["a", ["b"], None]
+
+
+async def test_results_after_an_explicit_join_are_what_join_returned() -> None:
+    g = TaskGroup("explicit")
+    g.submit(value, 1)
+    g.submit(fail)
+    assert await g.join(return_exceptions=True) == g.results
+    assert isinstance(g.results[1], ValueError)
+
+
+async def test_results_say_why_there_are_none_when_the_group_failed_or_timed_out() -> None:
+    with pytest.raises(ValueError):
+        async with TaskGroup("failing") as g:
+            g.submit(value, 1)
+            g.submit(fail)
+    with pytest.raises(RuntimeError, match="'failing' has no results: its join raised"):
+        g.results  # noqa: B018
+
+    slow = TaskGroup("slow", timeout=0.01)
+    with pytest.raises(JoinTimeout) as info:
+        async with slow:
+            slow.submit(hang)
+    assert len(info.value.results) == 1  # the partial results are on the exception
+    with pytest.raises(RuntimeError, match="JoinTimeout holds the partial results"):
+        slow.results  # noqa: B018

@@ -123,10 +123,13 @@ class TaskGroup:
             group.submit_named(f"search {query}", search, query)
         results = await group.join(return_exceptions=True)
 
-    or, joining at the end of the block::
+    or, joining at the end of the block, with the results read after it (``submit``
+    returns each task, too)::
 
         async with hangguard.TaskGroup("searches") as group:
-            group.submit(search, "a")
+            first = group.submit(search, "a")
+            group.submit(search, "b")
+        results = group.results  # in submit order; first.result() is results[0]
 
     ``return_exceptions=None`` (the default) leaves the choice to ``join`` (default
     ``False``); a group created with an explicit ``False``, or used with ``async with``,
@@ -186,6 +189,7 @@ class TaskGroup:
         # ``async with``: the body's task, and whether the group cancelled it (a failure).
         self._body_task: asyncio.Task[Any] | None = None
         self._body_cancelled = False
+        self._results: list[Any] | None = None  # what join returned, once it has
 
     def _decide_mode(self, return_exceptions: bool | None) -> None:
         """Fail fast (cancel the siblings on the first failure) or collect exceptions.
@@ -278,6 +282,28 @@ class TaskGroup:
         if fn is not self._named_fn:  # one function submitted many times: name it once
             self._named_fn, self._fn_label = fn, fn_name(fn)
         return f"{self._fn_label}[{index}]"
+
+    @property
+    def results(self) -> list[Any]:
+        """The results in submit order, as :meth:`join` returned them (a new list).
+
+        For ``async with``, whose exit joins the group: read it after the block. Before
+        the join has returned, or when it raised instead (a failure, a timeout, the body
+        or the caller cancelled), it raises :class:`RuntimeError` saying which; a
+        :class:`JoinTimeout` carries the partial results in its ``results``.
+        """
+        if self._results is not None:
+            return list(self._results)
+        if self._state is not _State.DONE:
+            raise RuntimeError(
+                f"task group {self.name!r} is not done yet ({self._state.value}): its results "
+                "are there once join() has returned, or after the `async with` block"
+            )
+        raise RuntimeError(
+            f"task group {self.name!r} has no results: its join raised, or the body of "
+            "`async with` did (see that exception; a JoinTimeout holds the partial results "
+            "in its .results)"
+        )
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -637,7 +663,8 @@ class TaskGroup:
 
         if cancel is None and self._pending == 0 and not (self._fail_fast and self._failures):
             self._finish(timed_out=False)
-            return [outcome_of(t) for t in self._tasks]
+            results = self._results = [outcome_of(t) for t in self._tasks]
+            return results
         # Why the wait ended decides the shutdown's reason and what join raises after it.
         fired = None if cancel is None else self._own_deadline_fired(cancel, task, cancelling)
         reason, cause, timeout_of = self._why_stopped(cancel, fired, own, left, by_deadline)
