@@ -81,15 +81,18 @@ SCENARIOS = int(os.environ.get("HANGGUARD_PROPERTY_EXAMPLES", "120"))
     plan=st.lists(kinds, min_size=0, max_size=8),
     timeout=st.sampled_from([0.01, 0.03, 0.1, None]),
     return_exceptions=st.booleans(),
+    events=st.sampled_from([0, 2, 16]),
 )
 def test_join_properties(
     plan: list[str],
     timeout: float | None,
     return_exceptions: bool,
+    events: int,
     spans: InMemorySpanExporter,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("HANGGUARD_CANCEL_GRACE", str(GRACE))
+    monkeypatch.setenv("HANGGUARD_CANCEL_EVENTS", str(events))
     blocking = any(k in ("hang", "ignore_cancel") for k in plan)
     if timeout is None and blocking:
         timeout = 0.05  # a join with no limit over a hanging task would hang by design
@@ -98,7 +101,7 @@ def test_join_properties(
     logger = logging.getLogger("hangguard")
     logger.addHandler(handler)
     try:
-        asyncio.run(check(plan, timeout, return_exceptions, spans, handler))
+        asyncio.run(check(plan, timeout, return_exceptions, events, spans, handler))
     finally:
         logger.removeHandler(handler)
 
@@ -107,6 +110,7 @@ async def check(
     plan: list[str],
     timeout: float | None,
     return_exceptions: bool,
+    events: int,
     spans: InMemorySpanExporter,
     handler: CountingHandler,
 ) -> None:
@@ -164,16 +168,22 @@ async def check(
         e.args[0] for e in failed if isinstance(e, Boom)
     )
 
-    # Every task the group cancelled has its hangguard.cancelled event, with a reason.
+    # Every task the group cancelled carries the reason on its span; the first
+    # HANGGUARD_CANCEL_EVENTS of them also have the event, with the same reason.
     released.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     by_name = {s.name: s for s in spans.get_finished_spans()}
+    with_events = 0
     for i, t in enumerate(tasks):
         if t in group._cancel_info:
             span = by_name[f"task t{i}"]
+            reason = (span.attributes or {}).get("hangguard.cancel.reason")
+            assert reason in ("sibling_failed", "timeout")
             reasons = [
                 (e.attributes or {}).get("hangguard.cancel.reason")
                 for e in span.events
                 if e.name == "hangguard.cancelled"
             ]
-            assert reasons and reasons[0] in ("sibling_failed", "timeout")
+            assert reasons in ([], [reason])
+            with_events += len(reasons)
+    assert with_events == min(events, len(group._cancel_info))
