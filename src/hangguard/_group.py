@@ -599,7 +599,7 @@ class TaskGroup:
             for t in self._tasks:
                 if t.done() and t.cancelled():
                     cancelled += 1
-                elif t in cancel_info:
+                elif cancel_info and t in cancel_info:
                     ignored += 1  # cancelled by the group, yet it returned, raised or runs on
             span.set_attribute(ATTR_GROUP_SIZE, len(self._tasks))
             span.set_attribute(ATTR_GROUP_FAILED, failed)
