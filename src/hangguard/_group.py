@@ -78,8 +78,8 @@ logger = logging.getLogger("hangguard")
 
 T = TypeVar("T")
 
-#: Await stacks are captured for at most this many cancelled tasks per group (those
-#: with an event, started tasks first), so that cancelling 10,000 tasks stays cheap.
+#: Await stacks are captured for at most this many cancelled tasks per group (the first
+#: of those that get an event), so that cancelling 10,000 tasks stays cheap.
 STACK_CAPTURES: Final = 5
 
 # Tasks that ignored their cancellation past the grace: kept referenced so they are not
@@ -460,7 +460,8 @@ class TaskGroup:
         todo = [t for t in self._tasks if not t.done() and t not in cancel_info]
         count = len(todo)
         if self._tracer is not None and todo:
-            self._record_cancels(todo, {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: cause})
+            with _spans.guard():  # a failing span processor must not stop the cancel
+                self._record_cancels(todo, {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: cause})
         for task in todo:
             cancel_info[task] = info
             task.cancel(message)
