@@ -349,6 +349,48 @@ async def test_tree_renders_cancellation_failure_and_hidden_scopes(
     assert "transport send" in buf.getvalue()
 
 
+async def test_tree_marks_every_cancelled_task_even_past_the_event_allowance(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HANGGUARD_CANCEL_EVENTS", "1")
+    monkeypatch.setenv("HANGGUARD_CANCEL_GRACE", "0.05")
+    released = asyncio.Event()
+    running = [asyncio.Event() for _ in range(4)]
+
+    async def stuck(started: asyncio.Event) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async def runs_on(started: asyncio.Event) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await released.wait()
+
+    group = hangguard.TaskGroup("wide", timeout=30)
+    for i in range(3):
+        group.submit_named(f"stuck{i}", stuck, running[i])
+    late = group.submit_named("runs on", runs_on, running[3])
+    for event in running:
+        await event.wait()
+    with pytest.raises(hangguard.JoinTimeout):
+        await group.join(timeout=0.01)
+    released.set()
+    await late
+
+    records = [to_record(s) for s in spans.get_finished_spans()]
+    buf = io.StringIO()
+    Console(file=buf, width=200).print(trace_tree(records))
+    lines = buf.getvalue().splitlines()
+    for i in range(3):
+        (line,) = [x for x in lines if f"task stuck{i} " in x]
+        assert "cancelled (timeout)" in line, line
+    assert sum("hangguard.cancelled reason=timeout" in x for x in lines) == 1
+    (group_line,) = [x for x in lines if "group wide" in x]
+    assert "4 tasks, 0 failed, 3 cancelled, 1 ignored cancellation, 1 left running" in group_line
+
+
 async def test_trace_shows_a_span_file_as_a_tree(
     spans: InMemorySpanExporter, tmp_path: Path
 ) -> None:

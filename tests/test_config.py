@@ -15,6 +15,7 @@ from hangguard import Config, ConfigError, load_config
 from hangguard import _config as config
 from hangguard._config import (
     ENV_BUDGETS,
+    ENV_CANCEL_EVENTS,
     ENV_CANCEL_GRACE,
     ENV_DEFAULT_BUDGET,
     ENV_JOIN_TIMEOUT,
@@ -36,6 +37,7 @@ GETTERS: list[tuple[str, Callable[[], object], object]] = [
     (ENV_MCP_CONNECT_TIMEOUT, config.mcp_connect_timeout, 10.0),
     (ENV_RETRY_ATTEMPTS, config.retry_attempts, 3),
     (ENV_CANCEL_GRACE, config.cancel_grace, 1.0),
+    (ENV_CANCEL_EVENTS, config.cancel_events, 16),
     (ENV_SERIAL, config.serial, False),
     (ENV_LOOP_BLOCK_THRESHOLD, config.loop_block_threshold, None),
 ]
@@ -68,6 +70,9 @@ BAD_VALUES: list[tuple[str, Callable[[], object], str]] = [
     (ENV_RETRY_ATTEMPTS, config.retry_attempts, "many"),
     (ENV_CANCEL_GRACE, config.cancel_grace, "none"),
     (ENV_CANCEL_GRACE, config.cancel_grace, "1 sec"),
+    (ENV_CANCEL_EVENTS, config.cancel_events, "-1"),
+    (ENV_CANCEL_EVENTS, config.cancel_events, "some"),
+    (ENV_CANCEL_EVENTS, config.cancel_events, "2.5"),
     (ENV_SERIAL, config.serial, "maybe"),
     (ENV_SERIAL, config.serial, "2"),
     (ENV_LOOP_BLOCK_THRESHOLD, config.loop_block_threshold, "0"),
@@ -300,6 +305,7 @@ def test_load_config_reads_every_variable(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv(ENV_MCP_CONNECT_TIMEOUT, "3s")
     monkeypatch.setenv(ENV_RETRY_ATTEMPTS, "5")
     monkeypatch.setenv(ENV_CANCEL_GRACE, "250ms")
+    monkeypatch.setenv(ENV_CANCEL_EVENTS, "0")
     monkeypatch.setenv(ENV_SERIAL, "1")
     cfg = load_config()
     assert cfg.default_budget == 90.0
@@ -309,6 +315,7 @@ def test_load_config_reads_every_variable(monkeypatch: pytest.MonkeyPatch) -> No
     assert cfg.mcp_connect_timeout == 3.0
     assert cfg.retry_attempts == 5
     assert cfg.cancel_grace == 0.25
+    assert cfg.cancel_events == 0
     assert cfg.serial is True
 
 

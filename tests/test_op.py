@@ -980,3 +980,28 @@ def test_public_names_are_exported() -> None:
     for name in ("GuardedOpMixin", "guarded_op", "traced"):
         assert name in hangguard.__all__
         assert getattr(hangguard, name).__module__ == "hangguard"
+
+
+# -- task names of undecorated sub-ops -------------------------------------------------------
+
+
+async def test_tasks_of_undecorated_sub_ops_are_named_after_the_sub_op_class(
+    spans: InMemorySpanExporter,
+) -> None:
+    from hangguard.testing import BaseAsyncOp as ReferenceOp
+
+    class PlainSearchOp(ReferenceOp):  # not decorated: async_call comes from the base
+        async def async_execute(self) -> str:
+            return str(self.context.query).upper()
+
+    @hangguard.guarded_op(budget=30)
+    class OuterOp(ReferenceOp):
+        async def async_execute(self) -> Any:
+            for query in ("a", "b"):
+                self.submit_async_task(self.ops[0].copy().async_call, query=query)
+            self.submit_async_task(PlainSearchOp().async_execute)
+            return await self.join_async_task(return_exceptions=True)
+
+    await OuterOp(ops=[PlainSearchOp()]).async_call()
+    names = sorted(s.name for s in spans.get_finished_spans() if s.name.startswith("task "))
+    assert names == ["task PlainSearchOp[0]", "task PlainSearchOp[1]", "task PlainSearchOp[2]"]

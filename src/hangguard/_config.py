@@ -20,6 +20,7 @@ from ._exceptions import ConfigError
 
 __all__ = [
     "ENV_BUDGETS",
+    "ENV_CANCEL_EVENTS",
     "ENV_CANCEL_GRACE",
     "ENV_DEFAULT_BUDGET",
     "ENV_JAEGER_UI",
@@ -55,9 +56,11 @@ __all__ = [
     "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG",
     "Config",
+    "DEFAULT_CANCEL_EVENTS",
     "DEFAULT_CANCEL_GRACE",
     "DEFAULT_OP_BUDGET",
     "budgets",
+    "cancel_events",
     "cancel_grace",
     "default_budget",
     "join_timeout",
@@ -78,6 +81,7 @@ ENV_MCP_TIMEOUT = "HANGGUARD_MCP_TIMEOUT"
 ENV_MCP_CONNECT_TIMEOUT = "HANGGUARD_MCP_CONNECT_TIMEOUT"
 ENV_RETRY_ATTEMPTS = "HANGGUARD_RETRY_ATTEMPTS"
 ENV_CANCEL_GRACE = "HANGGUARD_CANCEL_GRACE"
+ENV_CANCEL_EVENTS = "HANGGUARD_CANCEL_EVENTS"
 ENV_SERIAL = "HANGGUARD_SERIAL"
 #: Turns the blocked-event-loop watchdog on, with this threshold.
 ENV_LOOP_BLOCK_THRESHOLD = "HANGGUARD_LOOP_BLOCK_THRESHOLD"
@@ -122,6 +126,10 @@ ENV_VARS: Mapping[str, tuple[str, str]] = MappingProxyType(
         ENV_MCP_CONNECT_TIMEOUT: ("10", "timeout of connecting to an MCP server (handshake too)"),
         ENV_RETRY_ATTEMPTS: ("3", "default number of attempts of hangguard.retry"),
         ENV_CANCEL_GRACE: ("1", "how long join waits for cancelled tasks to finish"),
+        ENV_CANCEL_EVENTS: (
+            "16",
+            "cancelled tasks per group that get a hangguard.cancelled event (0: none)",
+        ),
         ENV_SERIAL: ("0", "1: run submitted tasks one at a time, in submit order (debug mode)"),
         ENV_LOOP_BLOCK_THRESHOLD: (
             "off",
@@ -194,6 +202,20 @@ def _parse_attempts(text: str) -> int:
         raise ConfigError(
             f"{ENV_RETRY_ATTEMPTS}={text!r} must be a whole number >= 1",
             name=ENV_RETRY_ATTEMPTS,
+            value=text,
+        )
+    return value
+
+
+def _parse_count(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(
+            f"{ENV_CANCEL_EVENTS}={text!r} must be a whole number >= 0",
+            name=ENV_CANCEL_EVENTS,
             value=text,
         )
     return value
@@ -292,6 +314,17 @@ def cancel_grace() -> float:
     )
 
 
+#: How many cancelled tasks of one group get a ``hangguard.cancelled`` event when
+#: ``HANGGUARD_CANCEL_EVENTS`` is unset; every cancelled task's span carries the reason
+#: and cause as attributes anyway, so a large group stays cheap to cancel.
+DEFAULT_CANCEL_EVENTS = 16
+
+
+def cancel_events() -> int:
+    """``HANGGUARD_CANCEL_EVENTS``: cancelled tasks per group recorded with an event (16)."""
+    return _read(ENV_CANCEL_EVENTS, DEFAULT_CANCEL_EVENTS, _parse_count)
+
+
 def serial() -> bool:
     """``HANGGUARD_SERIAL``: whether submitted tasks run one at a time (debug mode)."""
     return _read(ENV_SERIAL, False, _parse_bool(ENV_SERIAL))
@@ -326,6 +359,7 @@ class Config:
     mcp_connect_timeout: float = 10.0
     retry_attempts: int = 3
     cancel_grace: float = 1.0
+    cancel_events: int = DEFAULT_CANCEL_EVENTS
     serial: bool = False
     loop_block_threshold: float | None = None
 
@@ -340,6 +374,7 @@ def load_config() -> Config:
         mcp_connect_timeout=mcp_connect_timeout(),
         retry_attempts=retry_attempts(),
         cancel_grace=cancel_grace(),
+        cancel_events=cancel_events(),
         serial=serial(),
         loop_block_threshold=loop_block_threshold(),
     )

@@ -7,6 +7,12 @@ enclosing deadline, whichever is earliest, plus a bounded grace for tasks that i
 their cancellation; with none of them set it waits, like ``gather``), every failure
 logged once with its traceback, and every cancellation recorded with its cause.
 
+Cancellation records scale: every cancelled task's span carries the reason and cause as
+attributes (``hangguard.cancel.reason``, ``hangguard.cancel.cause``), while the
+``hangguard.cancelled`` event (its timestamp and, for the first few, where the task was
+stuck) is recorded for the first ``HANGGUARD_CANCEL_EVENTS`` cancelled tasks of a group;
+the group span counts them all.
+
 Every way a group ends (all done, a failure, a timeout, a deadline, the joiner
 cancelled, the body of ``async with`` raising) goes through one shutdown routine:
 cancel each unfinished task once, wait out one grace counted from that first cancel
@@ -43,6 +49,8 @@ from ._semconv import (
     ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_GRACE_S,
     ATTR_CANCEL_REASON,
+    ATTR_GROUP_ABANDONED,
+    ATTR_GROUP_CANCEL_IGNORED,
     ATTR_GROUP_CANCELLED,
     ATTR_GROUP_FAILED,
     ATTR_GROUP_LIMIT,
@@ -70,8 +78,8 @@ logger = logging.getLogger("hangguard")
 
 T = TypeVar("T")
 
-#: Await stacks are captured for at most this many cancelled tasks per group, so that
-#: cancelling 10,000 tasks stays cheap; the rest get the event without a stack.
+#: Await stacks are captured for at most this many cancelled tasks per group (the first
+#: of those that get an event), so that cancelling 10,000 tasks stays cheap.
 STACK_CAPTURES: Final = 5
 
 # Tasks that ignored their cancellation past the grace: kept referenced so they are not
@@ -115,10 +123,13 @@ class TaskGroup:
             group.submit_named(f"search {query}", search, query)
         results = await group.join(return_exceptions=True)
 
-    or, joining at the end of the block::
+    or, joining at the end of the block, with the results read after it (``submit``
+    returns each task, too)::
 
         async with hangguard.TaskGroup("searches") as group:
-            group.submit(search, "a")
+            first = group.submit(search, "a")
+            group.submit(search, "b")
+        results = group.results  # in submit order; first.result() is results[0]
 
     ``return_exceptions=None`` (the default) leaves the choice to ``join`` (default
     ``False``); a group created with an explicit ``False``, or used with ``async with``,
@@ -172,10 +183,15 @@ class TaskGroup:
         self._task_spans: dict[asyncio.Task[Any], Span] = {}
         self._unstarted: dict[asyncio.Task[Any], Coroutine[Any, Any, Any]] = {}
         self._stacks_taken = 0
+        # hangguard.cancelled events this group may still record (read only when traced:
+        # a bad HANGGUARD_CANCEL_EVENTS fails the constructor, not a cancel later).
+        self._events_left = _config.cancel_events() if self._tracer is not None else 0
+        self._abandoned_count = 0
         self._waiter: asyncio.Future[None] | None = None
         # ``async with``: the body's task, and whether the group cancelled it (a failure).
         self._body_task: asyncio.Task[Any] | None = None
         self._body_cancelled = False
+        self._results: list[Any] | None = None  # what join returned, once it has
 
     def _decide_mode(self, return_exceptions: bool | None) -> None:
         """Fail fast (cancel the siblings on the first failure) or collect exceptions.
@@ -276,6 +292,28 @@ class TaskGroup:
             self._named_fn, self._fn_label = fn, fn_name(fn)
         return f"{self._fn_label}[{index}]"
 
+    @property
+    def results(self) -> list[Any]:
+        """The results in submit order, as :meth:`join` returned them (a new list).
+
+        For ``async with``, whose exit joins the group: read it after the block. Before
+        the join has returned, or when it raised instead (a failure, a timeout, the body
+        or the caller cancelled), it raises :class:`RuntimeError` saying which; a
+        :class:`JoinTimeout` carries the partial results in its ``results``.
+        """
+        if self._results is not None:
+            return list(self._results)
+        if self._state is not _State.DONE:
+            raise RuntimeError(
+                f"task group {self.name!r} is not done yet ({self._state.value}): its results "
+                "are there once join() has returned, or after the `async with` block"
+            )
+        raise RuntimeError(
+            f"task group {self.name!r} has no results: its join raised, or the body of "
+            "`async with` did (see that exception; a JoinTimeout holds the partial results "
+            "in its .results)"
+        )
+
     def __len__(self) -> int:
         return len(self._tasks)
 
@@ -312,10 +350,11 @@ class TaskGroup:
             if span is not None and task not in self._cancel_info:
                 # Not cancelled by the group (that is recorded when it cancels).
                 with _spans.guard():
-                    span.add_event(
-                        EVENT_CANCELLED,
-                        {ATTR_CANCEL_REASON: CANCEL_PARENT, ATTR_CANCEL_CAUSE: ""},
-                    )
+                    attrs = {ATTR_CANCEL_REASON: CANCEL_PARENT, ATTR_CANCEL_CAUSE: ""}
+                    span.set_attributes(attrs)
+                    if self._events_left > 0:
+                        self._events_left -= 1
+                        span.add_event(EVENT_CANCELLED, attrs)
             raise
         except BaseException as exc:
             if span is not None:
@@ -328,13 +367,14 @@ class TaskGroup:
                     del self._task_spans[task]  # type: ignore[arg-type]
                     span.end()
 
-    def _task_span(self, index: int) -> Span:
+    def _task_span(self, index: int, extra: dict[str, str] | None = None) -> Span:
         assert self._tracer is not None
         name = self.task_name(index)
+        attributes = {ATTR_TASK_NAME: name}
+        if extra is not None:
+            attributes.update(extra)
         return self._tracer.start_span(
-            SPAN_TASK.format(name),
-            context=self._span_ctx,
-            attributes={ATTR_TASK_NAME: name},
+            SPAN_TASK.format(name), context=self._span_ctx, attributes=attributes
         )
 
     async def _run_logged(self, index: int, work: Coroutine[Any, Any, T]) -> T:
@@ -434,18 +474,16 @@ class TaskGroup:
         the cancel is announced with one WARNING naming it and the count.
         """
         info = _CancelInfo(reason, cause)
-        capture = self._tracer is not None
         cancel_info = self._cancel_info
         # The reason travels in the message too: a nested op's span reads it as the cause.
         message = f"hangguard: {reason} ({cause})"
-        count = 0
-        for task in self._tasks:
-            if task.done() or task in cancel_info:
-                continue
-            count += 1
+        todo = [t for t in self._tasks if not t.done() and t not in cancel_info]
+        count = len(todo)
+        if self._tracer is not None and todo:
+            with _spans.guard():  # a failing span processor must not stop the cancel
+                self._record_cancels(todo, {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: cause})
+        for task in todo:
             cancel_info[task] = info
-            if capture:
-                self._record_cancel_event(task, reason, cause)
             task.cancel(message)
         if count and self._cancelled_at is None:
             self._cancelled_at = asyncio.get_running_loop().time()
@@ -460,20 +498,35 @@ class TaskGroup:
             )
         return count
 
-    def _record_cancel_event(self, task: asyncio.Task[Any], reason: str, cause: str) -> None:
-        attrs = {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: cause}
-        if self._stacks_taken < STACK_CAPTURES:
-            self._stacks_taken += 1
-            attrs[ATTR_TASK_STACK] = stack_of(task)
-        span = self._task_spans.get(task)
-        if span is not None:
-            span.add_event(EVENT_CANCELLED, attrs)
-            return
-        # Cancelled before its first step: its coroutine will never run, so its span is
-        # made (and ended) here, to carry the event.
-        span = self._task_span(self._index[task])
-        span.add_event(EVENT_CANCELLED, attrs)
-        span.end()
+    def _record_cancels(self, tasks: list[asyncio.Task[Any]], attrs: dict[str, str]) -> None:
+        """Put the reason and cause on each task's span; an event on the first few.
+
+        The attributes are cheap and go on every span. The ``hangguard.cancelled`` event
+        (about 14 us with its timestamp) goes to the first ``HANGGUARD_CANCEL_EVENTS`` of
+        the group in submit order. Tasks start in submit order, so those that ran (whose
+        stacks say where they are stuck) come before those cancelled before their first
+        step, which have nothing to show.
+        """
+        spans = self._task_spans
+        for task in tasks:
+            span = spans.get(task)
+            if span is None:
+                # Cancelled before its first step: its coroutine will never run, so its
+                # span is made (and ended) here, to carry the record.
+                span = self._task_span(self._index[task], attrs)
+                if self._events_left > 0:
+                    self._events_left -= 1
+                    span.add_event(EVENT_CANCELLED, attrs)
+                span.end()
+                continue
+            span.set_attributes(attrs)
+            if self._events_left > 0:
+                self._events_left -= 1
+                event = attrs
+                if self._stacks_taken < STACK_CAPTURES:
+                    self._stacks_taken += 1
+                    event = {**attrs, ATTR_TASK_STACK: stack_of(task)}
+                span.add_event(EVENT_CANCELLED, event)
 
     async def _wait_pending(self, timeout: float) -> None:
         """Wait until no task is pending (or, failing fast, one fails), or ``timeout`` passes."""
@@ -538,6 +591,7 @@ class TaskGroup:
             self._span.add_event(
                 EVENT_CANCEL_IGNORED, {ATTR_TASK_NAME: names, ATTR_CANCEL_GRACE_S: grace}
             )
+        self._abandoned_count = len(stuck)
         for t in stuck:
             _abandoned.add(t)
             t.add_done_callback(_abandoned.discard)
@@ -561,10 +615,18 @@ class TaskGroup:
         self._span = None
         try:
             failed = len(self._failures)
-            cancelled = sum(1 for t in self._tasks if t.done() and t.cancelled())
+            cancelled = ignored = 0
+            cancel_info = self._cancel_info
+            for t in self._tasks:
+                if t.done() and t.cancelled():
+                    cancelled += 1
+                elif cancel_info and t in cancel_info:
+                    ignored += 1  # cancelled by the group, yet it returned, raised or runs on
             span.set_attribute(ATTR_GROUP_SIZE, len(self._tasks))
             span.set_attribute(ATTR_GROUP_FAILED, failed)
             span.set_attribute(ATTR_GROUP_CANCELLED, cancelled)
+            span.set_attribute(ATTR_GROUP_CANCEL_IGNORED, ignored)
+            span.set_attribute(ATTR_GROUP_ABANDONED, self._abandoned_count)
             if timed_out:
                 span.set_attribute(ATTR_GROUP_TIMED_OUT, True)
                 span.set_attribute(_semconv.ATTR_ERROR_TYPE, "timeout")
@@ -624,7 +686,8 @@ class TaskGroup:
 
         if cancel is None and self._pending == 0 and not (self._fail_fast and self._failures):
             self._finish(timed_out=False)
-            return [outcome_of(t) for t in self._tasks]
+            results = self._results = [outcome_of(t) for t in self._tasks]
+            return results
         # Why the wait ended decides the shutdown's reason and what join raises after it.
         fired = None if cancel is None else self._own_deadline_fired(cancel, task, cancelling)
         reason, cause, timeout_of = self._why_stopped(cancel, fired, own, left, by_deadline)

@@ -51,6 +51,7 @@ from ._op_spec import (
     submit_label,
 )
 from ._op_sync import guard_sync
+from ._task_info import OP_ENTRY_NAMES
 from ._traced import check_budget, check_name, run_in_scope
 
 __all__ = ["GuardedOpMixin", "guarded_op"]
@@ -62,7 +63,7 @@ C = TypeVar("C", bound=type)
 _SUBMIT: Final = "submit_async_task"
 _JOIN: Final = "join_async_task"
 _RAY_SUBMIT: Final = "submit_ray_task"
-_ENTRY_NAMES: Final = ("async_call", "async_execute")
+_ENTRY_NAMES: Final = OP_ENTRY_NAMES
 _INSTANCE_RUN: Final = "_hangguard_run"
 
 # Every task submitted through a guarded op, to tell them from tasks put on a

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ._validate import callable_name
+from ._task_info import fn_name
 
 __all__ = [
     "FALLBACK_ATTR",
@@ -53,7 +53,7 @@ def submit_label(fn: object) -> str:
         return spec_of(owner).op_name(owner)  # a guarded op's bound entry point
     if isinstance(fn, functools.partial):
         return submit_label(fn.func)
-    return callable_name(fn)
+    return fn_name(fn)  # an undecorated op's entry point is named after its class too
 
 
 def op_task_list(op: object) -> list[Any] | None:

@@ -25,6 +25,7 @@ __all__ = [
     "ATTR_GEN_AI_TOOL_NAME",
     "ATTR_GROUP_ABANDONED",
     "ATTR_GROUP_CANCELLED",
+    "ATTR_GROUP_CANCEL_IGNORED",
     "ATTR_GROUP_FAILED",
     "ATTR_GROUP_LIMIT",
     "ATTR_GROUP_NAME",
@@ -107,17 +108,22 @@ ATTR_GROUP_NAME: Final = "hangguard.group.name"
 ATTR_GROUP_SIZE: Final = "hangguard.group.size"
 ATTR_GROUP_FAILED: Final = "hangguard.group.failed"
 ATTR_GROUP_CANCELLED: Final = "hangguard.group.cancelled"
+# Of the tasks the group cancelled: those that did not end cancelled (they returned, raised
+# or were still running after the grace), and of those the ones left running, detached
+# (for a thread group: the threads that did not stop when it gave up on them).
+ATTR_GROUP_CANCEL_IGNORED: Final = "hangguard.group.cancel_ignored"
+ATTR_GROUP_ABANDONED: Final = "hangguard.group.abandoned"
 ATTR_GROUP_TIMED_OUT: Final = "hangguard.group.timed_out"
 ATTR_GROUP_LIMIT: Final = "hangguard.group.limit"
 ATTR_GROUP_SERIAL: Final = "hangguard.group.serial"
-# Threads of a thread group that did not stop when it gave up on them, left running.
-ATTR_GROUP_ABANDONED: Final = "hangguard.group.abandoned"
 # OpenTelemetry's thread attributes, on the cancelled record of an abandoned thread.
 ATTR_THREAD_ID: Final = "thread.id"
 ATTR_THREAD_NAME: Final = "thread.name"
 ATTR_TIMEOUT_S: Final = "hangguard.timeout_s"
 ATTR_TASK_NAME: Final = "hangguard.task.name"
 ATTR_TASK_STACK: Final = "hangguard.task.stack"
+# On every cancelled task or op span (attributes: cheap, and what sampling matches), and
+# on its hangguard.cancelled event when it has one (the first few per group).
 ATTR_CANCEL_REASON: Final = "hangguard.cancel.reason"
 ATTR_CANCEL_CAUSE: Final = "hangguard.cancel.cause"
 ATTR_CANCEL_GRACE_S: Final = "hangguard.cancel_grace_s"

@@ -9,15 +9,17 @@ waits on another task then also shows where *that* one is stuck, a few hops down
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import sys
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any, Final
 
-from ._validate import callable_name
+from ._validate import bound_object, callable_name
 
 __all__ = [
+    "OP_ENTRY_NAMES",
     "fn_name",
     "frame_stack",
     "is_coroutine_function",
@@ -50,8 +52,23 @@ def is_coroutine_function(fn: object) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+#: The entry points of an op in flowllm's ``BaseAsyncOp`` shape, in the order a guarded
+#: op looks for them.
+OP_ENTRY_NAMES: Final = ("async_call", "async_execute")
+
+
 def fn_name(fn: object) -> str:
-    """The name of a task's function (see :func:`._validate.callable_name`)."""
+    """The name of a task's function (see :func:`._validate.callable_name`).
+
+    An op's entry point names the task after the op: ``self.ops[0].copy().async_call``
+    of a ``SearchOp`` is ``SearchOp`` (not ``BaseAsyncOp.async_call``, where the method
+    is defined), whether ``SearchOp`` is decorated or not.
+    """
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    owner = bound_object(fn)
+    if owner is not None and getattr(fn, "__name__", None) in OP_ENTRY_NAMES:
+        return type(owner).__name__
     return callable_name(fn)
 
 

@@ -3,8 +3,8 @@
 :func:`run_in_scope` is the scope itself, shared with guarded ops: the budget is the
 given one, else the name's ``HANGGUARD_BUDGETS`` entry, else ``HANGGUARD_DEFAULT_BUDGET``,
 read at each call. The span is named for the work and carries ``hangguard.op.name``; a
-failure marks it ERROR with ``error.type``; a cancellation is noted as a
-``hangguard.cancelled`` event with its cause and passed on, never recorded as an error.
+failure marks it ERROR with ``error.type``; a cancellation is noted (the reason and cause
+as span attributes and a ``hangguard.cancelled`` event) and passed on, never an error.
 With no SDK provider installed there is no span work at all, only the deadline.
 """
 
@@ -88,7 +88,9 @@ async def run_in_scope(name: str, budget: float | None, body: Callable[[], Await
     except asyncio.CancelledError as exc:
         # Cancellation is not an error: noted with its cause, and passed on.
         with _spans.guard():
-            span.add_event(EVENT_CANCELLED, _cancel_attrs(exc))
+            attrs = _cancel_attrs(exc)
+            span.set_attributes(attrs)  # what sampling and search match, as on group tasks
+            span.add_event(EVENT_CANCELLED, attrs)
         raise
     except BaseException as exc:
         _spans.record_failure(span, exc)

@@ -451,10 +451,17 @@ def render(records: list[SpanRecord]) -> str:
 
     def walk(r: SpanRecord, depth: int) -> None:
         label = r.name if r.status == "UNSET" else f"{r.name} [{r.status}]"
-        reasons = [
-            str(e.attributes.get("hangguard.cancel.reason"))
-            for e in r.events_named("hangguard.cancelled")
-        ]
+        # The span attribute every cancelled task and op carries; the event where it is
+        # the only record (an MCP tool call's span).
+        reason = r.attributes.get("hangguard.cancel.reason")
+        reasons = (
+            [str(reason)]
+            if reason is not None
+            else [
+                str(e.attributes.get("hangguard.cancel.reason"))
+                for e in r.events_named("hangguard.cancelled")
+            ]
+        )
         if reasons:
             label += " cancelled(" + ",".join(reasons) + ")"
         lines.append("  " * depth + label)

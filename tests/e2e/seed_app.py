@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -97,7 +98,20 @@ async def scenarios() -> dict[str, str]:
     with tracer.start_as_current_span("scenario ok") as span:
         ok = format(span.get_span_context().trace_id, "032x")
         await FanOutOp().async_execute(["fast", "fast too"])
-    return {"errored_trace": errored, "ok_trace": ok}
+    # Cancelled, nothing failed, and no hangguard.cancelled event anywhere: only the task
+    # span's hangguard.cancel.reason attribute can get this trace kept by the sampler.
+    with tracer.start_as_current_span("scenario cancelled") as span:
+        cancelled = format(span.get_span_context().trace_id, "032x")
+        os.environ["HANGGUARD_CANCEL_EVENTS"] = "0"
+        try:
+            async with hangguard.TaskGroup("abandoned") as group:
+                group.submit_named("waits", never.wait)
+                raise LookupError("the caller went away")
+        except LookupError:
+            pass
+        finally:
+            del os.environ["HANGGUARD_CANCEL_EVENTS"]
+    return {"errored_trace": errored, "ok_trace": ok, "cancelled_trace": cancelled}
 
 
 def main() -> None:

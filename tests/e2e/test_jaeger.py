@@ -62,6 +62,17 @@ OK_TREE = dedent(
 )
 OK_SPANS = OK_TREE.count("\n") + 1
 
+#: Cancelled and nothing else: no error, no event, only the attribute on the task span.
+CANCELLED_TREE = dedent(
+    """
+    scenario cancelled
+      group abandoned
+        task waits cancelled(parent_cancelled)
+    """
+)
+CANCELLED_SPANS = CANCELLED_TREE.count("\n") + 1
+ALL_SPANS = ERRORED_SPANS + OK_SPANS + CANCELLED_SPANS
+
 #: Beyond shutdown_timeout (2 s), what the exit may take on a loaded 2-core box.
 EXIT_MARGIN = 1.5
 
@@ -106,8 +117,8 @@ def test_the_whole_tree_reaches_jaeger_and_tail_sampling_keeps_only_what_matters
     # Nothing lost between the app and the collector.
     assert report["shutdown_ok"] is True, run.stderr
     assert report["stats"] == {
-        "ended": ERRORED_SPANS + OK_SPANS,
-        "exported": ERRORED_SPANS + OK_SPANS,
+        "ended": ALL_SPANS,
+        "exported": ALL_SPANS,
         "failed": 0,
     }
 
@@ -118,9 +129,13 @@ def test_the_whole_tree_reaches_jaeger_and_tail_sampling_keeps_only_what_matters
     by_name: dict[str, list[SpanRecord]] = {}
     for r in errored:
         by_name.setdefault(r.name, []).append(r)
-    # The cancellations carry their cause, not just their reason.
+    # The cancellations carry their cause, not just their reason, on the span (what
+    # Jaeger's tag search and the tail sampler match) and on the event.
     for task in by_name["task SearchOp[2]"] + by_name["task SearchOp[1]"]:
-        for event in task.events_named("hangguard.cancelled"):
+        events = task.events_named("hangguard.cancelled")
+        if events:
+            assert task.attributes.get("hangguard.cancel.cause"), task
+        for event in events:
             assert event.attributes.get("hangguard.cancel.cause"), task
     # The retry: the flaky search failed once, with what it failed with.
     retries = [e for r in by_name["SearchOp"] for e in r.events_named("hangguard.retry")]
@@ -133,13 +148,16 @@ def test_the_whole_tree_reaches_jaeger_and_tail_sampling_keeps_only_what_matters
     assert broken_task.attributes["error.type"] == "ValueError"
     assert broken_task.events_named("exception")
 
-    # Tail sampling: one trace kept (errors, cancellations), one dropped (healthy, fast,
-    # and the sampled share is 0 here).
-    decided = wait_for_decisions(stack.collector, before, 2)
-    assert decided == {"true": 1.0, "false": 1.0}
+    # Tail sampling: two traces kept (errors; a cancellation known only by the span
+    # attribute), one dropped (healthy, fast, and the sampled share is 0 here).
+    decided = wait_for_decisions(stack.collector, before, 3)
+    assert decided == {"true": 2.0, "false": 1.0}
     traces = find_traces(stack.query, service)
-    assert set(traces) == {report["errored_trace"]}
+    assert set(traces) == {report["errored_trace"], report["cancelled_trace"]}
     assert len(traces[report["errored_trace"]]) == ERRORED_SPANS
+    cancelled = wait_for_trace(stack.query, report["cancelled_trace"], CANCELLED_SPANS)
+    assert render(cancelled) == CANCELLED_TREE
+    assert not any(r.events_named("hangguard.cancelled") for r in cancelled)
 
     # The app's metrics went through the collector's metrics pipeline (sent at shutdown).
     deadline = time.monotonic() + TRACE_TIMEOUT
@@ -148,10 +166,11 @@ def test_the_whole_tree_reaches_jaeger_and_tail_sampling_keeps_only_what_matters
         pause()
     assert tasks == {
         # TimeboxedOp: fast, hang (its join timed out); FanOutOp: fast, flaky, slow
-        # (cancelled when broken failed), broken; the ok scenario: two more.
+        # (cancelled when broken failed), broken; the ok scenario: two more; the cancelled
+        # scenario: one, cancelled.
         'hangguard_task_outcome="ok"': 5.0,
         'hangguard_task_outcome="timeout"': 1.0,
-        'hangguard_task_outcome="cancelled"': 1.0,
+        'hangguard_task_outcome="cancelled"': 2.0,
         'hangguard_task_outcome="failed"': 1.0,
     }
 
@@ -171,15 +190,13 @@ def test_no_span_is_lost_against_a_healthy_receiver(stack: Stack, protocol: str)
     )
     report = run.report
     assert report["shutdown_ok"] is True, run.stderr
-    assert report["stats"]["exported"] == report["stats"]["ended"] == ERRORED_SPANS + OK_SPANS
+    assert report["stats"]["exported"] == report["stats"]["ended"] == ALL_SPANS
     ok = wait_for_trace(stack.query, report["ok_trace"], OK_SPANS)
     assert render(ok) == OK_TREE
     check_links(ok, report["ok_trace"], service)
     errored = wait_for_trace(stack.query, report["errored_trace"], ERRORED_SPANS)
     assert render(errored) == ERRORED_TREE
-    assert sum(len(t) for t in find_traces(stack.query, service).values()) == (
-        ERRORED_SPANS + OK_SPANS
-    )
+    assert sum(len(t) for t in find_traces(stack.query, service).values()) == (ALL_SPANS)
 
 
 @pytest.mark.slow
@@ -202,6 +219,4 @@ def test_a_dead_collector_slows_nothing_and_the_exit_stays_bounded(
     # most shutdown_timeout, and the loss is reported.
     assert healthy.exit_seconds < 2.0, healthy.stderr
     assert dead.exit_seconds < 2.0 + EXIT_MARGIN, dead.stderr
-    assert f"{ERRORED_SPANS + OK_SPANS} of {ERRORED_SPANS + OK_SPANS} spans not delivered" in (
-        dead.stderr
-    )
+    assert f"{ALL_SPANS} of {ALL_SPANS} spans not delivered" in (dead.stderr)

@@ -3,7 +3,9 @@
 It renders :class:`~hangguard.tracing._records.SpanRecord` objects (what the local exporter
 keeps) as op -> group -> tasks -> tool calls, each line with its duration and status,
 and under each span the events that explain it: cancellations with their reason, cause
-and where the task was stuck, retries, deadlines that fired::
+and where the task was stuck, retries, deadlines that fired. A cancelled span is marked
+by its ``hangguard.cancel.reason`` attribute, which every cancelled task carries; a group
+records the event for only its first few::
 
     console.print(trace_tree(handle.local_spans(), trace_id=trace_id))
 """
@@ -26,6 +28,8 @@ from .._semconv import (
     ATTR_ERROR_TYPE,
     ATTR_EXCEPTION_MESSAGE,
     ATTR_EXCEPTION_TYPE,
+    ATTR_GROUP_ABANDONED,
+    ATTR_GROUP_CANCEL_IGNORED,
     ATTR_GROUP_CANCELLED,
     ATTR_GROUP_FAILED,
     ATTR_GROUP_LIMIT,
@@ -55,6 +59,7 @@ from ..tracing._records import AttrValue, SpanEventRecord, SpanRecord
 __all__ = [
     "MCP_SDK_SCOPE",
     "STACK_LINES",
+    "cancel_reason",
     "format_budget",
     "format_duration",
     "short_frame",
@@ -133,11 +138,26 @@ def _status(span: SpanRecord, *, brief: bool) -> Text:
         if kind and detail and kind.rpartition(".")[2] not in detail:
             label += f" ({ATTR_ERROR_TYPE}={kind})"
         return Text(label, style="bold red")
-    cancelled = span.events_named(EVENT_CANCELLED)
-    if cancelled:
-        reason = cancelled[0].attributes.get(ATTR_CANCEL_REASON, "")
+    reason = cancel_reason(span)
+    if reason is not None:
         return Text(f"cancelled ({reason})" if reason else "cancelled", style="bold yellow")
     return Text("ok", style="green")
+
+
+def cancel_reason(span: SpanRecord) -> str | None:
+    """Why ``span`` was cancelled (``""`` when nobody said), or ``None`` if it was not.
+
+    The span's attribute, which every cancelled task and op carries; else its
+    ``hangguard.cancelled`` event (an ``execute_tool`` span, or a trace from before the
+    attribute).
+    """
+    reason = span.attributes.get(ATTR_CANCEL_REASON)
+    if reason is not None:
+        return str(reason)
+    events = span.events_named(EVENT_CANCELLED)
+    if events:
+        return str(events[0].attributes.get(ATTR_CANCEL_REASON, ""))
+    return None
 
 
 def _details(span: SpanRecord) -> str:
@@ -154,6 +174,12 @@ def _details(span: SpanRecord) -> str:
             f"{size} tasks, {attrs.get(ATTR_GROUP_FAILED, 0)} failed, "
             f"{attrs.get(ATTR_GROUP_CANCELLED, 0)} cancelled"
         )
+        ignored = attrs.get(ATTR_GROUP_CANCEL_IGNORED)
+        if isinstance(ignored, int) and ignored:
+            bits.append(f"{ignored} ignored cancellation")
+        abandoned = attrs.get(ATTR_GROUP_ABANDONED)
+        if isinstance(abandoned, int) and abandoned:
+            bits.append(f"{abandoned} left running")
     if attrs.get(ATTR_GROUP_SERIAL) is True:
         bits.append("serial")
     elif attrs.get(ATTR_GROUP_LIMIT) is not None:
