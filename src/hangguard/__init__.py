@@ -16,9 +16,11 @@ from ._exceptions import (
     HangguardError,
     JoinTimeout,
     McpCallError,
+    McpCircuitOpen,
     McpConnectError,
     McpError,
     McpToolError,
+    McpUnknownToolError,
 )
 from ._group import TaskGroup
 from ._op import GuardedOpMixin, guarded_op
@@ -40,9 +42,11 @@ __all__ = [
     "HangguardError",
     "JoinTimeout",
     "McpCallError",
+    "McpCircuitOpen",
     "McpConnectError",
     "McpError",
     "McpToolError",
+    "McpUnknownToolError",
     "RetryBudget",
     "RetryOn",
     "RetryPolicy",

@@ -31,6 +31,7 @@ __all__ = [
     "ATTR_GROUP_TIMED_OUT",
     "ATTR_HTTP_RESPONSE_STATUS_CODE",
     "ATTR_MCP_METHOD_NAME",
+    "ATTR_MCP_RESEND_RULE",
     "ATTR_MCP_SERVER",
     "ATTR_NETWORK_TRANSPORT",
     "ATTR_OP_NAME",
@@ -54,6 +55,9 @@ __all__ = [
     "EVENT_CANCELLED",
     "EVENT_CANCEL_IGNORED",
     "EVENT_DEADLINE_EXCEEDED",
+    "EVENT_MCP_RESEND",
+    "EVENT_MCP_RESEND_REFUSED",
+    "EVENT_MCP_SESSION_LOST",
     "EVENT_RETRY",
     "EVENT_RETRY_BUDGET_EXHAUSTED",
     "EVENT_RETRY_BUDGET_REFUSED",
@@ -62,6 +66,14 @@ __all__ = [
     "METRIC_RETRIES",
     "METRIC_RETRY_BUDGET_REFUSALS",
     "METRIC_TASKS",
+    "RESEND_ALLOW_LIST",
+    "RESEND_CALLER",
+    "RESEND_IDEMPOTENT_HINT",
+    "RESEND_NOT_IDEMPOTENT",
+    "RESEND_NOT_SENT",
+    "RESEND_READ_ONLY_HINT",
+    "RESEND_SESSION_LOST",
+    "RESEND_TOOL_LIST_UNKNOWN",
     "OUTCOME_CANCELLED",
     "OUTCOME_FAILED",
     "OUTCOME_OK",
@@ -121,6 +133,20 @@ ATTR_SERVER_PORT: Final = "server.port"
 ATTR_NETWORK_TRANSPORT: Final = "network.transport"
 ATTR_HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"
 ATTR_MCP_SERVER: Final = "hangguard.mcp.server"
+# A call that failed after its request may have reached the server: re-sent or not, and
+# the rule that decided (values below); a session the server forgot (re-sent at once).
+EVENT_MCP_RESEND: Final = "hangguard.mcp.resend"
+EVENT_MCP_RESEND_REFUSED: Final = "hangguard.mcp.resend_refused"
+EVENT_MCP_SESSION_LOST: Final = "hangguard.mcp.session_lost"
+ATTR_MCP_RESEND_RULE: Final = "hangguard.mcp.resend.rule"
+RESEND_NOT_SENT: Final = "not_sent"
+RESEND_SESSION_LOST: Final = "session_lost"
+RESEND_CALLER: Final = "caller"
+RESEND_ALLOW_LIST: Final = "allow_list"
+RESEND_READ_ONLY_HINT: Final = "read_only_hint"
+RESEND_IDEMPOTENT_HINT: Final = "idempotent_hint"
+RESEND_NOT_IDEMPOTENT: Final = "not_idempotent"
+RESEND_TOOL_LIST_UNKNOWN: Final = "tool_list_unknown"
 # Values of error.type on that span, besides a JSON-RPC code, an HTTP status or a class.
 ERROR_TYPE_TIMEOUT: Final = "timeout"
 ERROR_TYPE_TOOL_ERROR: Final = "tool_error"

@@ -54,7 +54,8 @@ class Exchange:
     error or not JSON-RPC at all; ``error`` is the first transport exception. With
     ``task`` set (SSE, where the SDK loses such failures and the call would wait for an
     answer that cannot come), that task is cancelled at the first failure and ``aborted``
-    is set, so the attempt can fail at once.
+    is set, so the attempt can fail at once. ``session_lost`` is set by a 404 to a
+    request that named a session: the server forgot it (restarted), the request never ran.
     """
 
     status: int | None = None
@@ -63,6 +64,7 @@ class Exchange:
     task: asyncio.Task[Any] | None = None
     aborted: bool = False
     requests: int = 0
+    session_lost: bool = False
     _armed: asyncio.Task[Any] | None = field(default=None, repr=False)
     _cancelling: int = field(default=0, repr=False)
 
@@ -88,6 +90,10 @@ class Exchange:
         if task is not None and not self.aborted and not task.done():
             self.aborted = True
             task.cancel("hangguard: the MCP transport failed")
+
+    def note_session_lost(self) -> None:
+        # Not an abort: the SDK answers the waiting request with the server's error.
+        self.session_lost = True
 
     def note_response(self, status: int, content_type: str) -> None:
         media = content_type.split(";", 1)[0].strip().lower()
@@ -124,8 +130,17 @@ class _ObservedClient(httpx2.AsyncClient):
         except Exception as exc:
             exchange.note_error(exc)
             raise
+        if response.status_code == 404 and _names_session(request):
+            exchange.note_session_lost()
         exchange.note_response(response.status_code, response.headers.get("content-type", ""))
         return response
+
+
+def _names_session(request: httpx2.Request) -> bool:
+    # The MCP spec: a 404 to a request that names a session (the Mcp-Session-Id header
+    # of streamable HTTP, the session_id query of the SSE transport) means the server no
+    # longer knows it; the request was not run, and the client must start a new session.
+    return "mcp-session-id" in request.headers or "session_id" in request.url.params
 
 
 def _is_notification(request: httpx2.Request) -> bool:

@@ -59,6 +59,7 @@ class Connection:
         "closed",
         "closing",
         "pid",
+        "session_lost",
         "task",
     )
 
@@ -70,6 +71,8 @@ class Connection:
         self.closed = False  # a close (polite or not) was started
         self.abandoned = False  # the owner outlived the close's grace (logged once)
         self.broken = False
+        # The server answered 404 to this session: every request on it goes unanswered.
+        self.session_lost = False
         self.pid: int | None = None
 
     @property
