@@ -64,6 +64,14 @@ SURFACE: dict[str, list[str]] = {
         "McpToolError",
         "McpUnknownToolError",
     ],
+    "hangguard.http": [
+        "ENVOY_TIMEOUT_HEADER",
+        "IDEMPOTENT_METHODS",
+        "TIMEOUT_HEADER",
+        "AsgiDeadlineMiddleware",
+        "AsyncDeadlineTransport",
+        "DeadlineTransport",
+    ],
     "hangguard.tracing": [
         "ExportStats",
         "SpanEventRecord",

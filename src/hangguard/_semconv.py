@@ -29,7 +29,10 @@ __all__ = [
     "ATTR_GROUP_SERIAL",
     "ATTR_GROUP_SIZE",
     "ATTR_GROUP_TIMED_OUT",
+    "ATTR_HTTP_REQUEST_METHOD",
+    "ATTR_HTTP_REQUEST_RESEND_COUNT",
     "ATTR_HTTP_RESPONSE_STATUS_CODE",
+    "ATTR_HTTP_TIMEOUT_HEADER",
     "ATTR_MCP_METHOD_NAME",
     "ATTR_MCP_RESEND_RULE",
     "ATTR_MCP_SERVER",
@@ -46,6 +49,8 @@ __all__ = [
     "ATTR_TASK_OUTCOME",
     "ATTR_TASK_STACK",
     "ATTR_TIMEOUT_S",
+    "ATTR_URL_FULL",
+    "ATTR_URL_PATH",
     "CANCEL_DEADLINE",
     "CANCEL_PARENT",
     "CANCEL_SIBLING_FAILED",
@@ -80,6 +85,8 @@ __all__ = [
     "OUTCOME_TIMEOUT",
     "SPAN_EXECUTE_TOOL",
     "SPAN_GROUP",
+    "SPAN_HTTP_CLIENT",
+    "SPAN_HTTP_SERVER",
     "SPAN_OP",
     "SPAN_TASK",
     "TRACER_NAME",
@@ -147,6 +154,16 @@ RESEND_READ_ONLY_HINT: Final = "read_only_hint"
 RESEND_IDEMPOTENT_HINT: Final = "idempotent_hint"
 RESEND_NOT_IDEMPOTENT: Final = "not_idempotent"
 RESEND_TOOL_LIST_UNKNOWN: Final = "tool_list_unknown"
+# Plain HTTP (hangguard.http): the client span of the transport wrapper and the server
+# span of the ASGI middleware, named by the method as OpenTelemetry's HTTP conventions
+# say when the route is unknown; the header the server read its budget from.
+SPAN_HTTP_CLIENT: Final = "{}"
+SPAN_HTTP_SERVER: Final = "{}"
+ATTR_HTTP_REQUEST_METHOD: Final = "http.request.method"
+ATTR_HTTP_REQUEST_RESEND_COUNT: Final = "http.request.resend_count"
+ATTR_URL_FULL: Final = "url.full"
+ATTR_URL_PATH: Final = "url.path"
+ATTR_HTTP_TIMEOUT_HEADER: Final = "hangguard.http.timeout_header"
 # Values of error.type on that span, besides a JSON-RPC code, an HTTP status or a class.
 ERROR_TYPE_TIMEOUT: Final = "timeout"
 ERROR_TYPE_TOOL_ERROR: Final = "tool_error"
