@@ -14,6 +14,8 @@ Instruments (names in ``_semconv``):
 * ``hangguard.retry.budget_refusals`` (counter): retries the retry budget refused;
 * ``hangguard.deadline.exceeded`` (counter): deadlines that fired, by
   ``hangguard.deadline.name``;
+* ``hangguard.mcp.breaker.transitions`` (counter): an MCP server's circuit breaker changed
+  state, by ``hangguard.mcp.breaker.state`` (the new one) and ``hangguard.mcp.server``;
 * ``mcp.client.operation.duration`` (histogram, seconds): MCP requests, by
   ``mcp.method.name``, ``gen_ai.tool.name`` and, on failure, ``error.type``.
 """
@@ -32,10 +34,13 @@ from ._semconv import (
     ATTR_DEADLINE_NAME,
     ATTR_ERROR_TYPE,
     ATTR_GEN_AI_TOOL_NAME,
+    ATTR_MCP_BREAKER_STATE,
     ATTR_MCP_METHOD_NAME,
+    ATTR_MCP_SERVER,
     ATTR_RETRY_NAME,
     ATTR_TASK_OUTCOME,
     METRIC_DEADLINE_EXCEEDED,
+    METRIC_MCP_BREAKER_TRANSITIONS,
     METRIC_MCP_CLIENT_OPERATION_DURATION,
     METRIC_RETRIES,
     METRIC_RETRY_BUDGET_REFUSALS,
@@ -52,6 +57,7 @@ __all__ = [
     "MCP_DURATION_BUCKETS",
     "OUTCOMES",
     "get_meter",
+    "record_breaker_transition",
     "record_deadline_exceeded",
     "record_mcp_duration",
     "record_retry",
@@ -89,6 +95,7 @@ class _Instruments:
     refusals: Counter
     deadlines: Counter
     mcp_duration: Histogram
+    breaker: Counter
 
 
 _cache: tuple[MeterProvider, _Instruments] | None = None
@@ -119,6 +126,11 @@ def _build(provider: MeterProvider) -> _Instruments:
             unit="s",
             description="Duration of MCP requests as seen by the client.",
             explicit_bucket_boundaries_advisory=MCP_DURATION_BUCKETS,
+        ),
+        breaker=meter.create_counter(
+            METRIC_MCP_BREAKER_TRANSITIONS,
+            unit="{transition}",
+            description="State changes of MCP servers' circuit breakers, by the new state.",
         ),
     )
 
@@ -204,3 +216,10 @@ def record_mcp_duration(
     if attributes:
         attrs.update(attributes)
     inst.mcp_duration.record(max(0.0, seconds), attrs)
+
+
+def record_breaker_transition(state: str, server: str) -> None:
+    """Count one change of an MCP server's circuit breaker to ``state``."""
+    inst = _instruments()
+    if inst is not None:
+        inst.breaker.add(1, {ATTR_MCP_BREAKER_STATE: state, ATTR_MCP_SERVER: server})

@@ -33,7 +33,11 @@ __all__ = [
     "ATTR_HTTP_REQUEST_RESEND_COUNT",
     "ATTR_HTTP_RESPONSE_STATUS_CODE",
     "ATTR_HTTP_TIMEOUT_HEADER",
+    "ATTR_MCP_BREAKER_LAST_ERROR",
+    "ATTR_MCP_BREAKER_STATE",
     "ATTR_MCP_METHOD_NAME",
+    "ATTR_MCP_PROGRESS",
+    "ATTR_MCP_PROGRESS_TOTAL",
     "ATTR_MCP_RESEND_RULE",
     "ATTR_MCP_SERVER",
     "ATTR_NETWORK_TRANSPORT",
@@ -60,6 +64,8 @@ __all__ = [
     "EVENT_CANCELLED",
     "EVENT_CANCEL_IGNORED",
     "EVENT_DEADLINE_EXCEEDED",
+    "EVENT_MCP_BREAKER",
+    "EVENT_MCP_PROGRESS",
     "EVENT_MCP_RESEND",
     "EVENT_MCP_RESEND_REFUSED",
     "EVENT_MCP_SESSION_LOST",
@@ -67,10 +73,14 @@ __all__ = [
     "EVENT_RETRY_BUDGET_EXHAUSTED",
     "EVENT_RETRY_BUDGET_REFUSED",
     "METRIC_DEADLINE_EXCEEDED",
+    "METRIC_MCP_BREAKER_TRANSITIONS",
     "METRIC_MCP_CLIENT_OPERATION_DURATION",
     "METRIC_RETRIES",
     "METRIC_RETRY_BUDGET_REFUSALS",
     "METRIC_TASKS",
+    "BREAKER_CLOSED",
+    "BREAKER_HALF_OPEN",
+    "BREAKER_OPEN",
     "RESEND_ALLOW_LIST",
     "RESEND_CALLER",
     "RESEND_IDEMPOTENT_HINT",
@@ -154,6 +164,17 @@ RESEND_READ_ONLY_HINT: Final = "read_only_hint"
 RESEND_IDEMPOTENT_HINT: Final = "idempotent_hint"
 RESEND_NOT_IDEMPOTENT: Final = "not_idempotent"
 RESEND_TOOL_LIST_UNKNOWN: Final = "tool_list_unknown"
+# Progress notifications the server sent during a call (idle_timeout restarts on each).
+EVENT_MCP_PROGRESS: Final = "hangguard.mcp.progress"
+ATTR_MCP_PROGRESS: Final = "hangguard.mcp.progress.value"
+ATTR_MCP_PROGRESS_TOTAL: Final = "hangguard.mcp.progress.total"
+# The per-server circuit breaker: a state change, its new state and the failure behind it.
+EVENT_MCP_BREAKER: Final = "hangguard.mcp.breaker"
+ATTR_MCP_BREAKER_STATE: Final = "hangguard.mcp.breaker.state"
+ATTR_MCP_BREAKER_LAST_ERROR: Final = "hangguard.mcp.breaker.last_error"
+BREAKER_CLOSED: Final = "closed"
+BREAKER_OPEN: Final = "open"
+BREAKER_HALF_OPEN: Final = "half_open"
 # Plain HTTP (hangguard.http): the client span of the transport wrapper and the server
 # span of the ASGI middleware, named by the method as OpenTelemetry's HTTP conventions
 # say when the route is unknown; the header the server read its budget from.
@@ -187,6 +208,7 @@ METRIC_TASKS: Final = "hangguard.tasks"
 METRIC_RETRIES: Final = "hangguard.retries"
 METRIC_RETRY_BUDGET_REFUSALS: Final = "hangguard.retry.budget_refusals"
 METRIC_DEADLINE_EXCEEDED: Final = "hangguard.deadline.exceeded"
+METRIC_MCP_BREAKER_TRANSITIONS: Final = "hangguard.mcp.breaker.transitions"
 ATTR_TASK_OUTCOME: Final = "hangguard.task.outcome"
 # The MCP semantic conventions' client call duration, with their attribute names.
 METRIC_MCP_CLIENT_OPERATION_DURATION: Final = "mcp.client.operation.duration"

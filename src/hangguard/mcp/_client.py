@@ -34,7 +34,13 @@ from pydantic import ValidationError
 
 from .. import _config
 from .._deadline import check_timeout, deadline, remaining
-from .._exceptions import DeadlineExceeded, McpConnectError, McpError, McpUnknownToolError
+from .._exceptions import (
+    DeadlineExceeded,
+    McpCircuitOpen,
+    McpConnectError,
+    McpError,
+    McpUnknownToolError,
+)
 from .._metrics import record_mcp_duration
 from .._retry import RetryPolicy, retry_call
 from .._semconv import (
@@ -55,6 +61,7 @@ from .._semconv import (
     ATTR_SERVER_ADDRESS,
     ATTR_SERVER_PORT,
     ATTR_TIMEOUT_S,
+    BREAKER_HALF_OPEN,
     CANCEL_PARENT,
     ERROR_TYPE_TOOL_ERROR,
     EVENT_CANCELLED,
@@ -72,6 +79,7 @@ from .._semconv import (
     SPAN_EXECUTE_TOOL,
 )
 from .._spans import error_type, get_tracer, record_failure
+from ._breaker import breaker_for
 from ._capture import captured
 from ._errors import (
     call_error,
@@ -423,6 +431,37 @@ class McpClient:
         what: str,
         send: Callable[[mcp.Client, mcp_types.RequestParamsMeta | None], Awaitable[T]],
     ) -> T:
+        """One send, through the server's circuit breaker when breakers are on."""
+        breaker = breaker_for(self._target.label)
+        if breaker is None:
+            self._session.gate = None
+            return await self._send_raw(what, send)
+        probe = breaker.admit(what)
+        self._session.gate = lambda: breaker.check(what)
+        try:
+            result = await self._send_raw(what, send)
+        except _SessionLost:
+            breaker.success(probe)  # the server answered: it is up
+            raise
+        except McpError as exc:
+            if is_transient(exc):
+                breaker.failure(exc, probe)
+            elif isinstance(exc, McpCircuitOpen):
+                breaker.release(probe)
+            else:
+                breaker.success(probe)  # a JSON-RPC error is an answer
+            raise
+        except BaseException:
+            breaker.release(probe)  # cancelled: no verdict (a timeout is noted by _bounded)
+            raise
+        breaker.success(probe)
+        return result
+
+    async def _send_raw(
+        self,
+        what: str,
+        send: Callable[[mcp.Client, mcp_types.RequestParamsMeta | None], Awaitable[T]],
+    ) -> T:
         try:
             conn = await self._session.live()
         except McpError as exc:
@@ -512,6 +551,9 @@ class McpClient:
                 return await retry_call(attempt, self._policy, name=f"MCP {what} on {self._label}")
         except DeadlineExceeded as exc:
             if scope.expired:
+                breaker = breaker_for(self._target.label)
+                if breaker is not None:
+                    breaker.failure(exc, probe=breaker.state == BREAKER_HALF_OPEN)
                 message = (
                     f"MCP call of {what!r} on {self._label} exceeded its timeout ({budget:g}s)"
                 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import IO, Any, Final
 
 import mcp
@@ -117,6 +118,8 @@ class Session:
         # Bumped by each close(): a connect begun before it must not outlive it.
         self._epoch = 0
         self._connecting: set[Connection] = set()
+        # Raises when the server's circuit breaker is open (set by the client).
+        self.gate: Callable[[], None] | None = None
 
     async def close(self, *, abrupt: bool = False) -> None:
         """Close the current connection (if any) and tear down a connect in flight.
@@ -359,6 +362,9 @@ class Session:
                 if self._epoch != epoch:
                     raise self._closed_error()
             self._closed = False
+            if self.gate is not None:
+                # Callers queued on the lock while the breaker opened go no further.
+                self.gate()
             conn = await self._connect(retry=explicit, epoch=epoch)
             if self._epoch != epoch:  # closed since _connect_once checked
                 await self._close(conn, abrupt=True)
