@@ -93,6 +93,7 @@ from ._errors import (
 )
 from ._http import Exchange, current_exchange
 from ._meta import TIMEOUT_META_KEY
+from ._progress import IdleWatch
 from ._session import Session
 from ._target import Target, resolve_target
 
@@ -571,6 +572,7 @@ class McpClient:
         timeout: float | None = None,
         raise_on_error: bool | None = None,
         idempotent: bool | None = None,
+        idle_timeout: float | None = None,
     ) -> mcp_types.CallToolResult:
         """Call tool ``name``; ends within ``min(timeout, remaining deadline)``.
 
@@ -580,9 +582,15 @@ class McpClient:
         JSON-RPC error, ``McpToolError`` for an ``isError`` result when ``raise_on_error``
         (default: the client's), ``McpUnknownToolError`` (before sending) for a tool the
         known tool list lacks. ``idempotent`` says whether the call may run twice, over
-        the client's ``idempotent_tools`` and the tool's annotations (see the class)::
+        the client's ``idempotent_tools`` and the tool's annotations (see the class).
+
+        ``idle_timeout`` makes the timeout progress-aware: the call may run as long as
+        ``timeout`` and the deadline allow while the server's progress notifications
+        keep coming less than ``idle_timeout`` seconds apart; a silence longer than that
+        ends it with ``DeadlineExceeded`` (``deadline_name="idle_timeout"``)::
 
             result = await client.call_tool("search", {"query": q}, timeout=10)
+            report = await client.call_tool("crawl", timeout=600, idle_timeout=30)
         """
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty tool name, got {name!r}")
@@ -593,6 +601,15 @@ class McpClient:
         args = None if arguments is None else dict(arguments)
         if idempotent is not None and not isinstance(idempotent, bool):
             raise TypeError(f"idempotent must be True, False or None, got {idempotent!r}")
+        watch: IdleWatch | None = None
+        progress: Any = None
+        if idle_timeout is not None:
+            idle = check_timeout(idle_timeout, "idle_timeout")
+            if idle == 0:
+                raise ValueError("idle_timeout must be > 0 (None: no idle limit)")
+            if not math.isinf(idle):
+                watch = IdleWatch(idle, f"MCP call of {name!r} on {self._label}")
+                progress = watch.progress
 
         async def attempt() -> mcp_types.CallToolResult:
             tools = self._tools
@@ -604,20 +621,30 @@ class McpClient:
                     server=self._label,
                     tool=name,
                 )
+            if watch is not None:
+                watch.restart()
             result = await self._request(
                 name,
-                lambda client, meta: client.call_tool(name, args, meta=meta),
+                lambda client, meta: client.call_tool(
+                    name, args, progress_callback=progress, meta=meta
+                ),
                 lambda: self._repeat_rule(name, idempotent),
             )
             if result.is_error and raise_:
                 raise tool_error(result, self._label, name)
             return result
 
+        async def bounded() -> mcp_types.CallToolResult:
+            if watch is None:
+                return await self._bounded(name, budget, attempt)
+            with watch:
+                return await self._bounded(name, budget, attempt)
+
         tracer = get_tracer()
         if tracer is None:
             started = time.monotonic()
             try:
-                result = await self._bounded(name, budget, attempt)
+                result = await bounded()
             except Exception as exc:
                 _record_duration(started, name, span_error_type(exc))
                 raise
@@ -639,7 +666,7 @@ class McpClient:
                     ATTR_GEN_AI_TOOL_CALL_ARGUMENTS, captured(args or {}, self._capture_limit)
                 )
             try:
-                result = await self._bounded(name, budget, attempt)
+                result = await bounded()
             except asyncio.CancelledError as exc:
                 span.add_event(
                     EVENT_CANCELLED,

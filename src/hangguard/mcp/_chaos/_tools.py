@@ -229,6 +229,24 @@ def build_chaos_server(
                 raise ToolError(f"chaos: flaky call {n} failed")
             return f"ok after {n - 1} failure(s)"
 
+    @server.tool(
+        description=(
+            "Report progress `steps` times, `interval` seconds apart, then answer "
+            "(or, with then_hang, stop reporting and never answer)."
+        ),
+        annotations=read_only,
+    )
+    async def progress(
+        ctx: Context, steps: int = 5, interval: float = 0.05, then_hang: bool = False
+    ) -> str:
+        async with _track(recorder, "progress", steps=steps):
+            for step in range(1, steps + 1):
+                await asyncio.sleep(interval)
+                await ctx.report_progress(step, steps, f"step {step}")
+            if then_hang:
+                await asyncio.Event().wait()
+            return f"{steps} steps"
+
     @server.tool(description="Report the deadline the handler runs under.", annotations=read_only)
     async def deadline_info(ctx: Context) -> dict[str, Any]:
         async with _track(recorder, "deadline_info"):
