@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import hangguard
 from hangguard.mcp._capture import redact
 from hangguard.testing.chaos import Blackhole, ChaosServer, HttpFault, closed_port_url
-from mcp_helpers import LeakCheck, within
+from mcp_helpers import LeakCheck, eventually, within
 
 
 def finished(spans: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
@@ -487,3 +487,23 @@ def test_idempotent_arguments_are_checked() -> None:
         hangguard.mcp.McpClient("http://127.0.0.1:1/mcp", idempotent_tools="echo")
     with pytest.raises(TypeError, match="idempotent_tools"):
         hangguard.mcp.McpClient("http://127.0.0.1:1/mcp", idempotent_tools=[1])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("kind", ["http-legacy", "sse"])
+async def test_the_cancel_notice_carries_the_trace_context_so_the_server_span_joins_the_trace(
+    chaos: ChaosServer, chaos_sse: ChaosServer, spans: InMemorySpanExporter, kind: str
+) -> None:
+    # The protocols that cancel with a notice (the 2026-07-28 one closes the stream).
+    server = chaos_sse if kind == "sse" else chaos
+    protocol = "legacy" if kind == "http-legacy" else "auto"
+    async with hangguard.mcp.McpClient(server.url, timeout=0.3, protocol=protocol) as client:
+        with pytest.raises(hangguard.DeadlineExceeded):
+            await client.call_tool("hang")
+        await server.wait_for("cancelled", "hang")
+
+    def notice() -> list[ReadableSpan]:
+        return finished(spans, "notifications/cancelled")
+
+    await eventually(lambda: bool(notice()), "the server's span for the cancel notice")
+    (call,) = finished(spans, "execute_tool hang")
+    assert notice()[0].context.trace_id == call.context.trace_id

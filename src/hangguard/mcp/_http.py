@@ -30,6 +30,8 @@ import anyio.abc
 import httpx2
 from anyio.streams.memory import MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
+from mcp_types import JSONRPCNotification
+from opentelemetry import propagate
 
 __all__ = [
     "Exchange",
@@ -37,6 +39,7 @@ __all__ = [
     "current_exchange",
     "open_http_client",
     "sse_client_factory",
+    "with_trace_context",
 ]
 
 logger = logging.getLogger("hangguard.mcp")
@@ -44,6 +47,7 @@ logger = logging.getLogger("hangguard.mcp")
 # Requests the SDK sends on its own (notifications, the session DELETE): nobody waits for
 # them under a deadline, and one stuck on a dead server blocks the SDK's writer.
 _SIDE_REQUEST_TIMEOUT = 2.0
+_CANCELLED = "notifications/cancelled"
 
 
 @dataclass(slots=True)
@@ -181,6 +185,27 @@ def sse_client_factory(
 # --- SSE ---------------------------------------------------------------------------------
 
 
+def with_trace_context(item: SessionMessage) -> SessionMessage:
+    """Give a ``notifications/cancelled`` the sender's W3C trace context in ``_meta``.
+
+    The SDK sends that notice itself, with only the request id and a reason; the server
+    side of the SDK reads trace context from any message's ``_meta``, so with it the
+    server's span for the notice joins the caller's trace instead of starting its own.
+    """
+    message = item.message
+    if not isinstance(message, JSONRPCNotification) or message.method != _CANCELLED:
+        return item
+    params = dict(message.params or {})
+    meta = dict(params.get("_meta") or {})
+    if "traceparent" in meta:
+        return item
+    propagate.inject(meta)
+    if not meta:
+        return item  # no trace in this context
+    params["_meta"] = meta
+    return SessionMessage(message.model_copy(update={"params": params}), metadata=item.metadata)
+
+
 class _BufferedWriter:
     """The write end handed to the SDK session: while ``buffered()``, ``send`` never waits.
 
@@ -207,6 +232,7 @@ class _BufferedWriter:
         self._buffered = buffered
 
     async def send(self, item: SessionMessage, /) -> None:
+        item = with_trace_context(item)
         if self._buffered():
             self._queue.send_nowait((contextvars.copy_context(), item))
         else:

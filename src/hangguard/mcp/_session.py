@@ -209,8 +209,10 @@ class Session:
                 def spawned(pid: int) -> None:
                     conn.pid = pid
 
-                transport = stdio_transport(
-                    target, grace=grace, stderr=self._stderr, on_spawn=spawned
+                # Not buffered: only so that a cancel notice gets the trace context.
+                transport = buffered_writes(
+                    stdio_transport(target, grace=grace, stderr=self._stderr, on_spawn=spawned),
+                    lambda: False,
                 )
             else:
                 assert target.url is not None
