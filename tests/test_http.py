@@ -472,3 +472,24 @@ async def test_the_middleware_in_front_of_an_mcp_streamable_http_app(stateless: 
             result = await client.call_tool("echo", {"text": "through"})
     assert "echo" in {t.name for t in tools}
     assert result.structured_content == {"result": "through"}
+
+
+def _doc_examples() -> list[str]:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "http.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+
+
+@pytest.mark.parametrize("index", range(len(_doc_examples())))
+def test_the_examples_in_docs_http_md_run_as_written(index: int) -> None:
+    import subprocess
+    import sys
+
+    code = _doc_examples()[index]
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip(), "the example printed nothing"
