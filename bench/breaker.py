@@ -72,7 +72,7 @@ def run(cfg: Config) -> list[Row]:
             Row(
                 "breaker",
                 size,
-                "breaker open (HANGGUARD_MCP_BREAKER=on)",
+                "breaker open (failures=5)",
                 "ms/fan-out",
                 _ms(samples["failures=5,cooldown=60s"]),
                 baseline=off,

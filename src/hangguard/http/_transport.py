@@ -141,7 +141,7 @@ class _Rules:
             return left
         if left <= 0:
             raise DeadlineExceeded(
-                f"HTTP {request.method} {request.url}: no time left on the deadline to send it"
+                f"{_name(request)}{request.url.path}: no time left on the deadline to send it"
             )
         given = request.extensions.get("timeout") or {}
         request.extensions["timeout"] = {
@@ -334,7 +334,12 @@ class AsyncDeadlineTransport(httpx.AsyncBaseTransport):
             if span is not None:
                 ctx = trace.set_span_in_context(span)
                 propagate.inject(request.headers, context=ctx)
-                with trace.use_span(span, end_on_exit=False):
+                with trace.use_span(
+                    span,
+                    end_on_exit=False,
+                    record_exception=False,
+                    set_status_on_exception=False,
+                ):
                     response = await _gave_up(retry_call(attempt, policy, name=what))
             else:
                 response = await _gave_up(retry_call(attempt, policy, name=what))
@@ -414,7 +419,12 @@ class DeadlineTransport(httpx.BaseTransport):
         try:
             if span is not None:
                 propagate.inject(request.headers, context=trace.set_span_in_context(span))
-                with trace.use_span(span, end_on_exit=False):
+                with trace.use_span(
+                    span,
+                    end_on_exit=False,
+                    record_exception=False,
+                    set_status_on_exception=False,
+                ):
                     response, sent = self._send(request, what, span)
             else:
                 response, sent = self._send(request, what, None)
