@@ -44,6 +44,7 @@ def events(span: ReadableSpan, name: str) -> list[dict[str, Any]]:
 async def test_a_session_lost_in_a_server_restart_is_opened_anew_and_the_call_resent(
     json_response: bool, spans: InMemorySpanExporter
 ) -> None:
+    # The SDK's stateful streamable-HTTP mode, answering on an event stream or in JSON.
     first = ChaosServer(json_response=json_response).start()
     port = first.port
     try:

@@ -85,6 +85,7 @@ from ._errors import (
     call_error,
     http_status,
     is_transient,
+    mark_sent,
     mark_transient,
     maybe_sent,
     set_http_status,
@@ -102,6 +103,8 @@ __all__ = ["McpClient"]
 logger = logging.getLogger("hangguard.mcp")
 
 T = TypeVar("T")
+
+_HTTP_TRANSPORTS: Final = frozenset({"streamable-http", "sse"})
 
 # A server-side timeout this close to the caller's own deadline is that deadline.
 _SAME_DEADLINE: Final = 0.05
@@ -506,6 +509,9 @@ class McpClient:
                     set_http_status(lost, 404)
                     raise _SessionLost(mark_transient(lost)) from exc
                 err = call_error(exc, exchange, self._label, what, conn.lost())
+                if exchange.requests == 0 and self._target.transport in _HTTP_TRANSPORTS:
+                    # The HTTP client saw no request of this call: it never left.
+                    mark_sent(err, False)
                 if (
                     exc.code == CONNECTION_CLOSED
                     or exchange.error is not None
