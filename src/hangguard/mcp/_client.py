@@ -417,15 +417,22 @@ class McpClient:
             return err
         _note(EVENT_MCP_RESEND_REFUSED, rule, err)
         why = {
-            RESEND_CALLER: "the caller said it is not idempotent",
-            RESEND_TOOL_LIST_UNKNOWN: "the tool list is unknown (call list_tools first)",
-        }.get(rule, "it is not marked idempotent")
+            RESEND_CALLER: "was called with idempotent=False",
+            RESEND_TOOL_LIST_UNKNOWN: (
+                "is not known to be idempotent: the tool list is unknown (call list_tools first)"
+            ),
+        }.get(rule, "is not marked idempotent")
+        status = http_status(err)
+        what_happened = (
+            f"a gateway answered {status} after the request was sent"
+            if status is not None
+            else "connection lost after the request was sent"
+        )
         refused = McpConnectError(
-            f"{err}; connection lost after the request was sent; not retried: tool {what!r}: {why}",
+            f"{err}; {what_happened}; not retried: tool {what!r} {why}",
             server=self._label,
             tool=what,
         )
-        status = http_status(err)
         if status is not None:
             set_http_status(refused, status)
         return mark_transient(refused, False)
