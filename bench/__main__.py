@@ -28,6 +28,11 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     ),
     "retry": ("bench.retry", "Retry decorator, success on the first attempt (per call)"),
     "mcp": ("bench.mcp_call", "Guarded MCP call_tool against the raw SDK client (per call)"),
+    "http": (
+        "bench.http_call",
+        "Guarded httpx request against raw httpx on loopback (per request)",
+    ),
+    "breaker": ("bench.breaker", "Fan-out of 100 MCP calls to a dead server, breaker off and open"),
     "memory": ("bench.memory", "Traced tasks in batches: resident memory growth"),
     "shutdown": ("bench.shutdown", "Exit with the collector blackholed: wall time to exit"),
     "threads": (

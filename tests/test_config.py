@@ -35,6 +35,7 @@ GETTERS: list[tuple[str, Callable[[], object], object]] = [
     (ENV_JOIN_TIMEOUT, config.join_timeout, math.inf),
     (ENV_MCP_TIMEOUT, config.mcp_timeout, 30.0),
     (ENV_MCP_CONNECT_TIMEOUT, config.mcp_connect_timeout, 10.0),
+    ("HANGGUARD_MCP_BREAKER", config.mcp_breaker, None),
     (ENV_RETRY_ATTEMPTS, config.retry_attempts, 3),
     (ENV_CANCEL_GRACE, config.cancel_grace, 1.0),
     (ENV_CANCEL_EVENTS, config.cancel_events, 16),

@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import hangguard
 from hangguard.mcp._capture import redact
 from hangguard.testing.chaos import Blackhole, ChaosServer, HttpFault, closed_port_url
-from mcp_helpers import LeakCheck, within
+from mcp_helpers import LeakCheck, eventually, within
 
 
 def finished(spans: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
@@ -442,3 +442,68 @@ async def test_each_call_is_timed_in_the_mcp_duration_histogram(
                     key = (attrs["gen_ai.tool.name"], attrs.get("error.type"))
                     points[key] = points.get(key, 0) + p.count  # type: ignore[union-attr]
     assert points == {("echo", None): 1, ("is_error", "tool_error"): 1, ("raise", "-32602"): 1}
+
+
+# --- the known tool list -------------------------------------------------------------------
+
+
+async def test_an_unknown_tool_is_a_typed_error_before_anything_is_sent(
+    chaos: ChaosServer, spans: InMemorySpanExporter
+) -> None:
+    async with hangguard.mcp.McpClient(chaos.url, timeout=5) as client:
+        assert client.tools is None
+        tools = await client.list_tools()
+        assert client.tools is not None and {t.name for t in client.tools} == {
+            t.name for t in tools
+        }
+        chaos.fault = HttpFault("status", status=500)  # anything sent now would fail
+        with pytest.raises(hangguard.McpUnknownToolError) as info:
+            await client.call_tool("ehco", {"text": "x"})
+        chaos.fault = None
+    err = info.value
+    assert isinstance(err, hangguard.McpCallError) and err.code == -32602
+    assert err.tool == "ehco" and "echo" in err.offered and "'ehco'" in str(err)
+    assert "echo" in str(err)  # the offered names are in the message
+    assert chaos.recorder.count("fault") == 0
+    span = finished(spans, "execute_tool ehco")[0]
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes is not None and span.attributes["error.type"] == "-32602"
+
+
+async def test_without_a_tool_list_an_unknown_tool_goes_to_the_server(chaos: ChaosServer) -> None:
+    async with hangguard.mcp.McpClient(chaos.url, timeout=5) as client:
+        outcome: Any
+        try:
+            outcome = await client.call_tool("ehco")
+        except hangguard.McpCallError as exc:  # what the server answers, whichever way
+            outcome = exc
+    assert not isinstance(outcome, hangguard.McpUnknownToolError)
+    assert isinstance(outcome, hangguard.McpCallError) or outcome.is_error
+    assert chaos.recorder.count("started") == 0
+
+
+def test_idempotent_arguments_are_checked() -> None:
+    with pytest.raises(TypeError, match="idempotent_tools"):
+        hangguard.mcp.McpClient("http://127.0.0.1:1/mcp", idempotent_tools="echo")
+    with pytest.raises(TypeError, match="idempotent_tools"):
+        hangguard.mcp.McpClient("http://127.0.0.1:1/mcp", idempotent_tools=[1])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("kind", ["http-legacy", "sse"])
+async def test_the_cancel_notice_carries_the_trace_context_so_the_server_span_joins_the_trace(
+    chaos: ChaosServer, chaos_sse: ChaosServer, spans: InMemorySpanExporter, kind: str
+) -> None:
+    # The protocols that cancel with a notice (the 2026-07-28 one closes the stream).
+    server = chaos_sse if kind == "sse" else chaos
+    protocol = "legacy" if kind == "http-legacy" else "auto"
+    async with hangguard.mcp.McpClient(server.url, timeout=0.3, protocol=protocol) as client:
+        with pytest.raises(hangguard.DeadlineExceeded):
+            await client.call_tool("hang")
+        await server.wait_for("cancelled", "hang")
+
+    def notice() -> list[ReadableSpan]:
+        return finished(spans, "notifications/cancelled")
+
+    await eventually(lambda: bool(notice()), "the server's span for the cancel notice")
+    (call,) = finished(spans, "execute_tool hang")
+    assert notice()[0].context.trace_id == call.context.trace_id

@@ -86,6 +86,12 @@ def retry_events(span: ReadableSpan) -> int:
     return sum(1 for e in span.events if e.name == "hangguard.retry")
 
 
+def resend_rules(span: ReadableSpan, *, refused: bool = False) -> list[object]:
+    """The rules of the span's resend (or refused resend) events, in order."""
+    name = "hangguard.mcp.resend_refused" if refused else "hangguard.mcp.resend"
+    return [e.attributes["hangguard.mcp.resend.rule"] for e in span.events if e.name == name]
+
+
 @pytest.fixture
 async def leaks(target: Target) -> AsyncIterator[LeakCheck]:
     check = LeakCheck(target.port)
@@ -206,7 +212,10 @@ async def test_wrong_content_type_and_404_mid_session_are_not_retried(
         target.server.fault = None
     assert info.value.tool == "echo"
     assert retry_events(tool_span(spans, "echo")) == 0
-    assert faults(target, "tools/call") == 1
+    # A 404 to a request naming a session says the server forgot it: one re-send on a
+    # new session (the modern protocol keeps none), and the second 404 is the error.
+    resent = fault == "404" and target.kind != "http"
+    assert faults(target, "tools/call") == (2 if resent else 1)
 
 
 @pytest.mark.parametrize("target", HTTP, indirect=True)
@@ -215,6 +224,7 @@ async def test_502_is_retried_then_raised(
 ) -> None:
     assert target.server is not None
     async with target.client(timeout=BUDGET, retry=3) as client:
+        await client.list_tools()  # echo is read-only: a 502 may hide a run, echo may re-run
         target.server.fault = HttpFault("status", status=502, methods={"tools/call"})
         with within(BUDGET), pytest.raises(hangguard.McpConnectError) as info:
             await client.call_tool("echo", {"text": "x"})
@@ -224,7 +234,29 @@ async def test_502_is_retried_then_raised(
     assert_failed(span, "502")
     assert span.attributes is not None and span.attributes["http.response.status_code"] == 502
     assert retry_events(span) == 2
+    assert resend_rules(span) == ["read_only_hint"] * 3
     assert faults(target, "tools/call") == 3
+
+
+@pytest.mark.parametrize("target", HTTP, indirect=True)
+async def test_502_of_a_tool_not_marked_idempotent_is_not_retried(
+    target: Target, leaks: LeakCheck, spans: InMemorySpanExporter
+) -> None:
+    # A gateway's 502 cannot say whether the server ran the request.
+    assert target.server is not None
+    async with target.client(timeout=BUDGET, retry=3) as client:
+        await client.list_tools()
+        target.server.fault = HttpFault("status", status=502, methods={"tools/call"})
+        with within(BUDGET), pytest.raises(hangguard.McpConnectError) as info:
+            await client.call_tool("flaky", {"failures": 0})
+        target.server.fault = None
+    assert "not retried: tool 'flaky'" in str(info.value) and "502" in str(info.value)
+    assert info.value.tool == "flaky"
+    span = tool_span(spans, "flaky")
+    assert_failed(span, "502")
+    assert retry_events(span) == 0
+    assert resend_rules(span, refused=True) == ["not_idempotent"]
+    assert faults(target, "tools/call") == 1
 
 
 async def test_concurrent_calls_all_fail_fast_when_the_sse_writer_dies(
@@ -290,6 +322,7 @@ async def test_connection_closed_mid_response_is_retried_then_raised(
 ) -> None:
     leaks = LeakCheck(chaos.port)
     async with hangguard.mcp.McpClient(chaos.url, timeout=BUDGET, retry=2) as client:
+        await client.list_tools()  # echo is read-only, so safe to send again
         chaos.fault = HttpFault("close_mid_response", methods={"tools/call"})
         with within(BUDGET), pytest.raises(hangguard.McpConnectError) as info:
             await client.call_tool("echo", {"text": "x"})

@@ -17,9 +17,11 @@ from ._exceptions import (
     HangguardError,
     JoinTimeout,
     McpCallError,
+    McpCircuitOpen,
     McpConnectError,
     McpError,
     McpToolError,
+    McpUnknownToolError,
     ThreadCancelled,
 )
 from ._group import TaskGroup
@@ -45,9 +47,11 @@ __all__ = [
     "JoinTimeout",
     "LoopWatchdog",
     "McpCallError",
+    "McpCircuitOpen",
     "McpConnectError",
     "McpError",
     "McpToolError",
+    "McpUnknownToolError",
     "RetryBudget",
     "RetryOn",
     "RetryPolicy",

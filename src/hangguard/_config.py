@@ -26,6 +26,7 @@ __all__ = [
     "ENV_JAEGER_UI",
     "ENV_JOIN_TIMEOUT",
     "ENV_LOOP_BLOCK_THRESHOLD",
+    "ENV_MCP_BREAKER",
     "ENV_MCP_CONNECT_TIMEOUT",
     "ENV_MCP_TIMEOUT",
     "ENV_RETRY_ATTEMPTS",
@@ -59,6 +60,7 @@ __all__ = [
     "DEFAULT_CANCEL_EVENTS",
     "DEFAULT_CANCEL_GRACE",
     "DEFAULT_OP_BUDGET",
+    "DEFAULT_MCP_BREAKER",
     "budgets",
     "cancel_events",
     "cancel_grace",
@@ -66,6 +68,7 @@ __all__ = [
     "join_timeout",
     "load_config",
     "loop_block_threshold",
+    "mcp_breaker",
     "mcp_connect_timeout",
     "mcp_timeout",
     "op_budget",
@@ -79,6 +82,7 @@ ENV_BUDGETS = "HANGGUARD_BUDGETS"
 ENV_JOIN_TIMEOUT = "HANGGUARD_JOIN_TIMEOUT"
 ENV_MCP_TIMEOUT = "HANGGUARD_MCP_TIMEOUT"
 ENV_MCP_CONNECT_TIMEOUT = "HANGGUARD_MCP_CONNECT_TIMEOUT"
+ENV_MCP_BREAKER = "HANGGUARD_MCP_BREAKER"
 ENV_RETRY_ATTEMPTS = "HANGGUARD_RETRY_ATTEMPTS"
 ENV_CANCEL_GRACE = "HANGGUARD_CANCEL_GRACE"
 ENV_CANCEL_EVENTS = "HANGGUARD_CANCEL_EVENTS"
@@ -124,6 +128,10 @@ ENV_VARS: Mapping[str, tuple[str, str]] = MappingProxyType(
         ENV_JOIN_TIMEOUT: ("none", "join timeout when the call gives none"),
         ENV_MCP_TIMEOUT: ("30", "timeout of one MCP call"),
         ENV_MCP_CONNECT_TIMEOUT: ("10", "timeout of connecting to an MCP server (handshake too)"),
+        ENV_MCP_BREAKER: (
+            "off",
+            "circuit breaker per MCP server: off, on (5 failures, 30s), or failures=N,cooldown=D",
+        ),
         ENV_RETRY_ATTEMPTS: ("3", "default number of attempts of hangguard.retry"),
         ENV_CANCEL_GRACE: ("1", "how long join waits for cancelled tasks to finish"),
         ENV_CANCEL_EVENTS: (
@@ -296,6 +304,39 @@ def mcp_timeout() -> float:
 def mcp_connect_timeout() -> float:
     """``HANGGUARD_MCP_CONNECT_TIMEOUT`` in seconds (10 when unset)."""
     return _read(ENV_MCP_CONNECT_TIMEOUT, 10.0, _duration(ENV_MCP_CONNECT_TIMEOUT))
+
+
+#: ``HANGGUARD_MCP_BREAKER=on``: open after 5 consecutive transient failures, for 30 s.
+DEFAULT_MCP_BREAKER = (5, 30.0)
+
+
+def _parse_breaker(text: str) -> tuple[int, float] | None:
+    word = text.strip().lower()
+    if word in ("", "0", "off", "false", "no", "none"):
+        return None
+    if word in ("1", "on", "true", "yes"):
+        return DEFAULT_MCP_BREAKER
+    failures, cooldown = DEFAULT_MCP_BREAKER
+    for raw in word.split(","):
+        key, sep, value = (part.strip() for part in raw.partition("="))
+        if key == "failures" and sep and value.isdigit() and int(value) >= 1:
+            failures = int(value)
+        elif key == "cooldown" and sep:
+            cooldown = parse_duration(value, name=f"{ENV_MCP_BREAKER}[cooldown]", allow_none=False)
+        else:
+            raise ConfigError(
+                f"{ENV_MCP_BREAKER}={text!r}: use off, on, or failures=N,cooldown=DURATION "
+                "(e.g. failures=5,cooldown=30s); the entry at fault is "
+                f"{raw.strip()!r}",
+                name=ENV_MCP_BREAKER,
+                value=text,
+            )
+    return failures, cooldown
+
+
+def mcp_breaker() -> tuple[int, float] | None:
+    """``HANGGUARD_MCP_BREAKER``: (failures, cooldown seconds), or ``None`` when off."""
+    return _read(ENV_MCP_BREAKER, None, _parse_breaker)
 
 
 def retry_attempts() -> int:

@@ -9,7 +9,9 @@ The hierarchy::
     ├── ConfigError             (also ValueError) names the env var / parameter
     └── McpError                names the server and the tool
         ├── McpConnectError     cannot reach the server or finish the handshake
+        │   └── McpCircuitOpen  the server's circuit breaker is open: not even tried
         ├── McpCallError        a JSON-RPC error response, with ``.code``
+        │   └── McpUnknownToolError  the server does not offer that tool (not sent)
         └── McpToolError        the tool answered ``isError`` (when asked to raise)
 
 ``DeadlineExceeded`` subclasses ``TimeoutError``, which is ``asyncio.TimeoutError``
@@ -27,10 +29,12 @@ __all__ = [
     "HangguardError",
     "JoinTimeout",
     "McpCallError",
+    "McpCircuitOpen",
     "McpConnectError",
     "McpError",
     "McpToolError",
     "ThreadCancelled",
+    "McpUnknownToolError",
 ]
 
 
@@ -144,3 +148,46 @@ class McpToolError(McpError):
     ) -> None:
         self.result = result
         super().__init__(message, server=server, tool=tool)
+
+
+class McpCircuitOpen(McpConnectError):
+    """The server's circuit breaker is open: the call failed fast, nothing was sent.
+
+    ``since`` is when it opened (``time.time()``), ``last_error`` the failure that
+    opened it, ``retry_at`` when the next probe call may go through.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        server: str = "",
+        tool: str | None = None,
+        since: float = 0.0,
+        retry_at: float = 0.0,
+        last_error: str = "",
+    ) -> None:
+        self.since = since
+        self.retry_at = retry_at
+        self.last_error = last_error
+        super().__init__(message, server=server, tool=tool)
+
+
+class McpUnknownToolError(McpCallError):
+    """The server's tool list has no tool of that name; raised before anything is sent.
+
+    ``offered`` is the server's tool names. The code is JSON-RPC ``-32602`` (invalid
+    params), what servers of the mcp 2.x SDK answer for an unknown tool, so code that
+    catches ``McpCallError`` sees one error whatever the server would have done.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        offered: Sequence[str] = (),
+        server: str = "",
+        tool: str | None = None,
+    ) -> None:
+        self.offered = list(offered)
+        super().__init__(message, code=-32602, server=server, tool=tool)

@@ -14,6 +14,8 @@ Instruments (names in ``_semconv``):
 * ``hangguard.retry.budget_refusals`` (counter): retries the retry budget refused;
 * ``hangguard.deadline.exceeded`` (counter): deadlines that fired, by
   ``hangguard.deadline.name``;
+* ``hangguard.mcp.breaker.transitions`` (counter): an MCP server's circuit breaker changed
+  state, by ``hangguard.mcp.breaker.state`` (the new one) and ``hangguard.mcp.server``;
 * ``mcp.client.operation.duration`` (histogram, seconds): MCP requests, by
   ``mcp.method.name``, ``gen_ai.tool.name`` and, on failure, ``error.type``;
 * ``hangguard.threads.abandoned`` (counter): threads left running when the group or the
@@ -37,11 +39,14 @@ from ._semconv import (
     ATTR_DEADLINE_NAME,
     ATTR_ERROR_TYPE,
     ATTR_GEN_AI_TOOL_NAME,
+    ATTR_MCP_BREAKER_STATE,
     ATTR_MCP_METHOD_NAME,
+    ATTR_MCP_SERVER,
     ATTR_RETRY_NAME,
     ATTR_TASK_OUTCOME,
     METRIC_DEADLINE_EXCEEDED,
     METRIC_LOOP_BLOCKED,
+    METRIC_MCP_BREAKER_TRANSITIONS,
     METRIC_MCP_CLIENT_OPERATION_DURATION,
     METRIC_RETRIES,
     METRIC_RETRY_BUDGET_REFUSALS,
@@ -61,6 +66,7 @@ __all__ = [
     "MCP_DURATION_BUCKETS",
     "OUTCOMES",
     "get_meter",
+    "record_breaker_transition",
     "record_deadline_exceeded",
     "record_loop_blocked",
     "record_mcp_duration",
@@ -108,6 +114,7 @@ class _Instruments:
     threads_abandoned: Counter
     no_free_worker: Counter
     loop_blocked: Histogram
+    breaker: Counter
 
 
 _cache: tuple[MeterProvider, _Instruments] | None = None
@@ -154,6 +161,11 @@ def _build(provider: MeterProvider) -> _Instruments:
             unit="s",
             description="How long the event loop ran no callback, per block the watchdog saw.",
             explicit_bucket_boundaries_advisory=LOOP_BLOCKED_BUCKETS,
+        ),
+        breaker=meter.create_counter(
+            METRIC_MCP_BREAKER_TRANSITIONS,
+            unit="{transition}",
+            description="State changes of MCP servers' circuit breakers, by the new state.",
         ),
     )
 
@@ -260,3 +272,10 @@ def record_loop_blocked(seconds: float) -> None:
     inst = _instruments()
     if inst is not None:
         inst.loop_blocked.record(max(0.0, seconds))
+
+
+def record_breaker_transition(state: str, server: str) -> None:
+    """Count one change of an MCP server's circuit breaker to ``state``."""
+    inst = _instruments()
+    if inst is not None:
+        inst.breaker.add(1, {ATTR_MCP_BREAKER_STATE: state, ATTR_MCP_SERVER: server})

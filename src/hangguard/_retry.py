@@ -60,6 +60,7 @@ __all__ = [
     "Backoff",
     "RetryOn",
     "RetryPolicy",
+    "backoff_enabled",
     "retry",
     "retry_call",
     "set_backoff_enabled",
@@ -84,6 +85,11 @@ def set_backoff_enabled(enabled: bool) -> bool:
     global _backoff_enabled
     previous, _backoff_enabled = _backoff_enabled, bool(enabled)
     return previous
+
+
+def backoff_enabled() -> bool:
+    """Whether the waits between attempts are on (for retry loops outside tenacity)."""
+    return _backoff_enabled
 
 
 def _finite(value: float, param: str) -> float:

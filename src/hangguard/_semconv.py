@@ -32,11 +32,19 @@ __all__ = [
     "ATTR_GROUP_SERIAL",
     "ATTR_GROUP_SIZE",
     "ATTR_GROUP_TIMED_OUT",
+    "ATTR_HTTP_REQUEST_METHOD",
+    "ATTR_HTTP_REQUEST_RESEND_COUNT",
     "ATTR_HTTP_RESPONSE_STATUS_CODE",
     "ATTR_LOOP_BLOCKED_S",
     "ATTR_LOOP_STACK",
     "ATTR_LOOP_THRESHOLD_S",
+    "ATTR_HTTP_TIMEOUT_HEADER",
+    "ATTR_MCP_BREAKER_LAST_ERROR",
+    "ATTR_MCP_BREAKER_STATE",
     "ATTR_MCP_METHOD_NAME",
+    "ATTR_MCP_PROGRESS",
+    "ATTR_MCP_PROGRESS_TOTAL",
+    "ATTR_MCP_RESEND_RULE",
     "ATTR_MCP_SERVER",
     "ATTR_NETWORK_TRANSPORT",
     "ATTR_OP_NAME",
@@ -56,6 +64,8 @@ __all__ = [
     "ATTR_THREAD_ID",
     "ATTR_THREAD_NAME",
     "ATTR_TIMEOUT_S",
+    "ATTR_URL_FULL",
+    "ATTR_URL_PATH",
     "CANCEL_DEADLINE",
     "CANCEL_NO_FREE_WORKER",
     "CANCEL_PARENT",
@@ -69,17 +79,34 @@ __all__ = [
     "EVENT_DEADLINE_EXCEEDED",
     "EVENT_LOOP_BLOCKED",
     "EVENT_RAY_RETRY_SKIPPED",
+    "EVENT_MCP_BREAKER",
+    "EVENT_MCP_PROGRESS",
+    "EVENT_MCP_RESEND",
+    "EVENT_MCP_RESEND_REFUSED",
+    "EVENT_MCP_SESSION_LOST",
     "EVENT_RETRY",
     "EVENT_RETRY_BUDGET_EXHAUSTED",
     "EVENT_RETRY_BUDGET_REFUSED",
     "METRIC_DEADLINE_EXCEEDED",
     "METRIC_LOOP_BLOCKED",
+    "METRIC_MCP_BREAKER_TRANSITIONS",
     "METRIC_MCP_CLIENT_OPERATION_DURATION",
     "METRIC_RETRIES",
     "METRIC_RETRY_BUDGET_REFUSALS",
     "METRIC_TASKS",
     "METRIC_THREADS_ABANDONED",
     "METRIC_THREADS_NO_FREE_WORKER",
+    "BREAKER_CLOSED",
+    "BREAKER_HALF_OPEN",
+    "BREAKER_OPEN",
+    "RESEND_ALLOW_LIST",
+    "RESEND_CALLER",
+    "RESEND_IDEMPOTENT_HINT",
+    "RESEND_NOT_IDEMPOTENT",
+    "RESEND_NOT_SENT",
+    "RESEND_READ_ONLY_HINT",
+    "RESEND_SESSION_LOST",
+    "RESEND_TOOL_LIST_UNKNOWN",
     "OUTCOME_CANCELLED",
     "OUTCOME_FAILED",
     "OUTCOME_OK",
@@ -87,6 +114,8 @@ __all__ = [
     "SPAN_EXECUTE_TOOL",
     "SPAN_GROUP",
     "SPAN_LOOP_BLOCKED",
+    "SPAN_HTTP_CLIENT",
+    "SPAN_HTTP_SERVER",
     "SPAN_OP",
     "SPAN_RAY_TASK",
     "SPAN_TASK",
@@ -158,6 +187,41 @@ ATTR_SERVER_PORT: Final = "server.port"
 ATTR_NETWORK_TRANSPORT: Final = "network.transport"
 ATTR_HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"
 ATTR_MCP_SERVER: Final = "hangguard.mcp.server"
+# A call that failed after its request may have reached the server: re-sent or not, and
+# the rule that decided (values below); a session the server forgot (re-sent at once).
+EVENT_MCP_RESEND: Final = "hangguard.mcp.resend"
+EVENT_MCP_RESEND_REFUSED: Final = "hangguard.mcp.resend_refused"
+EVENT_MCP_SESSION_LOST: Final = "hangguard.mcp.session_lost"
+ATTR_MCP_RESEND_RULE: Final = "hangguard.mcp.resend.rule"
+RESEND_NOT_SENT: Final = "not_sent"
+RESEND_SESSION_LOST: Final = "session_lost"
+RESEND_CALLER: Final = "caller"
+RESEND_ALLOW_LIST: Final = "allow_list"
+RESEND_READ_ONLY_HINT: Final = "read_only_hint"
+RESEND_IDEMPOTENT_HINT: Final = "idempotent_hint"
+RESEND_NOT_IDEMPOTENT: Final = "not_idempotent"
+RESEND_TOOL_LIST_UNKNOWN: Final = "tool_list_unknown"
+# Progress notifications the server sent during a call (idle_timeout restarts on each).
+EVENT_MCP_PROGRESS: Final = "hangguard.mcp.progress"
+ATTR_MCP_PROGRESS: Final = "hangguard.mcp.progress.value"
+ATTR_MCP_PROGRESS_TOTAL: Final = "hangguard.mcp.progress.total"
+# The per-server circuit breaker: a state change, its new state and the failure behind it.
+EVENT_MCP_BREAKER: Final = "hangguard.mcp.breaker"
+ATTR_MCP_BREAKER_STATE: Final = "hangguard.mcp.breaker.state"
+ATTR_MCP_BREAKER_LAST_ERROR: Final = "hangguard.mcp.breaker.last_error"
+BREAKER_CLOSED: Final = "closed"
+BREAKER_OPEN: Final = "open"
+BREAKER_HALF_OPEN: Final = "half_open"
+# Plain HTTP (hangguard.http): the client span of the transport wrapper and the server
+# span of the ASGI middleware, named by the method as OpenTelemetry's HTTP conventions
+# say when the route is unknown; the header the server read its budget from.
+SPAN_HTTP_CLIENT: Final = "{}"
+SPAN_HTTP_SERVER: Final = "{}"
+ATTR_HTTP_REQUEST_METHOD: Final = "http.request.method"
+ATTR_HTTP_REQUEST_RESEND_COUNT: Final = "http.request.resend_count"
+ATTR_URL_FULL: Final = "url.full"
+ATTR_URL_PATH: Final = "url.path"
+ATTR_HTTP_TIMEOUT_HEADER: Final = "hangguard.http.timeout_header"
 # Values of error.type on that span, besides a JSON-RPC code, an HTTP status or a class.
 ERROR_TYPE_TIMEOUT: Final = "timeout"
 ERROR_TYPE_TOOL_ERROR: Final = "tool_error"
@@ -199,6 +263,7 @@ METRIC_DEADLINE_EXCEEDED: Final = "hangguard.deadline.exceeded"
 METRIC_THREADS_ABANDONED: Final = "hangguard.threads.abandoned"
 METRIC_THREADS_NO_FREE_WORKER: Final = "hangguard.threads.no_free_worker"
 METRIC_LOOP_BLOCKED: Final = "hangguard.loop.blocked"
+METRIC_MCP_BREAKER_TRANSITIONS: Final = "hangguard.mcp.breaker.transitions"
 ATTR_TASK_OUTCOME: Final = "hangguard.task.outcome"
 # The MCP semantic conventions' client call duration, with their attribute names.
 METRIC_MCP_CLIENT_OPERATION_DURATION: Final = "mcp.client.operation.duration"

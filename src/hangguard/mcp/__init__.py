@@ -20,7 +20,14 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         f"hangguard.mcp needs the mcp extra: pip install 'hangguard[mcp]' ({exc})"
     ) from exc
 
-from .._exceptions import McpCallError, McpConnectError, McpError, McpToolError
+from .._exceptions import (
+    McpCallError,
+    McpCircuitOpen,
+    McpConnectError,
+    McpError,
+    McpToolError,
+    McpUnknownToolError,
+)
 from ._client import McpClient
 from ._meta import TIMEOUT_META_KEY
 from ._server import DeadlineMiddleware
@@ -29,10 +36,12 @@ __all__ = [
     "TIMEOUT_META_KEY",
     "DeadlineMiddleware",
     "McpCallError",
+    "McpCircuitOpen",
     "McpClient",
     "McpConnectError",
     "McpError",
     "McpToolError",
+    "McpUnknownToolError",
 ]
 
 for _name in ("McpClient", "DeadlineMiddleware"):

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import IO, Any, Final, TypeVar, cast
 
@@ -27,47 +27,75 @@ import mcp_types
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 from pydantic import ValidationError
 
 from .. import _config
 from .._deadline import check_timeout, deadline, deadline_cancel_of, remaining
-from .._exceptions import DeadlineExceeded, McpError
+from .._exceptions import (
+    DeadlineExceeded,
+    McpCircuitOpen,
+    McpConnectError,
+    McpError,
+    McpUnknownToolError,
+)
 from .._metrics import record_mcp_duration
 from .._retry import RetryPolicy, retry_call
 from .._semconv import (
     ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_REASON,
     ATTR_ERROR_TYPE,
+    ATTR_EXCEPTION_MESSAGE,
+    ATTR_EXCEPTION_TYPE,
     ATTR_GEN_AI_OPERATION_NAME,
     ATTR_GEN_AI_TOOL_CALL_ARGUMENTS,
     ATTR_GEN_AI_TOOL_CALL_RESULT,
     ATTR_GEN_AI_TOOL_NAME,
     ATTR_HTTP_RESPONSE_STATUS_CODE,
     ATTR_MCP_METHOD_NAME,
+    ATTR_MCP_RESEND_RULE,
     ATTR_MCP_SERVER,
     ATTR_NETWORK_TRANSPORT,
     ATTR_SERVER_ADDRESS,
     ATTR_SERVER_PORT,
     ATTR_TIMEOUT_S,
+    BREAKER_HALF_OPEN,
     CANCEL_DEADLINE,
     CANCEL_PARENT,
     ERROR_TYPE_TOOL_ERROR,
     EVENT_CANCELLED,
+    EVENT_MCP_RESEND,
+    EVENT_MCP_RESEND_REFUSED,
+    EVENT_MCP_SESSION_LOST,
+    RESEND_ALLOW_LIST,
+    RESEND_CALLER,
+    RESEND_IDEMPOTENT_HINT,
+    RESEND_NOT_IDEMPOTENT,
+    RESEND_NOT_SENT,
+    RESEND_READ_ONLY_HINT,
+    RESEND_SESSION_LOST,
+    RESEND_TOOL_LIST_UNKNOWN,
     SPAN_EXECUTE_TOOL,
 )
-from .._spans import get_tracer, guard, record_failure, safe_str
+from .._spans import error_type, get_tracer, guard, record_failure, safe_str
+from ._breaker import breaker_for
 from ._capture import captured
 from ._errors import (
     call_error,
     http_status,
     is_transient,
+    mark_sent,
+    mark_transient,
+    maybe_sent,
+    set_http_status,
     span_error_type,
     tool_error,
 )
 from ._http import Exchange, current_exchange
 from ._meta import TIMEOUT_META_KEY
+from ._progress import IdleWatch
 from ._session import Session
 from ._target import Target, resolve_target
 
@@ -77,6 +105,8 @@ logger = logging.getLogger("hangguard.mcp")
 
 T = TypeVar("T")
 
+_HTTP_TRANSPORTS: Final = frozenset({"streamable-http", "sse"})
+
 # A server-side timeout this close to the caller's own deadline is that deadline.
 _SAME_DEADLINE: Final = 0.05
 
@@ -85,6 +115,28 @@ def _record_duration(started: float, tool: str, error_type: str | None) -> None:
     record_mcp_duration(
         time.monotonic() - started, method="tools/call", tool=tool, error_type=error_type
     )
+
+
+class _SessionLost(Exception):
+    """The server answered 404 to a request naming the session: it forgot the session."""
+
+    def __init__(self, error: McpConnectError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _note(event: str, rule: str, exc: BaseException) -> None:
+    """Say on the current span whether a failed request is sent again, and by which rule."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(
+            event,
+            {
+                ATTR_MCP_RESEND_RULE: rule,
+                ATTR_EXCEPTION_TYPE: error_type(exc),
+                ATTR_EXCEPTION_MESSAGE: str(exc),
+            },
+        )
 
 
 def _retry_policy(retry: RetryPolicy | int | None) -> RetryPolicy:
@@ -124,7 +176,14 @@ class McpClient:
     ``hangguard.deadline``; ``math.inf`` means no limit of its own. ``retry`` is a
     :class:`RetryPolicy` or a number of attempts; only transient failures are retried
     (refused or reset connections, HTTP 502/503/504, timed-out connects) unless the
-    policy says otherwise with its own ``on``. A tool result with ``isError`` is
+    policy says otherwise with its own ``on``. A call whose request may already have
+    reached the server (the connection lost after sending, a gateway's 502/504) is retried
+    only for a tool that is safe to repeat: named in ``idempotent_tools``, or marked
+    ``readOnlyHint``/``idempotentHint`` in the tool list (known after :meth:`list_tools`);
+    otherwise it fails at once with ``McpConnectError``. A session the server forgot
+    (HTTP 404 after a restart) is opened anew and the request re-sent: it never ran.
+    Once the tool list is known, calling a tool the server does not offer raises
+    ``McpUnknownToolError`` without sending anything. A tool result with ``isError`` is
     returned unless ``raise_on_error`` is set; then it raises ``McpToolError``.
     ``capture_content`` records arguments and results on the span (secret-looking keys
     redacted, ``capture_limit`` characters at most). ``protocol`` is the SDK's
@@ -154,6 +213,7 @@ class McpClient:
         capture_content: bool = False,
         capture_limit: int = 4096,
         protocol: str = "auto",
+        idempotent_tools: Iterable[str] | None = None,
     ) -> None:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string or None, got {name!r}")
@@ -184,6 +244,14 @@ class McpClient:
                 f"protocol must be 'auto', 'legacy' or one of {list(MODERN_PROTOCOL_VERSIONS)}, "
                 f"got {protocol!r}"
             )
+        if isinstance(idempotent_tools, str):
+            raise TypeError("idempotent_tools must be a collection of tool names, not a string")
+        allow = frozenset(idempotent_tools or ())
+        if not all(isinstance(t, str) for t in allow):
+            raise TypeError(f"idempotent_tools must hold tool names, got {sorted(map(str, allow))}")
+        self._idempotent_tools = allow
+        # The server's tools by name, from the last list_tools() (None until then).
+        self._tools: dict[str, mcp_types.Tool] | None = None
         self._label = f"{name!r} at {self._target.label}" if name else self._target.label
         self._session = Session(
             self._target,
@@ -290,12 +358,122 @@ class McpClient:
             return self._timeout
         return _config.mcp_timeout()
 
+    def _repeat_rule(self, tool: str, idempotent: bool | None) -> tuple[bool, str]:
+        """Whether a call of ``tool`` whose request may have run may be sent again, and why."""
+        if idempotent is not None:
+            return idempotent, RESEND_CALLER
+        if tool in self._idempotent_tools:
+            return True, RESEND_ALLOW_LIST
+        if self._tools is None:
+            return False, RESEND_TOOL_LIST_UNKNOWN
+        known = self._tools.get(tool)
+        hints = known.annotations if known is not None else None
+        if hints is not None and hints.read_only_hint:
+            return True, RESEND_READ_ONLY_HINT
+        if hints is not None and hints.idempotent_hint:
+            return True, RESEND_IDEMPOTENT_HINT
+        return False, RESEND_NOT_IDEMPOTENT
+
     async def _request(
         self,
         what: str,
         send: Callable[[mcp.Client, mcp_types.RequestParamsMeta | None], Awaitable[T]],
+        repeat: Callable[[], tuple[bool, str]] = lambda: (True, RESEND_READ_ONLY_HINT),
     ) -> T:
-        """One attempt of a request: connect if needed, send with the time left, map errors."""
+        """One attempt of a request: connect if needed, send with the time left, map errors.
+
+        A session the server forgot (it restarted) is opened anew and the request re-sent
+        once, at once: the server refused it unread. A request that may have reached the
+        server is left to the retries only when ``repeat()`` says it is safe to run twice.
+        """
+        try:
+            try:
+                return await self._send_once(what, send)
+            except _SessionLost as lost:
+                _note(EVENT_MCP_SESSION_LOST, RESEND_SESSION_LOST, lost.error)
+            try:
+                return await self._send_once(what, send)
+            except _SessionLost as again:
+                # A new session refused at once too: the endpoint answers 404, whatever
+                # the session; no retry can help.
+                err = again.error
+                err.args = (f"{err}, and again on a new session (is the URL the MCP endpoint?)",)
+                raise mark_transient(err, False) from again.__cause__
+        except McpError as exc:
+            refused = self._unless_repeatable(what, exc, repeat)
+            if refused is exc:
+                raise
+            raise refused from exc
+
+    def _unless_repeatable(
+        self, what: str, err: McpError, repeat: Callable[[], tuple[bool, str]]
+    ) -> McpError:
+        if not (is_transient(err) and maybe_sent(err)):
+            if is_transient(err):
+                _note(EVENT_MCP_RESEND, RESEND_NOT_SENT, err)
+            return err
+        safe, rule = repeat()
+        if safe:
+            _note(EVENT_MCP_RESEND, rule, err)
+            return err
+        _note(EVENT_MCP_RESEND_REFUSED, rule, err)
+        why = {
+            RESEND_CALLER: "was called with idempotent=False",
+            RESEND_TOOL_LIST_UNKNOWN: (
+                "is not known to be idempotent: the tool list is unknown (call list_tools first)"
+            ),
+        }.get(rule, "is not marked idempotent")
+        status = http_status(err)
+        what_happened = (
+            f"a gateway answered {status} after the request was sent"
+            if status is not None
+            else "connection lost after the request was sent"
+        )
+        refused = McpConnectError(
+            f"{err}; {what_happened}; not retried: tool {what!r} {why}",
+            server=self._label,
+            tool=what,
+        )
+        if status is not None:
+            set_http_status(refused, status)
+        return mark_transient(refused, False)
+
+    async def _send_once(
+        self,
+        what: str,
+        send: Callable[[mcp.Client, mcp_types.RequestParamsMeta | None], Awaitable[T]],
+    ) -> T:
+        """One send, through the server's circuit breaker when breakers are on."""
+        breaker = breaker_for(self._target.label)
+        if breaker is None:
+            self._session.gate = None
+            return await self._send_raw(what, send)
+        probe = breaker.admit(what)
+        self._session.gate = lambda: breaker.check(what)
+        try:
+            result = await self._send_raw(what, send)
+        except _SessionLost:
+            breaker.success(probe)  # the server answered: it is up
+            raise
+        except McpError as exc:
+            if is_transient(exc):
+                breaker.failure(exc, probe)
+            elif isinstance(exc, McpCircuitOpen):
+                breaker.release(probe)
+            else:
+                breaker.success(probe)  # a JSON-RPC error is an answer
+            raise
+        except BaseException:
+            breaker.release(probe)  # cancelled: no verdict (a timeout is noted by _bounded)
+            raise
+        breaker.success(probe)
+        return result
+
+    async def _send_raw(
+        self,
+        what: str,
+        send: Callable[[mcp.Client, mcp_types.RequestParamsMeta | None], Awaitable[T]],
+    ) -> T:
         try:
             conn = await self._session.live()
         except McpError as exc:
@@ -311,39 +489,72 @@ class McpClient:
         # Read by the HTTP client in the context the SDK sends this request's messages in.
         token = current_exchange.set(exchange)
         try:
-            left = remaining()
-            meta = None
-            if not math.isinf(left):
-                # Rounded up, so that the server's deadline, which starts when the
-                # request arrives, never fires before the caller's own.
-                ms = math.ceil(left * 1000)
-                meta = cast(mcp_types.RequestParamsMeta, {TIMEOUT_META_KEY: ms})
-            return await send(client, meta)
-        except MCPError as exc:
-            err = call_error(exc, exchange, self._label, what, conn.lost())
-            if (
-                exc.code == CONNECTION_CLOSED
-                or exchange.error is not None
-                or exchange.status == 404
-            ):
-                conn.broken = True
-            if exc.code == REQUEST_TIMEOUT and remaining() < _SAME_DEADLINE:
-                # The server enforced the deadline we sent and answered a hair before
-                # ours fired: let ours fire, so the caller sees its own DeadlineExceeded.
-                await asyncio.sleep(remaining() + 0.001)
-            raise err from exc
-        except asyncio.CancelledError:
-            if not exchange.claim_abort():
-                raise
-            conn.broken = True  # the SDK's SSE writer died with that request
-            lost = MCPError(code=CONNECTION_CLOSED, message="the transport failed")
-            raise call_error(lost, exchange, self._label, what) from exchange.error
-        except (ValidationError, RuntimeError) as exc:
-            raise McpError(
-                f"MCP server {self._label} answered {what!r} with something the SDK rejects: {exc}",
-                server=self._label,
-                tool=what,
-            ) from exc
+            try:
+                left = remaining()
+                meta = None
+                if not math.isinf(left):
+                    # Rounded up, so that the server's deadline, which starts when the
+                    # request arrives, never fires before the caller's own.
+                    ms = math.ceil(left * 1000)
+                    meta = cast(mcp_types.RequestParamsMeta, {TIMEOUT_META_KEY: ms})
+                return await send(client, meta)
+            except MCPError as exc:
+                if exchange.session_lost or (
+                    # Closed under it when another request found the session lost: only
+                    # the new server was there to reach, and it refuses the old session.
+                    conn.session_lost
+                    and exc.code == CONNECTION_CLOSED
+                    and exchange.error is None
+                    and exchange.status is None
+                ):
+                    conn.broken = conn.session_lost = True
+                    lost = McpConnectError(
+                        f"MCP server {self._label} failed the call of tool {what!r}: the "
+                        f"server no longer knows the session (HTTP 404: {exc.message})",
+                        server=self._label,
+                        tool=what,
+                    )
+                    set_http_status(lost, 404)
+                    raise _SessionLost(mark_transient(lost)) from exc
+                err = call_error(exc, exchange, self._label, what, conn.lost())
+                if exchange.requests == 0 and self._target.transport in _HTTP_TRANSPORTS:
+                    # The HTTP client saw no request of this call: it never left.
+                    mark_sent(err, False)
+                if (
+                    exc.code == CONNECTION_CLOSED
+                    or exchange.error is not None
+                    or exchange.status == 404
+                ):
+                    conn.broken = True
+                if exc.code == REQUEST_TIMEOUT and remaining() < _SAME_DEADLINE:
+                    # The server enforced the deadline we sent and answered a hair before
+                    # ours fired: let ours fire, so the caller sees its own DeadlineExceeded.
+                    await asyncio.sleep(remaining() + 0.001)
+                raise err from exc
+            except asyncio.CancelledError:
+                if not exchange.claim_abort():
+                    raise
+                conn.broken = True  # the SDK's SSE writer died with that request
+                lost_conn = MCPError(code=CONNECTION_CLOSED, message="the transport failed")
+                if exchange.session_lost:
+                    raise _SessionLost(
+                        mark_transient(
+                            McpConnectError(
+                                f"MCP server {self._label} failed the call of tool {what!r}: "
+                                "the server no longer knows the session (HTTP 404)",
+                                server=self._label,
+                                tool=what,
+                            )
+                        )
+                    ) from exchange.error
+                raise call_error(lost_conn, exchange, self._label, what) from exchange.error
+            except (ValidationError, RuntimeError) as exc:
+                raise McpError(
+                    f"MCP server {self._label} answered {what!r} with something the SDK "
+                    f"rejects: {exc}",
+                    server=self._label,
+                    tool=what,
+                ) from exc
         finally:
             exchange.disarm()
             current_exchange.reset(token)
@@ -355,6 +566,9 @@ class McpClient:
                 return await retry_call(attempt, self._policy, name=f"MCP {what} on {self._label}")
         except DeadlineExceeded as exc:
             if scope.expired:
+                breaker = breaker_for(self._target.label)
+                if breaker is not None:
+                    breaker.failure(exc, probe=breaker.state == BREAKER_HALF_OPEN)
                 message = (
                     f"MCP call of {what!r} on {self._label} exceeded its timeout ({budget:g}s)"
                 )
@@ -371,6 +585,8 @@ class McpClient:
         *,
         timeout: float | None = None,
         raise_on_error: bool | None = None,
+        idempotent: bool | None = None,
+        idle_timeout: float | None = None,
     ) -> mcp_types.CallToolResult:
         """Call tool ``name``; ends within ``min(timeout, remaining deadline)``.
 
@@ -378,9 +594,17 @@ class McpClient:
         ran out (the request is cancelled on the wire), ``McpConnectError`` when the
         server cannot be reached or answers at the HTTP level, ``McpCallError`` for a
         JSON-RPC error, ``McpToolError`` for an ``isError`` result when ``raise_on_error``
-        (default: the client's)::
+        (default: the client's), ``McpUnknownToolError`` (before sending) for a tool the
+        known tool list lacks. ``idempotent`` says whether the call may run twice, over
+        the client's ``idempotent_tools`` and the tool's annotations (see the class).
+
+        ``idle_timeout`` makes the timeout progress-aware: the call may run as long as
+        ``timeout`` and the deadline allow while the server's progress notifications
+        keep coming less than ``idle_timeout`` seconds apart; a silence longer than that
+        ends it with ``DeadlineExceeded`` (``deadline_name="idle_timeout"``)::
 
             result = await client.call_tool("search", {"query": q}, timeout=10)
+            report = await client.call_tool("crawl", timeout=600, idle_timeout=30)
         """
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty tool name, got {name!r}")
@@ -389,20 +613,52 @@ class McpClient:
         budget = self._call_budget(timeout)
         raise_ = self._raise_on_error if raise_on_error is None else bool(raise_on_error)
         args = None if arguments is None else dict(arguments)
+        if idempotent is not None and not isinstance(idempotent, bool):
+            raise TypeError(f"idempotent must be True, False or None, got {idempotent!r}")
+        watch: IdleWatch | None = None
+        progress: Any = None
+        if idle_timeout is not None:
+            idle = check_timeout(idle_timeout, "idle_timeout")
+            if idle == 0:
+                raise ValueError("idle_timeout must be > 0 (None: no idle limit)")
+            if not math.isinf(idle):
+                watch = IdleWatch(idle, f"MCP call of {name!r} on {self._label}")
+                progress = watch.progress
 
         async def attempt() -> mcp_types.CallToolResult:
+            tools = self._tools
+            if tools is not None and name not in tools:
+                offered = sorted(tools)
+                raise McpUnknownToolError(
+                    f"MCP server {self._label} offers no tool {name!r} (it offers {offered})",
+                    offered=offered,
+                    server=self._label,
+                    tool=name,
+                )
+            if watch is not None:
+                watch.restart()
             result = await self._request(
-                name, lambda client, meta: client.call_tool(name, args, meta=meta)
+                name,
+                lambda client, meta: client.call_tool(
+                    name, args, progress_callback=progress, meta=meta
+                ),
+                lambda: self._repeat_rule(name, idempotent),
             )
             if result.is_error and raise_:
                 raise tool_error(result, self._label, name)
             return result
 
+        async def bounded() -> mcp_types.CallToolResult:
+            if watch is None:
+                return await self._bounded(name, budget, attempt)
+            with watch:
+                return await self._bounded(name, budget, attempt)
+
         tracer = get_tracer()
         if tracer is None:
             started = time.monotonic()
             try:
-                result = await self._bounded(name, budget, attempt)
+                result = await bounded()
             except Exception as exc:
                 _record_duration(started, name, span_error_type(exc))
                 raise
@@ -425,7 +681,7 @@ class McpClient:
                         ATTR_GEN_AI_TOOL_CALL_ARGUMENTS, captured(args or {}, self._capture_limit)
                     )
             try:
-                result = await self._bounded(name, budget, attempt)
+                result = await bounded()
             except asyncio.CancelledError as exc:
                 span.add_event(
                     EVENT_CANCELLED,
@@ -461,7 +717,9 @@ class McpClient:
     async def list_tools(self, *, timeout: float | None = None) -> list[mcp_types.Tool]:
         """All the server's tools (every page), within ``timeout`` and the deadline.
 
-        The same errors as :meth:`call_tool`, and transient failures are retried::
+        The client keeps the list: from then on it knows which tools are safe to re-send
+        and which names the server does not offer. The same errors as :meth:`call_tool`,
+        and transient failures are retried::
 
             names = [tool.name for tool in await client.list_tools()]
         """
@@ -479,4 +737,11 @@ class McpClient:
                 if cursor is None:
                     return tools
 
-        return await self._bounded("tools/list", budget, lambda: self._request("tools/list", send))
+        tools = await self._bounded("tools/list", budget, lambda: self._request("tools/list", send))
+        self._tools = {tool.name: tool for tool in tools}
+        return tools
+
+    @property
+    def tools(self) -> list[mcp_types.Tool] | None:
+        """The tool list from the last :meth:`list_tools` (``None`` before the first)."""
+        return None if self._tools is None else list(self._tools.values())

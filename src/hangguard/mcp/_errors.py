@@ -9,6 +9,11 @@ the real cause chained, and a note of whether trying again could help.
 Transient (worth retrying): connection refused or reset, the connection lost mid-call,
 HTTP 502/503/504, a connect attempt that timed out. Not transient: DNS failures, 404,
 a wrong content type, JSON-RPC errors, tool errors.
+
+A transient failure of a call is also marked with whether the request may have reached
+the server (:func:`maybe_sent`): a refused connection or a 503 says it did not, a
+connection lost after sending or a gateway's 502/504 cannot say. The client re-sends
+the latter only for a tool that is safe to repeat.
 """
 
 from __future__ import annotations
@@ -35,14 +40,20 @@ __all__ = [
     "http_status",
     "is_transient",
     "leaves",
+    "mark_sent",
     "mark_transient",
+    "maybe_sent",
     "root_cause",
+    "set_http_status",
     "span_error_type",
 ]
 
 TRANSIENT_STATUSES: Final = frozenset({502, 503, 504})
 _TRANSIENT: Final = "_hangguard_transient"
 _STATUS: Final = "_hangguard_http_status"
+_SENT: Final = "_hangguard_maybe_sent"
+# Statuses that say the server did not process the request (RFC 9110 15.6.4, 6585 4).
+_NOT_PROCESSED: Final = frozenset({429, 503})
 
 E = TypeVar("E", bound=BaseException)
 
@@ -55,6 +66,21 @@ def mark_transient(exc: E, transient: bool = True) -> E:
 def is_transient(exc: BaseException) -> bool:
     """Whether retrying could help (the retry predicate ``McpClient`` uses by default)."""
     return bool(getattr(exc, _TRANSIENT, False))
+
+
+def mark_sent(exc: E, sent: bool = True) -> E:
+    setattr(exc, _SENT, sent)
+    return exc
+
+
+def maybe_sent(exc: BaseException) -> bool:
+    """Whether the request of a failed call may have reached the server (and run there)."""
+    return bool(getattr(exc, _SENT, False))
+
+
+def set_http_status(exc: E, status: int) -> E:
+    setattr(exc, _STATUS, status)
+    return exc
 
 
 def http_status(exc: BaseException) -> int | None:
@@ -171,7 +197,7 @@ def _from_exchange(exchange: Exchange) -> tuple[str, bool, int | None] | None:
 def _connect(message: str, server: str, transient: bool, status: int | None) -> McpConnectError:
     err = mark_transient(McpConnectError(message, server=server), transient)
     if status is not None:
-        setattr(err, _STATUS, status)
+        set_http_status(err, status)
     return err
 
 
@@ -211,12 +237,17 @@ def call_error(
         reason, transient, status = seen
         err = _connect(f"{where}: {reason}", server, transient, status)
         err.tool = tool
-        return err
+        if status is not None:
+            sent = status not in _NOT_PROCESSED
+        else:
+            # A failed TCP connect is the one transport error that proves nothing was sent.
+            sent = not isinstance(exchange.error, (httpx2.ConnectError, httpx2.ConnectTimeout))
+        return mark_sent(err, sent)
     if exc.code == CONNECTION_CLOSED:
         reason = describe(root_cause(lost))[0] if lost is not None else exc.message
         err = _connect(f"{where}: the connection was lost ({reason})", server, True, None)
         err.tool = tool
-        return err
+        return mark_sent(err)
     return McpCallError(
         f"{where}: JSON-RPC error {exc.code}: {exc.message}",
         code=exc.code,

@@ -30,6 +30,8 @@ import anyio.abc
 import httpx2
 from anyio.streams.memory import MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
+from mcp_types import JSONRPCNotification
+from opentelemetry import propagate
 
 __all__ = [
     "Exchange",
@@ -37,6 +39,7 @@ __all__ = [
     "current_exchange",
     "open_http_client",
     "sse_client_factory",
+    "with_trace_context",
 ]
 
 logger = logging.getLogger("hangguard.mcp")
@@ -44,6 +47,7 @@ logger = logging.getLogger("hangguard.mcp")
 # Requests the SDK sends on its own (notifications, the session DELETE): nobody waits for
 # them under a deadline, and one stuck on a dead server blocks the SDK's writer.
 _SIDE_REQUEST_TIMEOUT = 2.0
+_CANCELLED = "notifications/cancelled"
 
 
 @dataclass(slots=True)
@@ -54,7 +58,8 @@ class Exchange:
     error or not JSON-RPC at all; ``error`` is the first transport exception. With
     ``task`` set (SSE, where the SDK loses such failures and the call would wait for an
     answer that cannot come), that task is cancelled at the first failure and ``aborted``
-    is set, so the attempt can fail at once.
+    is set, so the attempt can fail at once. ``session_lost`` is set by a 404 to a
+    request that named a session: the server forgot it (restarted), the request never ran.
     """
 
     status: int | None = None
@@ -63,6 +68,7 @@ class Exchange:
     task: asyncio.Task[Any] | None = None
     aborted: bool = False
     requests: int = 0
+    session_lost: bool = False
     _armed: asyncio.Task[Any] | None = field(default=None, repr=False)
     _cancelling: int = field(default=0, repr=False)
 
@@ -88,6 +94,10 @@ class Exchange:
         if task is not None and not self.aborted and not task.done():
             self.aborted = True
             task.cancel("hangguard: the MCP transport failed")
+
+    def note_session_lost(self) -> None:
+        # Not an abort: the SDK answers the waiting request with the server's error.
+        self.session_lost = True
 
     def note_response(self, status: int, content_type: str) -> None:
         media = content_type.split(";", 1)[0].strip().lower()
@@ -124,8 +134,17 @@ class _ObservedClient(httpx2.AsyncClient):
         except Exception as exc:
             exchange.note_error(exc)
             raise
+        if response.status_code == 404 and _names_session(request):
+            exchange.note_session_lost()
         exchange.note_response(response.status_code, response.headers.get("content-type", ""))
         return response
+
+
+def _names_session(request: httpx2.Request) -> bool:
+    # The MCP spec: a 404 to a request that names a session (the Mcp-Session-Id header
+    # of streamable HTTP, the session_id query of the SSE transport) means the server no
+    # longer knows it; the request was not run, and the client must start a new session.
+    return "mcp-session-id" in request.headers or "session_id" in request.url.params
 
 
 def _is_notification(request: httpx2.Request) -> bool:
@@ -166,6 +185,27 @@ def sse_client_factory(
 # --- SSE ---------------------------------------------------------------------------------
 
 
+def with_trace_context(item: SessionMessage) -> SessionMessage:
+    """Give a ``notifications/cancelled`` the sender's W3C trace context in ``_meta``.
+
+    The SDK sends that notice itself, with only the request id and a reason; the server
+    side of the SDK reads trace context from any message's ``_meta``, so with it the
+    server's span for the notice joins the caller's trace instead of starting its own.
+    """
+    message = item.message
+    if not isinstance(message, JSONRPCNotification) or message.method != _CANCELLED:
+        return item
+    params = dict(message.params or {})
+    meta = dict(params.get("_meta") or {})
+    if "traceparent" in meta:
+        return item
+    propagate.inject(meta)
+    if not meta:
+        return item  # no trace in this context
+    params["_meta"] = meta
+    return SessionMessage(message.model_copy(update={"params": params}), metadata=item.metadata)
+
+
 class _BufferedWriter:
     """The write end handed to the SDK session: while ``buffered()``, ``send`` never waits.
 
@@ -192,6 +232,7 @@ class _BufferedWriter:
         self._buffered = buffered
 
     async def send(self, item: SessionMessage, /) -> None:
+        item = with_trace_context(item)
         if self._buffered():
             self._queue.send_nowait((contextvars.copy_context(), item))
         else:

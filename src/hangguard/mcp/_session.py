@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import IO, Any, Final
 
 import mcp
@@ -59,6 +60,7 @@ class Connection:
         "closed",
         "closing",
         "pid",
+        "session_lost",
         "task",
     )
 
@@ -70,6 +72,8 @@ class Connection:
         self.closed = False  # a close (polite or not) was started
         self.abandoned = False  # the owner outlived the close's grace (logged once)
         self.broken = False
+        # The server answered 404 to this session: every request on it goes unanswered.
+        self.session_lost = False
         self.pid: int | None = None
 
     @property
@@ -114,6 +118,8 @@ class Session:
         # Bumped by each close(): a connect begun before it must not outlive it.
         self._epoch = 0
         self._connecting: set[Connection] = set()
+        # Raises when the server's circuit breaker is open (set by the client).
+        self.gate: Callable[[], None] | None = None
 
     async def close(self, *, abrupt: bool = False) -> None:
         """Close the current connection (if any) and tear down a connect in flight.
@@ -203,8 +209,10 @@ class Session:
                 def spawned(pid: int) -> None:
                     conn.pid = pid
 
-                transport = stdio_transport(
-                    target, grace=grace, stderr=self._stderr, on_spawn=spawned
+                # Not buffered: only so that a cancel notice gets the trace context.
+                transport = buffered_writes(
+                    stdio_transport(target, grace=grace, stderr=self._stderr, on_spawn=spawned),
+                    lambda: False,
                 )
             else:
                 assert target.url is not None
@@ -356,6 +364,9 @@ class Session:
                 if self._epoch != epoch:
                     raise self._closed_error()
             self._closed = False
+            if self.gate is not None:
+                # Callers queued on the lock while the breaker opened go no further.
+                self.gate()
             conn = await self._connect(retry=explicit, epoch=epoch)
             if self._epoch != epoch:  # closed since _connect_once checked
                 await self._close(conn, abrupt=True)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
-from mcp_types import INTERNAL_ERROR
+from mcp_types import INTERNAL_ERROR, ToolAnnotations
 
 from ..._deadline import remaining
 from .._meta import TIMEOUT_META_KEY
@@ -176,12 +176,16 @@ def build_chaos_server(
     flaky_calls: dict[str, int] = {}
     flaky_lock = threading.Lock()
 
-    @server.tool(description="Return the text it was given.")
+    # Annotations as a real server would set them: the reading tools are safe to repeat;
+    # hang and flaky say nothing, so a client must not re-send them on its own.
+    read_only = ToolAnnotations(read_only_hint=True)
+
+    @server.tool(description="Return the text it was given.", annotations=read_only)
     async def echo(text: str = "") -> str:
         async with _track(recorder, "echo"):
             return text
 
-    @server.tool(description="Sleep for the given seconds, then answer.")
+    @server.tool(description="Sleep for the given seconds, then answer.", annotations=read_only)
     async def sleep(seconds: float) -> str:
         async with _track(recorder, "sleep", seconds=seconds):
             await asyncio.sleep(seconds)
@@ -225,7 +229,25 @@ def build_chaos_server(
                 raise ToolError(f"chaos: flaky call {n} failed")
             return f"ok after {n - 1} failure(s)"
 
-    @server.tool(description="Report the deadline the handler runs under.")
+    @server.tool(
+        description=(
+            "Report progress `steps` times, `interval` seconds apart, then answer "
+            "(or, with then_hang, stop reporting and never answer)."
+        ),
+        annotations=read_only,
+    )
+    async def progress(
+        ctx: Context, steps: int = 5, interval: float = 0.05, then_hang: bool = False
+    ) -> str:
+        async with _track(recorder, "progress", steps=steps):
+            for step in range(1, steps + 1):
+                await asyncio.sleep(interval)
+                await ctx.report_progress(step, steps, f"step {step}")
+            if then_hang:
+                await asyncio.Event().wait()
+            return f"{steps} steps"
+
+    @server.tool(description="Report the deadline the handler runs under.", annotations=read_only)
     async def deadline_info(ctx: Context) -> dict[str, Any]:
         async with _track(recorder, "deadline_info"):
             left = remaining()
@@ -235,7 +257,10 @@ def build_chaos_server(
                 "timeout_ms": meta.get(TIMEOUT_META_KEY),
             }
 
-    @server.tool(description="Report the names of the HTTP headers the request came with.")
+    @server.tool(
+        description="Report the names of the HTTP headers the request came with.",
+        annotations=read_only,
+    )
     async def request_headers(ctx: Context) -> list[str]:
         async with _track(recorder, "request_headers"):
             # Names only: values may be credentials.

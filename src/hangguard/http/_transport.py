@@ -1,0 +1,504 @@
+"""httpx transports that keep every request within the current hangguard deadline.
+
+:class:`AsyncDeadlineTransport` and :class:`DeadlineTransport` wrap the transport an
+``httpx.AsyncClient`` / ``httpx.Client`` sends through (by default httpx's own), so they
+work under any SDK that accepts an httpx client, e.g. ``openai.AsyncOpenAI(http_client=)``.
+For each request they
+
+* cap httpx's connect/read/write/pool timeouts at the deadline's time left, and bound the
+  response body by it too (httpx's timeouts are per operation: a server that drips a byte
+  a second never trips a 5 s read timeout);
+* send the time left in ``Hangguard-Timeout-Ms`` (see ``_header``);
+* retry within the budget what is safe to repeat: a request that never left (refused
+  connection, connect timeout), one the server says it did not process (503, 429), and
+  for idempotent methods also a lost connection or a gateway's 502/504; ``Retry-After``
+  is honoured when it fits in the time left (else the response is returned as it is);
+* record an HTTP client span, unless OpenTelemetry's httpx instrumentation already does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import httpx
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from .._deadline import now, remaining
+from .._exceptions import DeadlineExceeded
+from .._metrics import record_retry
+from .._retry import RetryPolicy, backoff_enabled, retry_call
+from .._semconv import (
+    ATTR_ERROR_TYPE,
+    ATTR_EXCEPTION_MESSAGE,
+    ATTR_EXCEPTION_TYPE,
+    ATTR_HTTP_REQUEST_METHOD,
+    ATTR_HTTP_REQUEST_RESEND_COUNT,
+    ATTR_HTTP_RESPONSE_STATUS_CODE,
+    ATTR_RETRY_ATTEMPT,
+    ATTR_RETRY_ATTEMPTS,
+    ATTR_RETRY_NAME,
+    ATTR_RETRY_SLEEP_S,
+    ATTR_SERVER_ADDRESS,
+    ATTR_SERVER_PORT,
+    ATTR_TIMEOUT_S,
+    ATTR_URL_FULL,
+    EVENT_RETRY,
+    SPAN_HTTP_CLIENT,
+)
+from .._spans import error_type, get_tracer, record_failure
+from ._header import TIMEOUT_HEADER, encode_timeout
+
+__all__ = ["IDEMPOTENT_METHODS", "AsyncDeadlineTransport", "DeadlineTransport"]
+
+#: Methods whose repetition has the effect of one request (RFC 9110 9.2.2).
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# The server says it did not process the request (RFC 9110 15.6.4; RFC 6585 4).
+_NOT_PROCESSED: Final = frozenset({429, 503})
+# A gateway's failure: the upstream may or may not have run the request.
+_GATEWAY: Final = frozenset({502, 504})
+_TIMEOUT_KEYS: Final = ("connect", "read", "write", "pool")
+
+
+class _RetryableResponse(Exception):
+    """A response worth another attempt (kept open: it is returned if none follows)."""
+
+    def __init__(self, response: httpx.Response, delay: float | None) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+        self.delay = delay
+        self.at = time.monotonic()
+
+
+def _policy(retry: RetryPolicy | int | None) -> RetryPolicy:
+    if retry is None:
+        return RetryPolicy()
+    if isinstance(retry, bool) or not isinstance(retry, (int, RetryPolicy)):
+        raise TypeError(
+            f"retry must be a hangguard.RetryPolicy, a number of attempts or None, got {retry!r}"
+        )
+    return RetryPolicy(attempts=retry) if isinstance(retry, int) else retry
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds from now (delta-seconds or an HTTP date), else ``None``."""
+    raw = response.headers.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if raw.isdigit():
+        return float(raw)
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+class _Rules:
+    """What both transports decide the same way: timeouts, retries, spans."""
+
+    def __init__(
+        self,
+        inner: object,
+        retry: RetryPolicy | int | None,
+        send_header: bool,
+        span: bool | None,
+        max_retry_after: float,
+    ) -> None:
+        self.policy = _policy(retry)
+        self.send_header = bool(send_header)
+        if span is not None and not isinstance(span, bool):
+            raise TypeError(f"span must be True, False or None (auto), got {span!r}")
+        self.span = span
+        if isinstance(max_retry_after, bool) or not isinstance(max_retry_after, (int, float)):
+            raise TypeError(f"max_retry_after must be a number of seconds, got {max_retry_after!r}")
+        if not max_retry_after >= 0:
+            raise ValueError(f"max_retry_after must be >= 0, got {max_retry_after!r}")
+        self.max_retry_after = float(max_retry_after)
+        # OpenTelemetry's httpx instrumentation wraps the transport's handler (wrapt, which
+        # sets __wrapped__) or replaces the transport with its own: then it makes the span.
+        handler = getattr(inner, "handle_async_request", None) or getattr(
+            inner, "handle_request", None
+        )
+        self.instrumented = hasattr(handler, "__wrapped__") or any(
+            cls.__module__.startswith("opentelemetry.") for cls in type(inner).__mro__
+        )
+
+    def prepare(self, request: httpx.Request) -> float:
+        """Cap the request's timeouts at the time left and send it; returns the time left."""
+        left = remaining()
+        if math.isinf(left):
+            return left
+        if left <= 0:
+            raise DeadlineExceeded(
+                f"{_name(request)}{request.url.path}: no time left on the deadline to send it"
+            )
+        given = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {
+            key: left if given.get(key) is None else min(given[key], left) for key in _TIMEOUT_KEYS
+        }
+        if self.send_header:
+            request.headers[TIMEOUT_HEADER] = encode_timeout(left)
+        return left
+
+    def retryable_error(self, exc: BaseException, request: httpx.Request) -> bool:
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+            return True  # nothing was sent
+        if request.method not in IDEMPOTENT_METHODS or not _replayable(request):
+            return False
+        return isinstance(exc, (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError))
+
+    def retry_response(self, response: httpx.Response, request: httpx.Request) -> bool:
+        """Whether ``response`` asks for another attempt that fits in the time left."""
+        status = response.status_code
+        if status not in _NOT_PROCESSED and not (
+            status in _GATEWAY and request.method in IDEMPOTENT_METHODS
+        ):
+            return False
+        if not _replayable(request):
+            return False
+        delay = _retry_after(response)
+        if delay is None:
+            return status != 429  # 429 without Retry-After: no hint when to come back
+        return delay <= self.max_retry_after and delay + self.policy.min_attempt <= remaining()
+
+    def start_span(self, request: httpx.Request, left: float) -> Span | None:
+        if self.span is False or (self.span is None and self.instrumented):
+            return None
+        tracer = get_tracer()
+        if tracer is None:
+            return None
+        url = request.url
+        attrs: dict[str, Any] = {
+            ATTR_HTTP_REQUEST_METHOD: request.method,
+            ATTR_URL_FULL: str(url.copy_with(username=None, password=None, query=None)),
+            ATTR_SERVER_ADDRESS: url.host,
+        }
+        if url.port is not None:
+            attrs[ATTR_SERVER_PORT] = url.port
+        if not math.isinf(left):
+            attrs[ATTR_TIMEOUT_S] = left
+        return tracer.start_span(
+            SPAN_HTTP_CLIENT.format(request.method), kind=SpanKind.CLIENT, attributes=attrs
+        )
+
+
+def _name(request: httpx.Request) -> str:
+    # Names retries in events and metrics: the origin, not the URL (which has ids in it).
+    url = request.url
+    origin = url.host if url.port is None else f"{url.host}:{url.port}"
+    return f"HTTP {request.method} {url.scheme}://{origin}"
+
+
+def _replayable(request: httpx.Request) -> bool:
+    # A body given as bytes can be sent again; a generator is consumed by the first try.
+    return isinstance(request.stream, httpx.ByteStream)
+
+
+def _end(span: Span | None, response: httpx.Response | None, exc: BaseException | None) -> None:
+    if span is None:
+        return
+    try:
+        if response is not None:
+            span.set_attribute(ATTR_HTTP_RESPONSE_STATUS_CODE, response.status_code)
+            if response.status_code >= 400:
+                span.set_attribute(ATTR_ERROR_TYPE, str(response.status_code))
+                span.set_status(Status(StatusCode.ERROR))
+        elif isinstance(exc, asyncio.CancelledError):
+            pass  # cancellation is not an error
+        elif exc is not None:
+            record_failure(span, exc)
+    finally:
+        span.end()
+
+
+class _AsyncBoundedStream(httpx.AsyncByteStream):
+    """A response body whose reading ends at the deadline (httpx only bounds each read)."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, left: float, what: str) -> None:
+        self._stream = stream
+        self._until = asyncio.get_running_loop().time() + left
+        self._what = what
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        iterator = self._stream.__aiter__()
+        while True:
+            try:
+                async with asyncio.timeout_at(self._until):
+                    chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                raise DeadlineExceeded(
+                    f"{self._what}: the deadline passed while reading the response body"
+                ) from exc
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class _BoundedStream(httpx.SyncByteStream):
+    """The sync body: each read is capped by httpx's read timeout; this caps the total."""
+
+    def __init__(self, stream: httpx.SyncByteStream, left: float, what: str) -> None:
+        self._stream = stream
+        self._until = now() + left
+        self._what = what
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._stream:
+            if now() > self._until:
+                raise DeadlineExceeded(
+                    f"{self._what}: the deadline passed while reading the response body"
+                )
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class AsyncDeadlineTransport(httpx.AsyncBaseTransport):
+    """An httpx async transport that keeps each request within the current deadline.
+
+    Wraps ``transport`` (default: ``httpx.AsyncHTTPTransport()``). ``retry`` is a
+    :class:`hangguard.RetryPolicy` or a number of attempts (``1``: no retries; ``None``:
+    ``HANGGUARD_RETRY_ATTEMPTS``); only what is safe to repeat is retried (see the
+    module), never past the deadline. ``send_header`` puts the time left in
+    ``Hangguard-Timeout-Ms``. ``span``: ``None`` records a client span unless
+    OpenTelemetry's httpx instrumentation already does; ``True``/``False`` force it.
+    A ``Retry-After`` longer than ``max_retry_after`` seconds or than the time left is
+    not waited for: the response is returned::
+
+        client = httpx.AsyncClient(transport=AsyncDeadlineTransport())
+        async with hangguard.deadline(10):
+            response = await client.get("http://127.0.0.1:8000/search")
+    """
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        retry: RetryPolicy | int | None = None,
+        send_header: bool = True,
+        span: bool | None = None,
+        max_retry_after: float = 30.0,
+    ) -> None:
+        self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
+        if not isinstance(self._inner, httpx.AsyncBaseTransport):
+            raise TypeError(f"transport must be an httpx.AsyncBaseTransport, got {transport!r}")
+        self._rules = _Rules(self._inner, retry, send_header, span, max_retry_after)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        rules = self._rules
+        left = rules.prepare(request)
+        what = _name(request)
+        span = rules.start_span(request, left)
+        attempts = 0
+        pending: list[_RetryableResponse] = []
+
+        async def attempt() -> httpx.Response:
+            nonlocal attempts
+            if pending:
+                previous = pending.pop()
+                await previous.response.aclose()
+                if previous.delay is not None:
+                    waited = time.monotonic() - previous.at
+                    if previous.delay > waited:
+                        await asyncio.sleep(previous.delay - waited)
+                rules.prepare(request)
+            attempts += 1
+            response = await self._inner.handle_async_request(request)
+            if rules.retry_response(response, request):
+                failed = _RetryableResponse(response, _retry_after(response))
+                pending.append(failed)
+                raise failed
+            return response
+
+        def on(exc: Exception) -> bool:
+            return isinstance(exc, _RetryableResponse) or rules.retryable_error(exc, request)
+
+        policy = _with_predicate(rules.policy, on)
+        response: httpx.Response | None = None
+        try:
+            if span is not None:
+                ctx = trace.set_span_in_context(span)
+                propagate.inject(request.headers, context=ctx)
+                with trace.use_span(
+                    span,
+                    end_on_exit=False,
+                    record_exception=False,
+                    set_status_on_exception=False,
+                ):
+                    response = await _gave_up(retry_call(attempt, policy, name=what))
+            else:
+                response = await _gave_up(retry_call(attempt, policy, name=what))
+        except BaseException as exc:
+            _end(span, None, exc)
+            raise
+        if span is not None and attempts > 1:
+            span.set_attribute(ATTR_HTTP_REQUEST_RESEND_COUNT, attempts - 1)
+        _end(span, response, None)
+        left = remaining()
+        if not math.isinf(left):
+            assert isinstance(response.stream, httpx.AsyncByteStream)
+            response.stream = _AsyncBoundedStream(response.stream, left, what)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def _gave_up(call: Any) -> httpx.Response:
+    """Await the retried call; when the last attempt was a retryable response, return it."""
+    try:
+        response: httpx.Response = await call
+    except _RetryableResponse as last:
+        return last.response
+    return response
+
+
+def _with_predicate(policy: RetryPolicy, on: Any) -> RetryPolicy:
+    # The caller's policy says how often and how long; what is safe to retry is ours.
+    return RetryPolicy(
+        attempts=policy.attempts,
+        on=on,
+        backoff=policy.backoff,
+        attempt_timeout=policy.attempt_timeout,
+        min_attempt=policy.min_attempt,
+    )
+
+
+class DeadlineTransport(httpx.BaseTransport):
+    """The sync twin of :class:`AsyncDeadlineTransport`, for ``httpx.Client``.
+
+    In sync code a hangguard deadline is readable, not enforced: here httpx's own
+    timeouts, capped at the time left, and a check between body chunks do the enforcing::
+
+        client = httpx.Client(transport=DeadlineTransport())
+        with hangguard.deadline(10):
+            response = client.get("http://127.0.0.1:8000/search")
+    """
+
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        retry: RetryPolicy | int | None = None,
+        send_header: bool = True,
+        span: bool | None = None,
+        max_retry_after: float = 30.0,
+    ) -> None:
+        self._inner = transport if transport is not None else httpx.HTTPTransport()
+        if not isinstance(self._inner, httpx.BaseTransport):
+            raise TypeError(f"transport must be an httpx.BaseTransport, got {transport!r}")
+        self._rules = _Rules(self._inner, retry, send_header, span, max_retry_after)
+
+    def _attempts(self) -> int:
+        from .. import _config
+
+        attempts = self._rules.policy.attempts
+        return attempts if attempts is not None else _config.retry_attempts()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        rules = self._rules
+        left = rules.prepare(request)
+        what = _name(request)
+        span = rules.start_span(request, left)
+        response: httpx.Response | None = None
+        try:
+            if span is not None:
+                propagate.inject(request.headers, context=trace.set_span_in_context(span))
+                with trace.use_span(
+                    span,
+                    end_on_exit=False,
+                    record_exception=False,
+                    set_status_on_exception=False,
+                ):
+                    response, sent = self._send(request, what, span)
+            else:
+                response, sent = self._send(request, what, None)
+        except BaseException as exc:
+            _end(span, None, exc)
+            raise
+        if span is not None and sent > 1:
+            span.set_attribute(ATTR_HTTP_REQUEST_RESEND_COUNT, sent - 1)
+        _end(span, response, None)
+        left = remaining()
+        if not math.isinf(left):
+            assert isinstance(response.stream, httpx.SyncByteStream)
+            response.stream = _BoundedStream(response.stream, left, what)
+        return response
+
+    def _send(
+        self, request: httpx.Request, what: str, span: Span | None
+    ) -> tuple[httpx.Response, int]:
+        rules = self._rules
+        attempts = self._attempts()
+        n = 0
+        while True:
+            n += 1
+            try:
+                response = self._inner.handle_request(request)
+            except Exception as exc:
+                if n >= attempts or not rules.retryable_error(exc, request):
+                    raise
+                if not self._pause(n, attempts, what, None, exc):
+                    raise
+                rules.prepare(request)
+                continue
+            if n >= attempts or not rules.retry_response(response, request):
+                return response, n
+            delay = _retry_after(response)
+            if not self._pause(n, attempts, what, delay, None, status=response.status_code):
+                return response, n
+            response.close()
+            rules.prepare(request)
+
+    def _pause(
+        self,
+        n: int,
+        attempts: int,
+        what: str,
+        delay: float | None,
+        exc: BaseException | None,
+        *,
+        status: int | None = None,
+    ) -> bool:
+        """Wait before attempt ``n + 1``; ``False`` when that would not fit in the time left."""
+        policy = self._rules.policy
+        backoff = policy.backoff
+        if delay is None:
+            delay = 0.0
+            if backoff_enabled():
+                delay = min(backoff.initial * backoff.multiplier ** (n - 1), backoff.maximum)
+                delay += random.uniform(0, backoff.jitter)
+        if delay + policy.min_attempt > remaining():
+            return False
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(
+                EVENT_RETRY,
+                {
+                    ATTR_RETRY_NAME: what,
+                    ATTR_RETRY_ATTEMPT: n,
+                    ATTR_RETRY_ATTEMPTS: attempts,
+                    ATTR_RETRY_SLEEP_S: delay,
+                    ATTR_EXCEPTION_TYPE: error_type(exc) if exc is not None else "http",
+                    ATTR_EXCEPTION_MESSAGE: str(exc) if exc is not None else f"HTTP {status}",
+                },
+            )
+        record_retry(what)
+        if delay > 0:
+            time.sleep(delay)
+        return True
