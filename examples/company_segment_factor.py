@@ -1,8 +1,8 @@
-"""The seed's ``CompanySegmentFactorOp``, guarded by hangguard, against real MCP servers.
+"""flowllm's ``CompanySegmentFactorOp``, guarded by hangguard, against real MCP servers.
 
 The op fans out one search per (source, query) as MCP tool calls with
 ``submit_async_task`` and joins them with ``join_async_task(timeout=...,
-return_exceptions=True)``, as the seed's user guide recommends. One source is healthy;
+return_exceptions=True)``, as flowllm's user guide recommends. One source is healthy;
 the other never answers. Unguarded, that op hangs for good; guarded, every search ends
 within its MCP timeout, the op returns the partial results, and the trace shows
 op -> group -> task -> execute_tool -> MCP client span -> MCP server span, all in one
@@ -14,56 +14,19 @@ trace. Run it (the MCP servers are hangguard's chaos server, in-process)::
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from typing import Any
 
 import hangguard
 import hangguard.mcp
+from hangguard.testing import BaseAsyncOp  # flowllm 0.2's BaseAsyncOp, for the example
 from hangguard.testing.chaos import ChaosServer, HttpFault
 
 logger = logging.getLogger("company_segment_factor")
 
 
-class BaseAsyncOp:
-    """The op base class of the seed: ``ops`` copied per use, sub-tasks on ``task_list``."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        op = super().__new__(cls)
-        op._init_args, op._init_kwargs = copy.copy(args), copy.copy(kwargs)
-        return op
-
-    def __init__(self, ops: list[BaseAsyncOp] | None = None) -> None:
-        self.ops = ops or []
-        self.task_list: list[asyncio.Task[Any]] = []
-        self.input_dict: dict[str, Any] = {}
-
-    def copy(self) -> Any:
-        op = type(self)(*self._init_args, **self._init_kwargs)
-        op.ops = [o.copy() for o in self.ops]
-        return op
-
-    async def async_call(self, **kwargs: Any) -> Any:
-        self.input_dict = dict(kwargs)
-        return await self.async_execute()
-
-    async def async_execute(self) -> Any:
-        raise NotImplementedError
-
-    def submit_async_task(self, fn: Any, *args: Any, **kwargs: Any) -> None:
-        self.task_list.append(asyncio.ensure_future(fn(*args, **kwargs)))
-
-    async def join_async_task(
-        self, timeout: float | None = None, return_exceptions: bool = False
-    ) -> list[Any]:
-        # The seed's original join: a plain gather, which hangs with its slowest task.
-        results = await asyncio.gather(*self.task_list, return_exceptions=return_exceptions)
-        self.task_list.clear()
-        return list(results)
-
-
 class SearchMcpOp(BaseAsyncOp):
-    """The seed's ``BaseMcpOp``: one MCP tool call, the client bounded by ``timeout``."""
+    """flowllm's ``BaseMcpOp``: one MCP tool call, the client bounded by ``timeout``."""
 
     def __init__(
         self,
@@ -73,7 +36,7 @@ class SearchMcpOp(BaseAsyncOp):
         timeout: float = 30.0,
         ops: list[BaseAsyncOp] | None = None,
     ) -> None:
-        super().__init__(ops)
+        super().__init__(ops=ops)
         self.mcp_name = mcp_name
         self.config = config or {}
         self.tool_name = tool_name
@@ -84,7 +47,7 @@ class SearchMcpOp(BaseAsyncOp):
             name=self.mcp_name, config=self.config, timeout=self.timeout
         ) as client:
             result = await client.call_tool(
-                self.tool_name, arguments={"text": self.input_dict["query"]}, raise_on_error=True
+                self.tool_name, arguments={"text": self.context.query}, raise_on_error=True
             )
         return str(result.structured_content["result"] if result.structured_content else "")
 
@@ -94,12 +57,12 @@ class CompanySegmentFactorOp(BaseAsyncOp):
     """Search every source for every query; keep what came back in time."""
 
     def __init__(self, join_timeout: float = 120.0, ops: list[BaseAsyncOp] | None = None) -> None:
-        super().__init__(ops)
+        super().__init__(ops=ops)
         self.join_timeout = join_timeout
 
     async def async_execute(self) -> list[str]:
         for source in self.ops:
-            for query in self.input_dict["queries"]:
+            for query in self.context.queries:
                 search_op = source.copy()
                 self.submit_async_task(search_op.async_call, query=query)
         try:

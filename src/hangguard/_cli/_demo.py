@@ -29,6 +29,7 @@ from rich.live import Live
 from rich.text import Text
 
 import hangguard
+import hangguard.mcp
 
 from .. import _config
 from .._config import ENV_JAEGER_UI
@@ -117,31 +118,40 @@ def _logging(err: Console, *, verbose: bool, serial: bool) -> Iterator[None]:
     handler = _ErrLogHandler(err, tracebacks=verbose)
     root = logging.getLogger()
     lib = logging.getLogger("hangguard")
-    saved = (root.level, lib.level)
+    # The reference op's own join logs each failure again, as flowllm's does; hangguard
+    # has logged it once already, when the task ended.
+    reference = logging.getLogger("hangguard.testing")
+    saved = (root.level, lib.level, reference.level)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     # Serial mode's log of each task's start and end is the point of the debug mode.
     lib.setLevel(logging.INFO if verbose or serial else logging.WARNING)
+    reference.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
         root.removeHandler(handler)
         root.setLevel(saved[0])
         lib.setLevel(saved[1])
+        reference.setLevel(saved[2])
 
 
 async def _run_op(
     url: str, searches: list[Search], budgets: Budgets, progress: Progress
 ) -> tuple[list[Any] | None, BaseException | None]:
     op_cls = make_op(budget=budgets.op, join_timeout=budgets.join)
-    search_op = SearchOp(url, timeout=None, run_key=uuid.uuid4().hex[:8])
-    op = op_cls(searches, search_op, progress.watch)
-    try:
-        return await op.async_call(), None
-    except hangguard.DeadlineExceeded as exc:
-        # The op's own budget ran out before the join timeout did: still the designed
-        # degradation (nothing hung), but no results to show.
-        return None, exc
+    # One client for the whole fan-out, connected before the op's budget starts: the
+    # pattern to copy (a connect per search would spend each search's budget on it).
+    client = hangguard.mcp.McpClient(url, name="search", raise_on_error=True)
+    async with client:
+        search_op = SearchOp(client, run_key=uuid.uuid4().hex[:8])
+        op = op_cls(searches, search_op, progress.watch)
+        try:
+            return await op.async_call(), None
+        except hangguard.DeadlineExceeded as exc:
+            # The op's own budget ran out before the join timeout did: still the designed
+            # degradation (nothing hung), but no results to show.
+            return None, exc
 
 
 def _jaeger_link(args: argparse.Namespace, trace_id: str | None) -> str | None:
