@@ -293,6 +293,8 @@ def test_demo_rejects_bad_input_naming_it() -> None:
     assert run.rc == 2 and "--tasks 2" in run.err and "--no-hang" in run.err
     run = hangguard_cmd("demo", "--budget", "soon")
     assert run.rc == 2 and "--budget='soon' is not a duration" in run.err
+    run = hangguard_cmd("demo", "--budget", "-1")
+    assert run.rc == 2 and "--budget='-1' must be > 0" in run.err
     run = hangguard_cmd("demo", env=clean_env(HANGGUARD_DEFAULT_BUDGET="3 minutes"))
     assert run.rc == 2 and "HANGGUARD_DEFAULT_BUDGET='3 minutes'" in run.err
 
@@ -424,6 +426,13 @@ def test_config_fails_naming_the_bad_variable() -> None:
     doc = hangguard_cmd("config", "--json", env=env).json()
     assert doc["ok"] is False
     assert [e["name"] for e in doc["errors"]] == ["HANGGUARD_RETRY_ATTEMPTS"]
+
+
+def test_config_never_calls_invalid_budgets_none_set() -> None:
+    run = hangguard_cmd("config", env=clean_env(HANGGUARD_BUDGETS="SearchOp=0"))
+    assert run.rc == 2
+    assert "HANGGUARD_BUDGETS='SearchOp=0'" in run.err and "must be > 0" in run.err
+    assert "none set" not in run.out and "invalid: see the error below" in run.out
 
 
 @pytest.mark.parametrize(

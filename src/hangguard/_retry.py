@@ -446,8 +446,9 @@ def retry(
     """Retry an ``async def`` on failure, within its deadline and the call tree's budget.
 
     ``on`` selects the failures to retry; an attempt cut off by its own
-    ``attempt_timeout`` is retried whatever ``on`` says. Arguments are checked here; ``attempts=None`` reads ``HANGGUARD_RETRY_ATTEMPTS`` at
-    each call. See :class:`RetryPolicy` for their meaning::
+    ``attempt_timeout`` is retried whatever ``on`` says. Arguments are checked here;
+    ``attempts=None`` reads ``HANGGUARD_RETRY_ATTEMPTS`` at each call. See
+    :class:`RetryPolicy` for their meaning::
 
         @hangguard.retry(on=(ConnectionError, TimeoutError), attempt_timeout=10)
         async def fetch(url: str) -> bytes: ...

@@ -51,14 +51,12 @@ reported, the partial results kept); 1 when the demo itself went wrong.
 
 
 def _duration(flag: str, *, allow_none: bool = False) -> type[float]:
+    # The env's own parser, so a flag and its variable accept the same values.
     def parse(text: str) -> float:
         try:
-            seconds = _config.parse_duration(text, name=flag, allow_none=allow_none)
+            return _config.parse_duration(text, name=flag, allow_none=allow_none)
         except ConfigError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
-        if seconds <= 0:
-            raise argparse.ArgumentTypeError(f"{flag}={text!r} must be more than zero")
-        return seconds
 
     parse.__name__ = "duration"  # argparse names the type in "invalid <type> value"
     return parse  # type: ignore[return-value]

@@ -265,7 +265,10 @@ def print_config(out: Console, err: Console, *, as_json: bool) -> int:
         out.print(_table(report.hangguard))
         out.print()
         _heading(out, f"per-op budgets ({_config.ENV_BUDGETS})")
-        if report.budgets:
+        budgets_row = next(r for r in report.hangguard if r.name == _config.ENV_BUDGETS)
+        if budgets_row.error is not None:
+            out.print(Text("  invalid: see the error below", style="red"))
+        elif report.budgets:
             for op, seconds in report.budgets.items():
                 out.print(f"  {op}: {_text(seconds)}")
         else:
