@@ -14,7 +14,9 @@ trace. Run it (the MCP servers are hangguard's chaos server, in-process)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import hangguard
@@ -26,29 +28,27 @@ logger = logging.getLogger("company_segment_factor")
 
 
 class SearchMcpOp(BaseAsyncOp):
-    """flowllm's ``BaseMcpOp``: one MCP tool call, the client bounded by ``timeout``."""
+    """flowllm's ``BaseMcpOp``: one MCP tool call, on the client of its server.
+
+    ``copy()`` passes the same client to every copy, so all the searches that go to one
+    server share its connection: one connect and handshake for the fan-out, not one per
+    search taken from each search's budget.
+    """
 
     def __init__(
         self,
-        mcp_name: str = "search",
-        config: dict[str, Any] | None = None,
+        client: hangguard.mcp.McpClient,
         tool_name: str = "echo",
-        timeout: float = 30.0,
         ops: list[BaseAsyncOp] | None = None,
     ) -> None:
         super().__init__(ops=ops)
-        self.mcp_name = mcp_name
-        self.config = config or {}
+        self.client = client
         self.tool_name = tool_name
-        self.timeout = timeout
 
     async def async_execute(self) -> str:
-        async with hangguard.mcp.McpClient(
-            name=self.mcp_name, config=self.config, timeout=self.timeout
-        ) as client:
-            result = await client.call_tool(
-                self.tool_name, arguments={"text": self.context.query}, raise_on_error=True
-            )
+        result = await self.client.call_tool(
+            self.tool_name, arguments={"text": self.context.query}, raise_on_error=True
+        )
         return str(result.structured_content["result"] if result.structured_content else "")
 
 
@@ -77,21 +77,33 @@ class CompanySegmentFactorOp(BaseAsyncOp):
         return success
 
 
-def build_op(search_url: str, backup_url: str, *, mcp_timeout: float, join_timeout: float) -> Any:
-    """The op tree: every query goes to the search server and to the backup server."""
+@contextlib.asynccontextmanager
+async def search_sources(
+    search_url: str, backup_url: str, *, mcp_timeout: float
+) -> AsyncIterator[list[BaseAsyncOp]]:
+    """One search op per server, each with its one client; the clients close at the end."""
     config = {"mcpServers": {"search": {"url": search_url}, "backup": {"url": backup_url}}}
-    sources: list[BaseAsyncOp] = [
-        SearchMcpOp("search", config, timeout=mcp_timeout),
-        SearchMcpOp("backup", config, timeout=mcp_timeout),
-    ]
+    async with (
+        hangguard.mcp.McpClient(name="search", config=config, timeout=mcp_timeout) as search,
+        hangguard.mcp.McpClient(name="backup", config=config, timeout=mcp_timeout) as backup,
+    ):
+        yield [SearchMcpOp(search), SearchMcpOp(backup)]
+
+
+def build_op(sources: list[BaseAsyncOp], *, join_timeout: float) -> Any:
+    """The op tree: every query goes to every source (the search and the backup server)."""
     return CompanySegmentFactorOp(join_timeout, ops=sources)
 
 
 async def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     never_answers = HttpFault("never_answer", methods={"tools/call"})
-    async with ChaosServer() as search, ChaosServer(fault=never_answers) as backup:
-        op = build_op(search.url, backup.url, mcp_timeout=2.0, join_timeout=5.0)
+    async with (
+        ChaosServer() as search,
+        ChaosServer(fault=never_answers) as backup,
+        search_sources(search.url, backup.url, mcp_timeout=2.0) as sources,
+    ):
+        op = build_op(sources, join_timeout=5.0)
         found = await op.async_call(queries=["segment revenue", "gross margin", "headcount"])
         print(f"partial results ({len(found)} of 6 searches): {found}")
 

@@ -368,8 +368,22 @@ async def test_trace_shows_a_span_file_as_a_tree(
     first = listed.json()[0]["trace_id"]
     run = hangguard_cmd("trace", str(path), "--trace-id", first)
     assert "group first" in run.out
+    # A unique prefix is enough, as with git; an empty or unknown one is an error.
+    second = listed.json()[1]["trace_id"]
+    prefix = next(first[:n] for n in range(1, 33) if not second.startswith(first[:n]))
+    run = hangguard_cmd("trace", str(path), "--trace-id", prefix.upper())
+    assert run.rc == 0 and "group first" in run.out, run.err
+    missing = hangguard_cmd("trace", str(path), "--trace-id", "xyz")
+    assert missing.rc == 2 and "trace xyz is not in" in missing.err
 
-    path.write_text(path.read_text() + "not json\n")
+    # A process killed mid-write leaves a truncated last line: skipped, with a warning.
+    whole = path.read_text()
+    path.write_text(whole + whole.splitlines()[0][:40])
+    cut = hangguard_cmd("trace", str(path))
+    assert cut.rc == 0 and "group second" in cut.out, cut.err
+    assert f"{path}:{len(records) + 1}: skipped a truncated last line" in cut.err
+
+    path.write_text(whole + "not json\n")
     bad = hangguard_cmd("trace", str(path))
     assert bad.rc == 2 and f"{path}:{len(records) + 1}: not a span record" in bad.err
 

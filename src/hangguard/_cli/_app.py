@@ -225,7 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
     )
     trace.add_argument("file", help="the JSON-lines span file")
-    trace.add_argument("--trace-id", default=None, help="the trace to show (default: the latest)")
+    trace.add_argument(
+        "--trace-id",
+        default=None,
+        help="the trace to show, or a unique prefix of its id (default: the latest)",
+    )
     trace.add_argument("--list", action="store_true", help="list the traces in the file")
     trace.add_argument(
         "--all-spans",
