@@ -9,6 +9,7 @@ Jaeger-API servers run by the test.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import itertools
 import json
@@ -647,3 +648,39 @@ def test_demo_without_the_mcp_extra_says_how_to_install_it() -> None:
     assert proc.returncode == 1
     assert "pip install 'hangguard[all]'" in proc.stderr  # printed as is, not as markup
     assert "Traceback" not in proc.stderr
+
+
+def test_doctor_says_what_a_connect_errno_means() -> None:
+    from hangguard._cli._doctor import _network_failure
+
+    target = "http://collector:4318"
+    said = _network_failure(target, OSError(errno.EINVAL, "Invalid argument"), 2.0)
+    assert said.startswith(target) and "not an address this machine can connect to" in said
+    assert "Errno" not in said
+    unreachable = OSError(errno.ENETUNREACH, "Network is unreachable")
+    assert "network unreachable" in _network_failure(target, unreachable, 2.0)
+
+
+def test_config_and_doctor_check_the_trace_file_as_setup_tracing_will(tmp_path: Path) -> None:
+    missing_dir = tmp_path / "no-such-dir" / "trace.jsonl"
+    run = hangguard_cmd("config", env=clean_env(HANGGUARD_TRACE_FILE=str(missing_dir)))
+    assert run.rc == 2
+    assert "cannot be opened for appending spans: the directory" in run.err
+    assert not missing_dir.parent.exists()  # looking created nothing
+    doctor = hangguard_cmd("doctor", "--json", env=clean_env(HANGGUARD_TRACE_FILE=str(missing_dir)))
+    assert doctor.rc == 1 and any(
+        c["status"] == "fail" and "HANGGUARD_TRACE_FILE" in c["summary"]
+        for c in doctor.json()["checks"]
+    )
+
+
+def test_config_says_when_the_trace_file_has_no_effect(closed_port: str, tmp_path: Path) -> None:
+    env = clean_env(
+        HANGGUARD_TRACE_FILE=str(tmp_path / "trace.jsonl"),
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{closed_port}",
+    )
+    run = hangguard_cmd("config", env=env)
+    assert run.rc == 0, run.err
+    assert "HANGGUARD_TRACE_FILE has no effect: an OTLP endpoint is set" in run.err
+    local = hangguard_cmd("config", env=clean_env(HANGGUARD_TRACE_FILE=str(tmp_path / "t.jsonl")))
+    assert "written only by a program that calls hangguard.setup_tracing()" in local.err

@@ -10,6 +10,7 @@ wrong and how to fix it; every network step has a short timeout, so it never han
 
 from __future__ import annotations
 
+import errno
 import http.client
 import importlib
 import json
@@ -139,6 +140,17 @@ def _http(
         conn.close()
 
 
+#: What a connect's errno means, in words a user can act on.
+_ERRNO_MEANING: Final = {
+    errno.EINVAL: "is not an address this machine can connect to (a broadcast, multicast "
+    "or otherwise unroutable address?)",
+    errno.EADDRNOTAVAIL: "is not reachable from this machine (address not available)",
+    errno.ENETUNREACH: "is on a network this machine has no route to (network unreachable)",
+    errno.EHOSTUNREACH: "has no route to it from this machine (host unreachable)",
+    errno.ECONNRESET: "closed the connection at once (reset): is it the right port and scheme?",
+}
+
+
 def _network_failure(target: str, exc: BaseException, timeout: float) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return f"nothing listens on {target} (connection refused)"
@@ -146,6 +158,10 @@ def _network_failure(target: str, exc: BaseException, timeout: float) -> str:
         return f"{target} did not answer within {timeout:g}s"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the host of {target} ({exc})"
+    code = exc.errno if isinstance(exc, OSError) else None
+    meaning = _ERRNO_MEANING.get(code) if code is not None else None
+    if meaning is not None:
+        return f"{target} {meaning}"
     return f"{target} failed: {type(exc).__name__}: {exc}"
 
 
@@ -268,7 +284,18 @@ def check_config() -> list[Check]:
         Check("config", "warn", f"{name} is set but hangguard does not read it", "a typo?")
         for name in report.unknown
     ]
-    if not checks:
+    checks += [
+        Check(
+            "config",
+            "warn" if "has no effect" in note else "info",
+            note,
+            f"unset {_config.ENV_TRACE_FILE}, or unset the endpoint to keep spans local"
+            if "has no effect" in note
+            else "call hangguard.setup_tracing() once at start-up",
+        )
+        for note in report.notes
+    ]
+    if not any(c.status in ("fail", "warn") for c in checks):
         set_ = [r.name for r in report.hangguard if r.source == "env"]
         checks.append(
             Check("config", "ok", f"valid ({', '.join(set_) if set_ else 'all defaults'})")
