@@ -9,6 +9,7 @@ choice is checked in-process through ``resolve_settings`` and ``set_global=False
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -883,3 +884,57 @@ def test_a_full_queue_counts_its_drops_and_flush_and_shutdown_report_them(
     assert receiver.received() == 100 - s.dropped + 1
     assert caplog.text.count("queue is full") == 1, caplog.text
     assert "OTEL_BSP_MAX_QUEUE_SIZE" in caplog.text
+
+
+def test_an_endpoint_that_takes_no_metrics_turns_metric_export_off_quietly(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The receiver, like Jaeger, has a trace service and no metrics service.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.address)
+    caplog.set_level(logging.INFO)
+    h = setup_tracing(set_global=False)
+    try:
+        assert h.meter_provider is not None
+        counter = h.meter_provider.get_meter("test").create_counter("probe")
+        for _ in range(2):
+            counter.add(1)
+            assert h.meter_provider.force_flush(30_000)
+    finally:
+        h.shutdown(10)
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not errors, [r.getMessage() for r in errors]
+    said = [r.getMessage() for r in caplog.records if "takes no metrics" in r.getMessage()]
+    assert len(said) == 1 and "OTEL_METRICS_EXPORTER=none" in said[0], said
+
+
+def test_otel_metrics_exporter_none_keeps_metrics_in_the_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    settings = resolve_settings()
+    assert settings.traces_endpoint is not None and settings.metrics_endpoint is None
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "prometheus")
+    with pytest.raises(ConfigError, match="OTEL_METRICS_EXPORTER='prometheus'"):
+        resolve_settings()
+
+
+def test_only_a_missing_metrics_service_is_taken_for_one() -> None:
+    from hangguard.tracing._guard import takes_no_metrics
+
+    def record(*args: object) -> logging.LogRecord:
+        msg = "Failed to export %s batch code: %s, reason: %s"
+        return logging.LogRecord("x", logging.ERROR, "f", 1, msg, args, None)
+
+    assert takes_no_metrics(record("metrics", 404, "Not Found"))
+    assert not takes_no_metrics(record("metrics", 503, "Unavailable"))
+    assert not takes_no_metrics(record("spans", 404, "Not Found"))
+
+
+def test_doctor_reports_an_endpoint_that_takes_no_metrics(receiver: OtlpReceiver) -> None:
+    from hangguard._cli._doctor import check_otlp_metrics
+
+    check = check_otlp_metrics(receiver.address, "grpc", timeout=10)
+    assert check is not None and check.status == "info"
+    assert "takes no metrics" in check.summary and "OTEL_METRICS_EXPORTER=none" in str(check.fix)
+    assert check_otlp_metrics(None, "grpc", timeout=10) is None  # metrics kept local

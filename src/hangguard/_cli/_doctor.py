@@ -39,6 +39,7 @@ __all__ = [
     "check_config",
     "check_jaeger",
     "check_otlp",
+    "check_otlp_metrics",
     "check_packages",
     "resolve_endpoint",
     "run_doctor",
@@ -54,6 +55,7 @@ _GRPC_PORT: Final = 4317
 _HTTP_PORT: Final = 4318
 _JAEGER_UI_PORT: Final = 16686
 _GRPC_EXPORT: Final = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+_GRPC_METRICS_EXPORT: Final = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
 #: Packages whose versions the doctor reports: (distribution, extra that brings it).
 PACKAGES: Final = (
@@ -254,6 +256,64 @@ def _check_otlp_grpc(name: str, endpoint: Endpoint, *, timeout: float, fix: str)
     return Check(name, "ok", f"{target} accepts OTLP/gRPC (from {endpoint.source})")
 
 
+def check_otlp_metrics(url: str | None, protocol: str, *, timeout: float) -> Check | None:
+    """Whether the metrics endpoint has a metrics service; a Check only when it has none.
+
+    Jaeger takes traces only: ``setup_tracing()`` finds that out at its first metric
+    export and turns metric export off, and this says so before the app runs.
+    """
+    if url is None:
+        return None
+    name = "OTLP metrics"
+    summary = (
+        f"{url} takes no metrics (Jaeger takes traces only): setup_tracing() turns metric "
+        "export off for it at the first export, with one INFO line"
+    )
+    fix = f"set {_config.OTEL_METRICS_EXPORTER}=none to skip the attempt"
+    if protocol != "grpc":
+        try:
+            status, _ = _http(
+                "POST",
+                url,
+                body=b"",
+                headers={"Content-Type": "application/x-protobuf"},
+                timeout=timeout,
+            )
+        except (OSError, http.client.HTTPException):
+            return None  # unreachable: the traces check says why
+        return Check(name, "info", summary, fix) if status == 404 else None
+    try:
+        grpc: Any = importlib.import_module("grpc")
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+            ExportMetricsServiceRequest,
+            ExportMetricsServiceResponse,
+        )
+    except ImportError:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    target = f"{parts.hostname or 'localhost'}:{parts.port or _GRPC_PORT}"
+    channel = (
+        grpc.secure_channel(target, grpc.ssl_channel_credentials())
+        if parts.scheme == "https"
+        else grpc.insecure_channel(target)
+    )
+    export = channel.unary_unary(
+        _GRPC_METRICS_EXPORT,
+        request_serializer=ExportMetricsServiceRequest.SerializeToString,
+        response_deserializer=ExportMetricsServiceResponse.FromString,
+    )
+    try:
+        export(ExportMetricsServiceRequest(), timeout=timeout)
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            return Check(name, "info", summary.replace(url, target, 1), fix)
+        return None
+    finally:
+        channel.close()
+    return None
+
+
 def check_jaeger(url: str, *, timeout: float) -> Check:
     """GET ``<url>/api/services`` and expect Jaeger's JSON answer."""
     name = "Jaeger query"
@@ -367,6 +427,13 @@ def run_doctor(
             )
     else:
         checks.append(check_otlp(resolved, timeout=timeout))
+        if resolved is not None and checks[-1].status == "ok":
+            settings = resolve_settings(endpoint=endpoint, protocol=protocol)
+            metrics = check_otlp_metrics(
+                settings.metrics_endpoint, settings.metrics_protocol, timeout=timeout
+            )
+            if metrics is not None:
+                checks.append(metrics)
     jaeger = jaeger_url or os.environ.get(ENV_JAEGER_UI)
     if jaeger:
         checks.append(check_jaeger(jaeger, timeout=timeout))

@@ -298,7 +298,9 @@ def setup_tracing(
     if metrics_enabled:
         reader: MetricReader
         if settings.metrics_endpoint is not None:
-            metric_guard = make_metric_guard(_metric_exporter(settings, headers))
+            metric_guard = make_metric_guard(
+                _metric_exporter(settings, headers), settings.metrics_endpoint
+            )
             reader = PeriodicExportingMetricReader(
                 metric_guard, export_interval_millis=interval * 1000
             )
