@@ -41,9 +41,9 @@ group -> tasks -> MCP calls, with durations, status, retries, and each cancellat
 its cause and where the hung task was stuck.
 
 The op's budget is --budget, else its HANGGUARD_BUDGETS entry, else
-HANGGUARD_DEFAULT_BUDGET, else 3s; the join timeout is --join-timeout, else
-HANGGUARD_JOIN_TIMEOUT, else half the budget. With OTEL_EXPORTER_OTLP_ENDPOINT set the
-trace is exported too and the Jaeger link printed.
+HANGGUARD_DEFAULT_BUDGET, else 3s (+0.25s per search beyond six); the join timeout is
+--join-timeout, else HANGGUARD_JOIN_TIMEOUT, else half the budget. With
+OTEL_EXPORTER_OTLP_ENDPOINT set the trace is exported too and the Jaeger link printed.
 
 Exits 0 when the op degraded gracefully as designed (the hang cancelled, the failure
 reported, the partial results kept); 1 when the demo itself went wrong.
@@ -101,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_duration("--budget"),
         default=None,
         metavar="DURATION",
-        help="the op's deadline, e.g. 3, 2.5s, 1500ms (default: from the env, else 3s)",
+        help=(
+            "the op's deadline, e.g. 3, 2.5s, 1500ms (default: from the env, else 3s, "
+            "+0.25s per search beyond six)"
+        ),
     )
     demo.add_argument(
         "--join-timeout",

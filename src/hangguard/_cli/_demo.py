@@ -54,6 +54,9 @@ __all__ = ["DEFAULT_BUDGET", "Budgets", "run_demo"]
 DEFAULT_BUDGET = 3.0
 
 _SERVICE_NAME = "hangguard-demo"
+# The default budget is for the default six searches; more add this much each.
+_BASE_TASKS = 6
+_PER_EXTRA_TASK = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,11 @@ class Budgets:
             op, op_source = _config.budgets()[OP_NAME], _config.ENV_BUDGETS
         elif _config.ENV_DEFAULT_BUDGET in os.environ and not math.isinf(_config.default_budget()):
             op, op_source = _config.default_budget(), _config.ENV_DEFAULT_BUDGET
+        elif args.tasks > _BASE_TASKS:
+            # Client and server share this process: each search beyond the first six
+            # costs CPU here, so the default grows with the fan-out to keep its margin.
+            op = DEFAULT_BUDGET + _PER_EXTRA_TASK * (args.tasks - _BASE_TASKS)
+            op_source = f"the demo's default for {args.tasks} searches"
         else:
             op, op_source = DEFAULT_BUDGET, "the demo's default"
         if args.join_timeout is not None:
