@@ -15,9 +15,10 @@ import os
 import pkgutil
 import re
 import shlex
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,16 +329,44 @@ def run_example(example: Example, where: Path) -> subprocess.CompletedProcess[st
         return subprocess.CompletedProcess(exc.cmd, -1, out, f"{err}\ntimed out")
 
 
-@pytest.fixture(scope="module")
-def example_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Any]]]:
-    """Every example, started side by side: most of their time is spent waiting (a timeout
-    that fires, a server that starts). Each test waits for its own, under its own limit."""
-    root = tmp_path_factory.mktemp("examples")
-    runnable = [e for e in ALL_EXAMPLES if e.not_run is None]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        yield {
-            e.id: pool.submit(run_example, e, root / f"example-{i}") for i, e in enumerate(runnable)
+class ExampleRuns:
+    """Every example, run side by side in the background: most of their time is spent
+    waiting (a timeout that fires, a server that starts), so conftest starts them when
+    collection ends and they run while the rest of the suite does. Each test then waits
+    for its own, under its own limit."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="hangguard-doc-examples-"))
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="doc-example")
+        runnable = [e for e in ALL_EXAMPLES if e.not_run is None]
+        self.futures: dict[str, Future[Any]] = {
+            e.id: self.pool.submit(run_example, e, self.root / f"example-{i}")
+            for i, e in enumerate(runnable)
         }
+
+    def stop(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_started: list[ExampleRuns] = []
+
+
+def start_examples() -> ExampleRuns:
+    """Start every example once per session (conftest calls this early)."""
+    if not _started:
+        _started.append(ExampleRuns())
+    return _started[0]
+
+
+def stop_examples() -> None:
+    while _started:
+        _started.pop().stop()
+
+
+@pytest.fixture(scope="module")
+def example_runs() -> dict[str, Future[Any]]:
+    return start_examples().futures
 
 
 @pytest.mark.parametrize(

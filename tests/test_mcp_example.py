@@ -23,7 +23,7 @@ from mcp_helpers import LeakCheck, within
 QUERIES = ["segment revenue", "gross margin", "headcount"]
 # Long enough for the healthy server's answers on a loaded machine; far shorter than the
 # 30 s of the other bound, so the test tells which one cut the backup off.
-MCP_TIMEOUT = 5.0
+MCP_TIMEOUT = 2.0
 
 
 @pytest.fixture(scope="module")
