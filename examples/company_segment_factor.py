@@ -1,8 +1,8 @@
-"""The seed's ``CompanySegmentFactorOp``, guarded by hangguard, against real MCP servers.
+"""flowllm's ``CompanySegmentFactorOp``, guarded by hangguard, against real MCP servers.
 
 The op fans out one search per (source, query) as MCP tool calls with
 ``submit_async_task`` and joins them with ``join_async_task(timeout=...,
-return_exceptions=True)``, as the seed's user guide recommends. One source is healthy;
+return_exceptions=True)``, as flowllm's user guide recommends. One source is healthy;
 the other never answers. Unguarded, that op hangs for good; guarded, every search ends
 within its MCP timeout, the op returns the partial results, and the trace shows
 op -> group -> task -> execute_tool -> MCP client span -> MCP server span, all in one
@@ -14,78 +14,41 @@ trace. Run it (the MCP servers are hangguard's chaos server, in-process)::
 from __future__ import annotations
 
 import asyncio
-import copy
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import hangguard
 import hangguard.mcp
+from hangguard.testing import BaseAsyncOp  # flowllm 0.2's BaseAsyncOp, for the example
 from hangguard.testing.chaos import ChaosServer, HttpFault
 
 logger = logging.getLogger("company_segment_factor")
 
 
-class BaseAsyncOp:
-    """The op base class of the seed: ``ops`` copied per use, sub-tasks on ``task_list``."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        op = super().__new__(cls)
-        op._init_args, op._init_kwargs = copy.copy(args), copy.copy(kwargs)
-        return op
-
-    def __init__(self, ops: list[BaseAsyncOp] | None = None) -> None:
-        self.ops = ops or []
-        self.task_list: list[asyncio.Task[Any]] = []
-        self.input_dict: dict[str, Any] = {}
-
-    def copy(self) -> Any:
-        op = type(self)(*self._init_args, **self._init_kwargs)
-        op.ops = [o.copy() for o in self.ops]
-        return op
-
-    async def async_call(self, **kwargs: Any) -> Any:
-        self.input_dict = dict(kwargs)
-        return await self.async_execute()
-
-    async def async_execute(self) -> Any:
-        raise NotImplementedError
-
-    def submit_async_task(self, fn: Any, *args: Any, **kwargs: Any) -> None:
-        self.task_list.append(asyncio.ensure_future(fn(*args, **kwargs)))
-
-    async def join_async_task(
-        self, timeout: float | None = None, return_exceptions: bool = False
-    ) -> list[Any]:
-        # The seed's original join: a plain gather, which hangs with its slowest task.
-        results = await asyncio.gather(*self.task_list, return_exceptions=return_exceptions)
-        self.task_list.clear()
-        return list(results)
-
-
 class SearchMcpOp(BaseAsyncOp):
-    """The seed's ``BaseMcpOp``: one MCP tool call, the client bounded by ``timeout``."""
+    """flowllm's ``BaseMcpOp``: one MCP tool call, on the client of its server.
+
+    ``copy()`` passes the same client to every copy, so all the searches that go to one
+    server share its connection: one connect and handshake for the fan-out, not one per
+    search taken from each search's budget.
+    """
 
     def __init__(
         self,
-        mcp_name: str = "search",
-        config: dict[str, Any] | None = None,
+        client: hangguard.mcp.McpClient,
         tool_name: str = "echo",
-        timeout: float = 30.0,
         ops: list[BaseAsyncOp] | None = None,
     ) -> None:
-        super().__init__(ops)
-        self.mcp_name = mcp_name
-        self.config = config or {}
+        super().__init__(ops=ops)
+        self.client = client
         self.tool_name = tool_name
-        self.timeout = timeout
 
     async def async_execute(self) -> str:
-        async with hangguard.mcp.McpClient(
-            name=self.mcp_name, config=self.config, timeout=self.timeout
-        ) as client:
-            result = await client.call_tool(
-                self.tool_name, arguments={"text": self.input_dict["query"]}, raise_on_error=True
-            )
+        result = await self.client.call_tool(
+            self.tool_name, arguments={"text": self.context.query}, raise_on_error=True
+        )
         return str(result.structured_content["result"] if result.structured_content else "")
 
 
@@ -94,12 +57,12 @@ class CompanySegmentFactorOp(BaseAsyncOp):
     """Search every source for every query; keep what came back in time."""
 
     def __init__(self, join_timeout: float = 120.0, ops: list[BaseAsyncOp] | None = None) -> None:
-        super().__init__(ops)
+        super().__init__(ops=ops)
         self.join_timeout = join_timeout
 
     async def async_execute(self) -> list[str]:
         for source in self.ops:
-            for query in self.input_dict["queries"]:
+            for query in self.context.queries:
                 search_op = source.copy()
                 self.submit_async_task(search_op.async_call, query=query)
         try:
@@ -114,21 +77,33 @@ class CompanySegmentFactorOp(BaseAsyncOp):
         return success
 
 
-def build_op(search_url: str, backup_url: str, *, mcp_timeout: float, join_timeout: float) -> Any:
-    """The op tree: every query goes to the search server and to the backup server."""
+@contextlib.asynccontextmanager
+async def search_sources(
+    search_url: str, backup_url: str, *, mcp_timeout: float
+) -> AsyncIterator[list[BaseAsyncOp]]:
+    """One search op per server, each with its one client; the clients close at the end."""
     config = {"mcpServers": {"search": {"url": search_url}, "backup": {"url": backup_url}}}
-    sources: list[BaseAsyncOp] = [
-        SearchMcpOp("search", config, timeout=mcp_timeout),
-        SearchMcpOp("backup", config, timeout=mcp_timeout),
-    ]
+    async with (
+        hangguard.mcp.McpClient(name="search", config=config, timeout=mcp_timeout) as search,
+        hangguard.mcp.McpClient(name="backup", config=config, timeout=mcp_timeout) as backup,
+    ):
+        yield [SearchMcpOp(search), SearchMcpOp(backup)]
+
+
+def build_op(sources: list[BaseAsyncOp], *, join_timeout: float) -> Any:
+    """The op tree: every query goes to every source (the search and the backup server)."""
     return CompanySegmentFactorOp(join_timeout, ops=sources)
 
 
 async def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     never_answers = HttpFault("never_answer", methods={"tools/call"})
-    async with ChaosServer() as search, ChaosServer(fault=never_answers) as backup:
-        op = build_op(search.url, backup.url, mcp_timeout=2.0, join_timeout=5.0)
+    async with (
+        ChaosServer() as search,
+        ChaosServer(fault=never_answers) as backup,
+        search_sources(search.url, backup.url, mcp_timeout=2.0) as sources,
+    ):
+        op = build_op(sources, join_timeout=5.0)
         found = await op.async_call(queries=["segment revenue", "gross margin", "headcount"])
         print(f"partial results ({len(found)} of 6 searches): {found}")
 

@@ -7,6 +7,7 @@ asks for ``spans``; tests that must run with no SDK at all run in a subprocess.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +20,22 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 # The MCP fixtures (chaos servers, leak checks) live in tests/mcp_helpers.py.
 pytest_plugins = ["mcp_helpers"]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The docs examples mostly wait (timeouts firing, servers starting): started now, they
+    # run while the rest of the suite does, and test_docs only collects their outcomes.
+    if any(item.nodeid.startswith("tests/test_docs.py::test_example_") for item in session.items):
+        import test_docs
+
+        test_docs.start_examples()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    test_docs = sys.modules.get("test_docs")
+    if test_docs is not None:
+        test_docs.stop_examples()
+
 
 _exporter: InMemorySpanExporter | None = None
 

@@ -9,6 +9,7 @@ Jaeger-API servers run by the test.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import itertools
 import json
@@ -306,6 +307,8 @@ def test_demo_rejects_bad_input_naming_it() -> None:
     assert run.rc == 2 and "--tasks 2" in run.err and "--no-hang" in run.err
     run = hangguard_cmd("demo", "--budget", "soon")
     assert run.rc == 2 and "--budget='soon' is not a duration" in run.err
+    run = hangguard_cmd("demo", "--budget", "-1")
+    assert run.rc == 2 and "--budget='-1' must be > 0" in run.err
     run = hangguard_cmd("demo", env=clean_env(HANGGUARD_DEFAULT_BUDGET="3 minutes"))
     assert run.rc == 2 and "HANGGUARD_DEFAULT_BUDGET='3 minutes'" in run.err
 
@@ -421,8 +424,22 @@ async def test_trace_shows_a_span_file_as_a_tree(
     first = listed.json()[0]["trace_id"]
     run = hangguard_cmd("trace", str(path), "--trace-id", first)
     assert "group first" in run.out
+    # A unique prefix is enough, as with git; an empty or unknown one is an error.
+    second = listed.json()[1]["trace_id"]
+    prefix = next(first[:n] for n in range(1, 33) if not second.startswith(first[:n]))
+    run = hangguard_cmd("trace", str(path), "--trace-id", prefix.upper())
+    assert run.rc == 0 and "group first" in run.out, run.err
+    missing = hangguard_cmd("trace", str(path), "--trace-id", "xyz")
+    assert missing.rc == 2 and "trace xyz is not in" in missing.err
 
-    path.write_text(path.read_text() + "not json\n")
+    # A process killed mid-write leaves a truncated last line: skipped, with a warning.
+    whole = path.read_text()
+    path.write_text(whole + whole.splitlines()[0][:40])
+    cut = hangguard_cmd("trace", str(path))
+    assert cut.rc == 0 and "group second" in cut.out, cut.err
+    assert f"{path}:{len(records) + 1}: skipped a truncated last line" in cut.err
+
+    path.write_text(whole + "not json\n")
     bad = hangguard_cmd("trace", str(path))
     assert bad.rc == 2 and f"{path}:{len(records) + 1}: not a span record" in bad.err
 
@@ -479,6 +496,13 @@ def test_config_fails_naming_the_bad_variable() -> None:
     doc = hangguard_cmd("config", "--json", env=env).json()
     assert doc["ok"] is False
     assert [e["name"] for e in doc["errors"]] == ["HANGGUARD_RETRY_ATTEMPTS"]
+
+
+def test_config_never_calls_invalid_budgets_none_set() -> None:
+    run = hangguard_cmd("config", env=clean_env(HANGGUARD_BUDGETS="SearchOp=0"))
+    assert run.rc == 2
+    assert "HANGGUARD_BUDGETS='SearchOp=0'" in run.err and "must be > 0" in run.err
+    assert "none set" not in run.out and "invalid: see the error below" in run.out
 
 
 @pytest.mark.parametrize(
@@ -679,3 +703,39 @@ def test_demo_without_the_mcp_extra_says_how_to_install_it() -> None:
     assert proc.returncode == 1
     assert "pip install 'hangguard[all]'" in proc.stderr  # printed as is, not as markup
     assert "Traceback" not in proc.stderr
+
+
+def test_doctor_says_what_a_connect_errno_means() -> None:
+    from hangguard._cli._doctor import _network_failure
+
+    target = "http://collector:4318"
+    said = _network_failure(target, OSError(errno.EINVAL, "Invalid argument"), 2.0)
+    assert said.startswith(target) and "not an address this machine can connect to" in said
+    assert "Errno" not in said
+    unreachable = OSError(errno.ENETUNREACH, "Network is unreachable")
+    assert "network unreachable" in _network_failure(target, unreachable, 2.0)
+
+
+def test_config_and_doctor_check_the_trace_file_as_setup_tracing_will(tmp_path: Path) -> None:
+    missing_dir = tmp_path / "no-such-dir" / "trace.jsonl"
+    run = hangguard_cmd("config", env=clean_env(HANGGUARD_TRACE_FILE=str(missing_dir)))
+    assert run.rc == 2
+    assert "cannot be opened for appending spans: the directory" in run.err
+    assert not missing_dir.parent.exists()  # looking created nothing
+    doctor = hangguard_cmd("doctor", "--json", env=clean_env(HANGGUARD_TRACE_FILE=str(missing_dir)))
+    assert doctor.rc == 1 and any(
+        c["status"] == "fail" and "HANGGUARD_TRACE_FILE" in c["summary"]
+        for c in doctor.json()["checks"]
+    )
+
+
+def test_config_says_when_the_trace_file_has_no_effect(closed_port: str, tmp_path: Path) -> None:
+    env = clean_env(
+        HANGGUARD_TRACE_FILE=str(tmp_path / "trace.jsonl"),
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{closed_port}",
+    )
+    run = hangguard_cmd("config", env=env)
+    assert run.rc == 0, run.err
+    assert "HANGGUARD_TRACE_FILE has no effect: an OTLP endpoint is set" in run.err
+    local = hangguard_cmd("config", env=clean_env(HANGGUARD_TRACE_FILE=str(tmp_path / "t.jsonl")))
+    assert "written only by a program that calls hangguard.setup_tracing()" in local.err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import subprocess
@@ -55,6 +56,11 @@ DURATION_VARS = [
 BAD_VALUES: list[tuple[str, Callable[[], object], str]] = [
     (ENV_DEFAULT_BUDGET, config.default_budget, "soon"),
     (ENV_DEFAULT_BUDGET, config.default_budget, "-5"),
+    (ENV_DEFAULT_BUDGET, config.default_budget, "0"),
+    (ENV_BUDGETS, config.budgets, "SearchOp=0"),
+    (ENV_JOIN_TIMEOUT, config.join_timeout, "0s"),
+    (ENV_MCP_TIMEOUT, config.mcp_timeout, "-1"),
+    (ENV_CANCEL_GRACE, config.cancel_grace, "-1"),
     (ENV_DEFAULT_BUDGET, config.default_budget, "10 days"),
     (ENV_DEFAULT_BUDGET, config.default_budget, "nan"),
     (ENV_DEFAULT_BUDGET, config.default_budget, "1e400"),
@@ -104,7 +110,6 @@ def test_defaults(name: str, getter: Callable[[], object], default: object) -> N
     ("text", "seconds"),
     [
         ("2.5", 2.5),
-        ("0", 0.0),
         (".5", 0.5),
         ("500ms", 0.5),
         ("30s", 30.0),
@@ -341,3 +346,39 @@ def test_import_succeeds_with_garbage_in_every_variable() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "imported" in proc.stdout
     assert f"getter: {ENV_MCP_TIMEOUT}" in proc.stdout
+
+
+@pytest.mark.parametrize("text", ["0", "0s", "-1", "-2m", "soon", "1e400", "2.5", "500ms"])
+def test_a_flag_and_its_variable_accept_the_same_values_in_the_same_words(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    from hangguard._cli._app import _duration
+
+    monkeypatch.setenv(ENV_MCP_TIMEOUT, text)
+    flag = _duration("--timeout")
+    try:
+        from_env: object = config.mcp_timeout()
+    except ConfigError as exc:
+        from_env = str(exc).replace(ENV_MCP_TIMEOUT, "X").replace(" ('none' for no limit)", "")
+        from_env = from_env.replace(", or 'none'", "")
+    try:
+        from_flag: object = flag(text)
+    except argparse.ArgumentTypeError as exc:
+        from_flag = str(exc).replace("--timeout", "X")
+    assert from_env == from_flag
+
+
+def test_zero_and_negative_durations_say_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
+    for text in ("0", "-1"):
+        monkeypatch.setenv(ENV_DEFAULT_BUDGET, text)
+        with pytest.raises(ConfigError, match=r"must be > 0 \('none' for no limit\)"):
+            config.default_budget()
+    monkeypatch.setenv(ENV_CANCEL_GRACE, "-1")
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        config.cancel_grace()
+
+
+def test_a_bad_boolean_names_every_accepted_word(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_SERIAL, "2")
+    with pytest.raises(ConfigError, match="1 or 0 \\(or true/false, yes/no, on/off\\)"):
+        config.serial()

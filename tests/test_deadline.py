@@ -21,8 +21,11 @@ from hangguard import DeadlineExceeded, current_deadline, deadline, remaining, s
 from hangguard._deadline import check_timeout, get_clock, now, set_clock
 from hangguard._semconv import ATTR_DEADLINE_BUDGET_S, ATTR_DEADLINE_NAME, EVENT_DEADLINE_EXCEEDED
 from hangguard.testing import FakeClock, use_clock
+from timing import WIDE_MARGIN
 
-MARGIN = 0.5  # seconds of slack for real-clock assertions
+MARGIN = WIDE_MARGIN  # each bounded thing would otherwise hang: see timing.py
+# How long past a budget a test waits to show that no stray timer fires.
+PAST = 0.5
 
 
 async def hang() -> None:
@@ -449,7 +452,7 @@ async def test_deadline_in_an_abandoned_async_generator_never_cancels_the_consum
     await closed.wait()
     await closer  # the generator's exit finished normally
     # Past the generator's budget: a stray timer would cancel this sleep.
-    await asyncio.sleep(GEN_BUDGET + MARGIN)
+    await asyncio.sleep(GEN_BUDGET + PAST)
     assert current_deadline() is None or current_deadline().name != "gen"
     assert remaining() == math.inf
 
@@ -474,7 +477,7 @@ async def test_deadline_in_a_generator_finalized_by_the_loop_never_cancels_the_c
 
     await consume()  # the generator is unreachable now: the finalizer runs at once
     await closed.wait()
-    await asyncio.sleep(GEN_BUDGET + MARGIN)  # past the budget: a stray timer would cancel this
+    await asyncio.sleep(GEN_BUDGET + PAST)  # past the budget: a stray timer would cancel this
     assert remaining() == math.inf
 
 
@@ -509,7 +512,7 @@ async def test_asyncio_timeout_in_the_same_place_finishes_normally() -> None:
     async for _ in gen:  # type: ignore[attr-defined]
         break
     await asyncio.get_running_loop().create_task(gen.aclose())  # type: ignore[attr-defined]
-    await asyncio.sleep(0.05 + MARGIN)
+    await asyncio.sleep(0.05 + PAST)
 
 
 # --- the cancellation cause is a value -------------------------------------------------

@@ -1,5 +1,6 @@
 """The docs against the code: every variable, span, attribute and event the code has is
-documented, the README's commands are what CI runs, links resolve, examples parse.
+documented, the README's commands are what CI runs, links resolve, and every Python example of the
+README, getting-started, the guide and mcp.md (and their Chinese pages) runs as written.
 
 Names are collected from the code itself (constants and string literals), so a new
 variable or attribute without a line in docs/ fails here, not in a user's hands.
@@ -10,10 +11,18 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import os
 import pkgutil
 import re
 import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -232,6 +241,140 @@ def test_relative_links_resolve(page: Path) -> None:
 def test_python_examples_parse(page: Path) -> None:
     for block in code_blocks(page.read_text(), "python"):
         compile(block, str(page), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+
+
+# --- the examples run as written ---------------------------------------------------------
+
+#: The pages whose every Python block is a program (or a test file) a reader can paste.
+RUNNABLE_PAGES = [
+    README,
+    DOCS / "getting-started.md",
+    DOCS / "guide.md",
+    DOCS / "mcp.md",
+    *sorted((DOCS / "zh").glob("*.md")),
+]
+#: A block that is deliberately a fragment says so right before it, with the reason.
+NOT_RUN = re.compile(r"<!--\s*not-run:\s*(\S[^>]*?)\s*-->\s*$")
+#: At most this many fragments per page: the rest of the examples must run.
+MAX_NOT_RUN = 2
+#: Each example gets this long (it starts its own chaos server when it needs one).
+EXAMPLE_TIME_LIMIT = 90.0  # under the 120 s per-test limit; a loaded machine is slow
+
+
+@dataclass(frozen=True)
+class Example:
+    page: Path
+    line: int
+    code: str
+    not_run: str | None
+
+    @property
+    def id(self) -> str:
+        return f"{self.page.relative_to(ROOT)}:{self.line}"
+
+
+def python_examples(page: Path) -> list[Example]:
+    text = page.read_text()
+    out = []
+    for match in re.finditer(r"^```python\n(.*?)^```", text, flags=re.S | re.M):
+        before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        reason = NOT_RUN.search(before)
+        line = text.count("\n", 0, match.start()) + 1
+        out.append(Example(page, line, match.group(1), reason.group(1) if reason else None))
+    return out
+
+
+ALL_EXAMPLES = [e for page in RUNNABLE_PAGES for e in python_examples(page)]
+
+
+def test_fragments_are_few_and_say_why() -> None:
+    for page in RUNNABLE_PAGES:
+        fragments = [e for e in python_examples(page) if e.not_run is not None]
+        assert len(fragments) <= MAX_NOT_RUN, [e.id for e in fragments]
+    # The marker is seen (the check can fail): the guide's two wrong/right pairs.
+    assert sum(e.not_run is not None for e in ALL_EXAMPLES) >= 2
+    assert sum(e.not_run is None for e in ALL_EXAMPLES) >= 15
+
+
+def example_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HANGGUARD_", "OTEL_", "CI"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def run_example(example: Example, where: Path) -> subprocess.CompletedProcess[str]:
+    """Paste the example into a file and run it: a program with ``python file``, a file
+    of ``test_`` functions with pytest. Only the page's text goes in, nothing else."""
+    is_test = re.search(r"^(async )?def test_", example.code, flags=re.M) is not None
+    where.mkdir()
+    script = where / ("test_example.py" if is_test else "example.py")
+    script.write_text(example.code)
+    args = [str(script)]
+    if is_test:
+        args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", *args]
+        args += ["-o", "asyncio_default_fixture_loop_scope=function"]
+    try:
+        return subprocess.run(
+            [sys.executable, *args],
+            cwd=where,
+            env=example_env(),
+            capture_output=True,
+            text=True,
+            timeout=EXAMPLE_TIME_LIMIT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        return subprocess.CompletedProcess(exc.cmd, -1, out, f"{err}\ntimed out")
+
+
+class ExampleRuns:
+    """Every example, run side by side in the background: most of their time is spent
+    waiting (a timeout that fires, a server that starts), so conftest starts them when
+    collection ends and they run while the rest of the suite does. Each test then waits
+    for its own, under its own limit."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="hangguard-doc-examples-"))
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="doc-example")
+        runnable = [e for e in ALL_EXAMPLES if e.not_run is None]
+        self.futures: dict[str, Future[Any]] = {
+            e.id: self.pool.submit(run_example, e, self.root / f"example-{i}")
+            for i, e in enumerate(runnable)
+        }
+
+    def stop(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_started: list[ExampleRuns] = []
+
+
+def start_examples() -> ExampleRuns:
+    """Start every example once per session (conftest calls this early)."""
+    if not _started:
+        _started.append(ExampleRuns())
+    return _started[0]
+
+
+def stop_examples() -> None:
+    while _started:
+        _started.pop().stop()
+
+
+@pytest.fixture(scope="module")
+def example_runs() -> dict[str, Future[Any]]:
+    return start_examples().futures
+
+
+@pytest.mark.parametrize(
+    "example", [e for e in ALL_EXAMPLES if e.not_run is None], ids=lambda e: e.id
+)
+def test_example_runs_as_written(example: Example, example_runs: dict[str, Future[Any]]) -> None:
+    proc = example_runs[example.id].result()
+    assert proc.returncode == 0, f"{example.id} failed:\n{proc.stdout}\n{proc.stderr}"
 
 
 def test_docs_exist_in_chinese_too() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -84,6 +85,33 @@ def test_help_names_the_program(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: hangguard chaos-mcp"), out[:80]
+
+
+async def test_help_lists_every_tool_the_server_has(capsys: pytest.CaptureFixture[str]) -> None:
+    from hangguard.mcp._chaos._tools import build_chaos_server
+
+    tools = [t.name for t in await build_chaos_server(ChaosRecorder()).list_tools()]
+    assert "request_headers" in tools
+    with pytest.raises(SystemExit):
+        main(["--help"], prog="hangguard chaos-mcp")
+    text = " ".join(capsys.readouterr().out.split())
+    missing = [name for name in tools if f"{name}(" not in text]
+    assert not missing, f"--help does not list {missing}"
+
+
+def test_a_busy_port_is_one_line_and_exit_2() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "hangguard", "chaos-mcp", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
 
 
 def test_importing_hangguard_loads_no_mcp_and_works_without_it() -> None:

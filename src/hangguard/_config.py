@@ -51,6 +51,7 @@ __all__ = [
     "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
     "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_METRICS_EXPORTER",
     "OTEL_RESOURCE_ATTRIBUTES",
     "OTEL_SDK_DISABLED",
     "OTEL_SERVICE_NAME",
@@ -119,6 +120,7 @@ OTEL_BSP_MAX_QUEUE_SIZE = "OTEL_BSP_MAX_QUEUE_SIZE"
 OTEL_BSP_MAX_EXPORT_BATCH_SIZE = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"
 OTEL_BSP_SCHEDULE_DELAY = "OTEL_BSP_SCHEDULE_DELAY"
 OTEL_SDK_DISABLED = "OTEL_SDK_DISABLED"
+OTEL_METRICS_EXPORTER = "OTEL_METRICS_EXPORTER"
 
 #: Every variable, with its default as text and its meaning (the CLI and docs use this).
 ENV_VARS: Mapping[str, tuple[str, str]] = MappingProxyType(
@@ -147,15 +149,20 @@ ENV_VARS: Mapping[str, tuple[str, str]] = MappingProxyType(
 )
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|m|h)?\s*$")
 _NONE_WORDS = frozenset({"", "none", "off", "inf", "infinite"})
 
 
-def parse_duration(text: str, *, name: str, allow_none: bool = True) -> float:
+def parse_duration(
+    text: str, *, name: str, allow_none: bool = True, allow_zero: bool = False
+) -> float:
     """Parse ``2.5``, ``500ms``, ``30s``, ``2m`` or ``1h`` into seconds.
 
-    ``none``/``off``/``inf`` (and empty) mean no limit (``math.inf``) where allowed.
-    Raises :class:`ConfigError` naming ``name`` (the variable) and the value.
+    The one parser of durations, for the env and the command line's flags alike, so both
+    accept and refuse the same values in the same words. ``none``/``off``/``inf`` (and
+    empty) mean no limit (``math.inf``) where allowed. Zero is refused unless
+    ``allow_zero``: a budget or timeout of zero cancels everything at once. Raises
+    :class:`ConfigError` naming ``name`` (the variable or flag) and the value.
     """
     if allow_none and text.strip().lower() in _NONE_WORDS:
         return math.inf
@@ -170,6 +177,10 @@ def parse_duration(text: str, *, name: str, allow_none: bool = True) -> float:
     seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
     if math.isinf(seconds) or math.isnan(seconds):
         raise ConfigError(f"{name}={text!r} is not a finite duration", name=name, value=text)
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        hint = " ('none' for no limit)" if allow_none else ""
+        raise ConfigError(f"{name}={text!r} must be {bound}{hint}", name=name, value=text)
     return seconds
 
 
@@ -236,7 +247,11 @@ def _parse_bool(name: str) -> Callable[[str], bool]:
             return True
         if word in ("", "0", "false", "no", "off"):
             return False
-        raise ConfigError(f"{name}={text!r} must be 1 or 0", name=name, value=text)
+        raise ConfigError(
+            f"{name}={text!r} must be 1 or 0 (or true/false, yes/no, on/off)",
+            name=name,
+            value=text,
+        )
 
     return parse
 
@@ -260,8 +275,12 @@ def _read(name: str, default: T, parse: Callable[[str], T]) -> T:
         return value
 
 
-def _duration(name: str, *, allow_none: bool = True) -> Callable[[str], float]:
-    return lambda text: parse_duration(text, name=name, allow_none=allow_none)
+def _duration(
+    name: str, *, allow_none: bool = True, allow_zero: bool = False
+) -> Callable[[str], float]:
+    return lambda text: parse_duration(
+        text, name=name, allow_none=allow_none, allow_zero=allow_zero
+    )
 
 
 #: The budget of a guarded op or ``traced`` call that has none of its own, when
@@ -351,7 +370,9 @@ DEFAULT_CANCEL_GRACE = 1.0
 def cancel_grace() -> float:
     """``HANGGUARD_CANCEL_GRACE`` in seconds (1 when unset)."""
     return _read(
-        ENV_CANCEL_GRACE, DEFAULT_CANCEL_GRACE, _duration(ENV_CANCEL_GRACE, allow_none=False)
+        ENV_CANCEL_GRACE,
+        DEFAULT_CANCEL_GRACE,
+        _duration(ENV_CANCEL_GRACE, allow_none=False, allow_zero=True),
     )
 
 

@@ -154,9 +154,12 @@ def _matcher(on: object) -> Callable[[Exception], bool]:
 class RetryPolicy:
     """How to retry: the arguments of :func:`retry`, as a value to pass to :func:`retry_call`.
 
-    ``attempts`` counts the first try (``None``: ``HANGGUARD_RETRY_ATTEMPTS``, read at each
-    call, 3 when unset). ``on`` says which failures are retried. ``attempt_timeout`` caps
-    each attempt (``None``: only the enclosing deadline applies). ``min_attempt`` is the
+    ``on`` says which failures of the call are retried; an attempt that ran out of its
+    own ``attempt_timeout`` is always retried, whatever ``on`` says, because that timeout
+    is the policy's own limit, not a failure of the call (leave ``attempt_timeout`` unset
+    to retry only what ``on`` matches). ``attempts`` counts the first try (``None``:
+    ``HANGGUARD_RETRY_ATTEMPTS``, read at each call, 3 when unset). ``attempt_timeout``
+    caps each attempt (``None``: only the enclosing deadline applies). ``min_attempt`` is the
     least time worth starting another attempt with: 50 ms by default, because an attempt
     begun with less would almost surely time out and hide the real failure::
 
@@ -439,8 +442,10 @@ def retry(
 ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Coroutine[Any, Any, T]]]:
     """Retry an ``async def`` on failure, within its deadline and the call tree's budget.
 
-    Arguments are checked here; ``attempts=None`` reads ``HANGGUARD_RETRY_ATTEMPTS`` at
-    each call. See :class:`RetryPolicy` for their meaning::
+    ``on`` selects the failures to retry; an attempt cut off by its own
+    ``attempt_timeout`` is retried whatever ``on`` says. Arguments are checked here;
+    ``attempts=None`` reads ``HANGGUARD_RETRY_ATTEMPTS`` at each call. See
+    :class:`RetryPolicy` for their meaning::
 
         @hangguard.retry(on=(ConnectionError, TimeoutError), attempt_timeout=10)
         async def fetch(url: str) -> bytes: ...

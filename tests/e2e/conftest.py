@@ -1,8 +1,9 @@
 """Fixtures of the end-to-end tests: the Jaeger binary, Jaeger and a collector on free ports.
 
-See jaeger_helpers.py for how they run. Without a Jaeger binary (``HANGGUARD_JAEGER_BIN``,
-the build cache, or Go to build one) these tests skip, except under ``CI=true``, where
-they fail: CI must never pass by skipping them.
+See jaeger_helpers.py for how they run. Without a Jaeger binary (``HANGGUARD_JAEGER_BIN`` or
+the build cache) these tests skip with the command that builds one, except under
+``CI=true``, where they fail: CI must never pass by skipping them. The build itself
+(``scripts/build-jaeger.sh``, minutes, with progress) never runs inside a test session.
 """
 
 from __future__ import annotations

@@ -40,4 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     from ._app import run
 
-    return run(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return run(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        # Ctrl-C ends the command, quietly, with the shell's status for SIGINT.
+        print(file=sys.stderr)
+        return 130

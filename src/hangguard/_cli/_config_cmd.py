@@ -112,6 +112,8 @@ class ConfigReport:
     settings: TracingSettings | None = None
     tracing_error: ConfigError | None = None
     unknown: list[str] = field(default_factory=list)
+    #: Settings that are valid but have no effect, or only under a condition, and why.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def errors(self) -> list[tuple[str, str | None, str]]:
@@ -154,6 +156,7 @@ class ConfigReport:
             },
             "cli": [r.to_json() for r in self.cli],
             "unknown": self.unknown,
+            "notes": self.notes,
             "errors": [{"name": n, "value": v, "message": m} for n, v, m in self.errors],
         }
 
@@ -180,6 +183,46 @@ def _getter(name: str) -> Callable[[], Any] | None:
     # Each HANGGUARD_X has its getter hangguard._config.x(): read it the way the library does.
     fn = getattr(_config, name.removeprefix("HANGGUARD_").lower(), None)
     return fn if callable(fn) else None
+
+
+def _cannot_append(path: str) -> str | None:
+    """Why ``setup_tracing()`` could not open ``path`` for appending, or ``None``.
+
+    Checked without creating the file, so that looking at the configuration changes
+    nothing on disk.
+    """
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        return "it is a directory"
+    if os.path.exists(target):
+        return None if os.access(target, os.W_OK) else "permission denied"
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        return f"the directory {parent} does not exist"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"permission denied in {parent}"
+
+
+def _trace_file_findings(settings: TracingSettings) -> tuple[list[str], str | None]:
+    """What ``HANGGUARD_TRACE_FILE`` will do: notes on when it has no effect, and the
+    error ``setup_tracing()`` would raise for it."""
+    path = os.environ.get(ENV_TRACE_FILE, "").strip()
+    if not path:
+        return [], None
+    if settings.exporter == "otlp":
+        note = (
+            f"{ENV_TRACE_FILE} has no effect: an OTLP endpoint is set "
+            f"({settings.traces_endpoint}), so setup_tracing() exports there and writes no file"
+        )
+        return [note], None
+    notes = [
+        f"{ENV_TRACE_FILE} is written only by a program that calls hangguard.setup_tracing() "
+        "(hangguard never installs tracing by itself)"
+    ]
+    why = _cannot_append(path)
+    if why is None:
+        return notes, None
+    # The words setup_tracing() raises them with.
+    return notes, f"{ENV_TRACE_FILE}={path!r} cannot be opened for appending spans: {why}"
 
 
 def collect() -> ConfigReport:
@@ -216,6 +259,11 @@ def collect() -> ConfigReport:
         tracing_error = exc
     # Each variable on its own, so every bad one is named, not only the first.
     bad = {n: str(e) for n, e in check_otel_env().items()}
+    notes: list[str] = []
+    if settings is not None:
+        notes, file_error = _trace_file_findings(settings)
+        if file_error is not None:
+            bad[ENV_TRACE_FILE] = file_error
     if tracing_error is not None and tracing_error.name in OTEL_ENV_VARS:
         bad.setdefault(tracing_error.name, str(tracing_error))
     tracing = [
@@ -236,6 +284,7 @@ def collect() -> ConfigReport:
         settings=settings,
         tracing_error=tracing_error,
         unknown=unknown,
+        notes=notes,
     )
 
 
@@ -265,7 +314,10 @@ def print_config(out: Console, err: Console, *, as_json: bool) -> int:
         out.print(_table(report.hangguard))
         out.print()
         _heading(out, f"per-op budgets ({_config.ENV_BUDGETS})")
-        if report.budgets:
+        budgets_row = next(r for r in report.hangguard if r.name == _config.ENV_BUDGETS)
+        if budgets_row.error is not None:
+            out.print(Text("  invalid: see the error below", style="red"))
+        elif report.budgets:
             for op, seconds in report.budgets.items():
                 out.print(f"  {op}: {_text(seconds)}")
         else:
@@ -279,6 +331,8 @@ def print_config(out: Console, err: Console, *, as_json: bool) -> int:
         out.print(_table(report.cli))
     for name in report.unknown:
         err.print(f"warning: {name} is set but hangguard does not read it (a typo?)")
+    for note in report.notes:
+        err.print(f"note: {note}")
     for _, _, message in report.errors:
         err.print(Text(f"error: {message}", style="red"))
     if report.errors:

@@ -29,6 +29,7 @@ from rich.live import Live
 from rich.text import Text
 
 import hangguard
+import hangguard.mcp
 
 from .. import _config
 from .._config import ENV_JAEGER_UI
@@ -55,6 +56,9 @@ DEFAULT_BUDGET = 3.0
 LOOP_BLOCK_THRESHOLD = 0.1
 
 _SERVICE_NAME = "hangguard-demo"
+# The default budget is for the default six searches; more add this much each.
+_BASE_TASKS = 6
+_PER_EXTRA_TASK = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,11 @@ class Budgets:
             op, op_source = _config.budgets()[OP_NAME], _config.ENV_BUDGETS
         elif _config.ENV_DEFAULT_BUDGET in os.environ and not math.isinf(_config.default_budget()):
             op, op_source = _config.default_budget(), _config.ENV_DEFAULT_BUDGET
+        elif args.tasks > _BASE_TASKS:
+            # Client and server share this process: each search beyond the first six
+            # costs CPU here, so the default grows with the fan-out to keep its margin.
+            op = DEFAULT_BUDGET + _PER_EXTRA_TASK * (args.tasks - _BASE_TASKS)
+            op_source = f"the demo's default for {args.tasks} searches"
         else:
             op, op_source = DEFAULT_BUDGET, "the demo's default"
         if args.join_timeout is not None:
@@ -119,31 +128,40 @@ def _logging(err: Console, *, verbose: bool, serial: bool) -> Iterator[None]:
     handler = _ErrLogHandler(err, tracebacks=verbose)
     root = logging.getLogger()
     lib = logging.getLogger("hangguard")
-    saved = (root.level, lib.level)
+    # The reference op's own join logs each failure again, as flowllm's does; hangguard
+    # has logged it once already, when the task ended.
+    reference = logging.getLogger("hangguard.testing")
+    saved = (root.level, lib.level, reference.level)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     # Serial mode's log of each task's start and end is the point of the debug mode.
     lib.setLevel(logging.INFO if verbose or serial else logging.WARNING)
+    reference.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
         root.removeHandler(handler)
         root.setLevel(saved[0])
         lib.setLevel(saved[1])
+        reference.setLevel(saved[2])
 
 
 async def _run_op(
     url: str, searches: list[Search], budgets: Budgets, progress: Progress, block_loop: float
 ) -> tuple[list[Any] | None, BaseException | None]:
     op_cls = make_op(budget=budgets.op, join_timeout=budgets.join, block_loop=block_loop)
-    search_op = SearchOp(url, timeout=None, run_key=uuid.uuid4().hex[:8])
-    op = op_cls(searches, search_op, progress.watch)
-    try:
-        return await op.async_call(), None
-    except hangguard.DeadlineExceeded as exc:
-        # The op's own budget ran out before the join timeout did: still the designed
-        # degradation (nothing hung), but no results to show.
-        return None, exc
+    # One client for the whole fan-out, connected before the op's budget starts: the
+    # pattern to copy (a connect per search would spend each search's budget on it).
+    client = hangguard.mcp.McpClient(url, name="search", raise_on_error=True)
+    async with client:
+        search_op = SearchOp(client, run_key=uuid.uuid4().hex[:8])
+        op = op_cls(searches, search_op, progress.watch)
+        try:
+            return await op.async_call(), None
+        except hangguard.DeadlineExceeded as exc:
+            # The op's own budget ran out before the join timeout did: still the designed
+            # degradation (nothing hung), but no results to show.
+            return None, exc
 
 
 def _jaeger_link(args: argparse.Namespace, trace_id: str | None) -> str | None:

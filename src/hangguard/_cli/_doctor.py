@@ -10,6 +10,7 @@ wrong and how to fix it; every network step has a short timeout, so it never han
 
 from __future__ import annotations
 
+import errno
 import http.client
 import importlib
 import json
@@ -38,6 +39,7 @@ __all__ = [
     "check_config",
     "check_jaeger",
     "check_otlp",
+    "check_otlp_metrics",
     "check_packages",
     "resolve_endpoint",
     "run_doctor",
@@ -53,6 +55,7 @@ _GRPC_PORT: Final = 4317
 _HTTP_PORT: Final = 4318
 _JAEGER_UI_PORT: Final = 16686
 _GRPC_EXPORT: Final = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+_GRPC_METRICS_EXPORT: Final = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
 #: Packages whose versions the doctor reports: (distribution, extra that brings it).
 PACKAGES: Final = (
@@ -139,6 +142,17 @@ def _http(
         conn.close()
 
 
+#: What a connect's errno means, in words a user can act on.
+_ERRNO_MEANING: Final = {
+    errno.EINVAL: "is not an address this machine can connect to (a broadcast, multicast "
+    "or otherwise unroutable address?)",
+    errno.EADDRNOTAVAIL: "is not reachable from this machine (address not available)",
+    errno.ENETUNREACH: "is on a network this machine has no route to (network unreachable)",
+    errno.EHOSTUNREACH: "has no route to it from this machine (host unreachable)",
+    errno.ECONNRESET: "closed the connection at once (reset): is it the right port and scheme?",
+}
+
+
 def _network_failure(target: str, exc: BaseException, timeout: float) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return f"nothing listens on {target} (connection refused)"
@@ -146,6 +160,10 @@ def _network_failure(target: str, exc: BaseException, timeout: float) -> str:
         return f"{target} did not answer within {timeout:g}s"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the host of {target} ({exc})"
+    code = exc.errno if isinstance(exc, OSError) else None
+    meaning = _ERRNO_MEANING.get(code) if code is not None else None
+    if meaning is not None:
+        return f"{target} {meaning}"
     return f"{target} failed: {type(exc).__name__}: {exc}"
 
 
@@ -238,6 +256,64 @@ def _check_otlp_grpc(name: str, endpoint: Endpoint, *, timeout: float, fix: str)
     return Check(name, "ok", f"{target} accepts OTLP/gRPC (from {endpoint.source})")
 
 
+def check_otlp_metrics(url: str | None, protocol: str, *, timeout: float) -> Check | None:
+    """Whether the metrics endpoint has a metrics service; a Check only when it has none.
+
+    Jaeger takes traces only: ``setup_tracing()`` finds that out at its first metric
+    export and turns metric export off, and this says so before the app runs.
+    """
+    if url is None:
+        return None
+    name = "OTLP metrics"
+    summary = (
+        f"{url} takes no metrics (Jaeger takes traces only): setup_tracing() turns metric "
+        "export off for it at the first export, with one INFO line"
+    )
+    fix = f"set {_config.OTEL_METRICS_EXPORTER}=none to skip the attempt"
+    if protocol != "grpc":
+        try:
+            status, _ = _http(
+                "POST",
+                url,
+                body=b"",
+                headers={"Content-Type": "application/x-protobuf"},
+                timeout=timeout,
+            )
+        except (OSError, http.client.HTTPException):
+            return None  # unreachable: the traces check says why
+        return Check(name, "info", summary, fix) if status == 404 else None
+    try:
+        grpc: Any = importlib.import_module("grpc")
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+            ExportMetricsServiceRequest,
+            ExportMetricsServiceResponse,
+        )
+    except ImportError:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    target = f"{parts.hostname or 'localhost'}:{parts.port or _GRPC_PORT}"
+    channel = (
+        grpc.secure_channel(target, grpc.ssl_channel_credentials())
+        if parts.scheme == "https"
+        else grpc.insecure_channel(target)
+    )
+    export = channel.unary_unary(
+        _GRPC_METRICS_EXPORT,
+        request_serializer=ExportMetricsServiceRequest.SerializeToString,
+        response_deserializer=ExportMetricsServiceResponse.FromString,
+    )
+    try:
+        export(ExportMetricsServiceRequest(), timeout=timeout)
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            return Check(name, "info", summary.replace(url, target, 1), fix)
+        return None
+    finally:
+        channel.close()
+    return None
+
+
 def check_jaeger(url: str, *, timeout: float) -> Check:
     """GET ``<url>/api/services`` and expect Jaeger's JSON answer."""
     name = "Jaeger query"
@@ -268,7 +344,18 @@ def check_config() -> list[Check]:
         Check("config", "warn", f"{name} is set but hangguard does not read it", "a typo?")
         for name in report.unknown
     ]
-    if not checks:
+    checks += [
+        Check(
+            "config",
+            "warn" if "has no effect" in note else "info",
+            note,
+            f"unset {_config.ENV_TRACE_FILE}, or unset the endpoint to keep spans local"
+            if "has no effect" in note
+            else "call hangguard.setup_tracing() once at start-up",
+        )
+        for note in report.notes
+    ]
+    if not any(c.status in ("fail", "warn") for c in checks):
         set_ = [r.name for r in report.hangguard if r.source == "env"]
         checks.append(
             Check("config", "ok", f"valid ({', '.join(set_) if set_ else 'all defaults'})")
@@ -340,6 +427,13 @@ def run_doctor(
             )
     else:
         checks.append(check_otlp(resolved, timeout=timeout))
+        if resolved is not None and checks[-1].status == "ok":
+            settings = resolve_settings(endpoint=endpoint, protocol=protocol)
+            metrics = check_otlp_metrics(
+                settings.metrics_endpoint, settings.metrics_protocol, timeout=timeout
+            )
+            if metrics is not None:
+                checks.append(metrics)
     jaeger = jaeger_url or os.environ.get(ENV_JAEGER_UI)
     if jaeger:
         checks.append(check_jaeger(jaeger, timeout=timeout))

@@ -7,6 +7,9 @@ of it the way ``hangguard demo`` shows its own::
     $ HANGGUARD_TRACE_FILE=trace.jsonl python my_app.py
     $ hangguard trace trace.jsonl            # the most recent trace
     $ hangguard trace trace.jsonl --list     # every trace: id, root span, start, spans
+    $ hangguard trace trace.jsonl --trace-id 4bf9   # a unique prefix is enough
+
+A last line cut short (the process was killed mid-write) is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -73,10 +76,17 @@ def show_trace_file(
             table.add_row(tid, root, str(n), format_duration(seconds))
         out.print(table)
         return 0
-    chosen = trace_id if trace_id is not None else next(reversed(traces))
-    if chosen not in traces:
-        err.print(Text(f"error: trace {chosen} is not in {path} (see --list)", style="red"))
-        return 2
+    if trace_id is None:
+        chosen = next(reversed(traces))
+    else:
+        # As git does with commits: the whole id, or any prefix only one trace has.
+        wanted = trace_id.strip().lower()
+        matches = [t for t in traces if t.startswith(wanted)] if wanted else []
+        if len(matches) != 1:
+            why = "is not in" if not matches else f"matches {len(matches)} traces in"
+            err.print(Text(f"error: trace {trace_id} {why} {path} (see --list)", style="red"))
+            return 2
+        chosen = matches[0]
     if as_json:
         doc = [{k: v for k, v in s.to_json().items() if k != "resource"} for s in traces[chosen]]
         out.file.write(json.dumps(doc, indent=2) + "\n")

@@ -51,6 +51,7 @@ __all__ = [
     "register_processor_metric",
     "make_guard",
     "make_metric_guard",
+    "takes_no_metrics",
 ]
 
 _log = logging.getLogger("hangguard")
@@ -218,8 +219,30 @@ def make_guard(inner: SpanExporter, counters: Counters) -> SpanExporter:
     return _GuardedExporter()
 
 
+#: The loggers the stock OTLP metric exporters report a failed export on.
+_METRIC_EXPORTER_LOGGERS: Final = (
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+)
+
+
+def takes_no_metrics(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is an OTLP exporter saying the endpoint has no metrics service.
+
+    That is gRPC ``UNIMPLEMENTED`` or HTTP 404 for a metrics export: what Jaeger, which
+    takes traces only, answers. Any other failure is a real one and stays an ERROR.
+    """
+    args = record.args if isinstance(record.args, tuple) else ()
+    if not str(record.msg).startswith("Failed to export") or len(args) < 3:
+        return False
+    if "metric" not in str(args[0]):
+        return False
+    return "UNIMPLEMENTED" in str(args[2]) or args[1] == 404
+
+
 def make_metric_guard(
     inner: MetricExporter,
+    endpoint: str | None = None,
     *,
     preferred_temporality: dict[type, AggregationTemporality],
     preferred_aggregation: dict[type, Aggregation],
@@ -230,8 +253,20 @@ def make_metric_guard(
     shutdown's warning already says telemetry was not delivered), and the reader's own
     later ``shutdown`` does not stop the inner exporter a second time (the stock
     exporters warn when that happens).
+
+    An endpoint that takes no metrics (Jaeger) is found at the first export: the
+    exporter's ERROR about it is dropped, metric export is turned off for the rest of the
+    run, and one INFO line says so and names ``OTEL_METRICS_EXPORTER=none``.
     """
     from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
+
+    class _NoMetricsFilter(logging.Filter):
+        # Acts only on records logged by this guard's own export, in its own thread.
+        def filter(self, record: logging.LogRecord) -> bool:
+            if getattr(guard.exporting, "now", False) and takes_no_metrics(record):
+                guard.unsupported = True
+                return False
+            return True
 
     class _GuardedMetricExporter(MetricExporter):
         def __init__(self) -> None:
@@ -243,10 +278,17 @@ def make_metric_guard(
             )
             self.inner = inner
             self.abandoned = False
+            self.unsupported = False
+            self.exporting = threading.local()
             self._stopped = threading.Lock()  # held once the inner exporter is shut down
+            self._filter = _NoMetricsFilter()
+            for name in _METRIC_EXPORTER_LOGGERS:
+                logging.getLogger(name).addFilter(self._filter)
 
         def _stop_inner(self, timeout_millis: float) -> None:
             if self._stopped.acquire(blocking=False):
+                for name in _METRIC_EXPORTER_LOGGERS:
+                    logging.getLogger(name).removeFilter(self._filter)
                 inner.shutdown(timeout_millis=timeout_millis)
 
         def export(
@@ -254,7 +296,22 @@ def make_metric_guard(
         ) -> MetricExportResult:
             if self.abandoned:
                 return MetricExportResult.FAILURE
-            return inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+            if self.unsupported:
+                return MetricExportResult.SUCCESS  # nothing to deliver: off by design
+            self.exporting.now = True
+            try:
+                result = inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+            finally:
+                self.exporting.now = False
+            if self.unsupported:
+                _log.info(
+                    "hangguard: %s takes no metrics (Jaeger takes traces only); metric "
+                    "export to it is off for this run. Set OTEL_METRICS_EXPORTER=none to "
+                    "skip the attempt.",
+                    endpoint or "the OTLP endpoint",
+                )
+                return MetricExportResult.SUCCESS
+            return result
 
         def force_flush(self, timeout_millis: float = 10_000) -> bool:
             return inner.force_flush(timeout_millis=timeout_millis)
@@ -271,7 +328,8 @@ def make_metric_guard(
             except Exception:
                 _log.exception("hangguard: stopping the metric exporter raised")
 
-    return _GuardedMetricExporter()
+    guard = _GuardedMetricExporter()
+    return guard
 
 
 def make_counting_processor(counters: Counters) -> Any:

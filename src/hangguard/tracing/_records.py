@@ -9,6 +9,7 @@ module needs only the standard library: ``import hangguard`` works without the S
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ __all__ = [
     "SpanRecord",
     "read_span_file",
 ]
+
+_log = logging.getLogger("hangguard")
 
 #: An attribute value as OpenTelemetry allows it.
 AttrValue: TypeAlias = str | bool | int | float | tuple[str | bool | int | float, ...]
@@ -145,7 +148,7 @@ class SpanRecord:
 
 
 def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             if line.strip():
                 yield number, line
@@ -154,14 +157,34 @@ def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
 def read_span_file(path: str | os.PathLike[str]) -> Sequence[SpanRecord]:
     """Read the spans a process wrote to its ``HANGGUARD_TRACE_FILE`` (JSON lines).
 
-    Raises ``ValueError`` naming the file and line of the first malformed record::
+    Raises ``ValueError`` naming the file and line of the first malformed record, except
+    for a last line cut short (no newline at its end): a process killed mid-write leaves
+    exactly that, so it is skipped with one WARNING on the ``hangguard`` logger::
 
         spans = hangguard.tracing.read_span_file("trace.jsonl")
     """
     records: list[SpanRecord] = []
+    pending: tuple[int, str, Exception] | None = None
     for number, line in _lines(path):
+        if pending is not None:
+            # A malformed line with more after it: the file is damaged, not cut short.
+            bad_number, _, bad_exc = pending
+            raise ValueError(
+                f"{os.fspath(path)}:{bad_number}: not a span record: {bad_exc}"
+            ) from bad_exc
         try:
             records.append(SpanRecord.from_json(json.loads(line)))
         except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{os.fspath(path)}:{number}: not a span record: {exc}") from exc
+            pending = (number, line, exc)
+    if pending is not None:
+        last_number, last_line, last_exc = pending
+        if last_line.endswith("\n"):
+            raise ValueError(
+                f"{os.fspath(path)}:{last_number}: not a span record: {last_exc}"
+            ) from last_exc
+        _log.warning(
+            "%s:%d: skipped a truncated last line (the writing process stopped mid-write?)",
+            os.fspath(path),
+            last_number,
+        )
     return records

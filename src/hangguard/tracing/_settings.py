@@ -44,6 +44,7 @@ from .._config import (
     OTEL_EXPORTER_OTLP_TRACES_HEADERS,
     OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
     OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
+    OTEL_METRICS_EXPORTER,
     OTEL_RESOURCE_ATTRIBUTES,
     OTEL_SDK_DISABLED,
     OTEL_SERVICE_NAME,
@@ -133,6 +134,7 @@ def _choice(words: tuple[str, ...]) -> Callable[[str, str], str]:
 parse_protocol = _choice(_PROTOCOLS)
 parse_sampler = _choice(_SAMPLERS)
 parse_compression = _choice(_COMPRESSIONS)
+parse_metrics_exporter = _choice(("otlp", "none"))
 
 
 def parse_seconds(text: str, name: str) -> float:
@@ -266,6 +268,12 @@ OTEL_VARS: Final = _table(
     ),
     OtelVar(OTEL_TRACES_SAMPLER_ARG, "1.0", parse_ratio, "the ratio of the *traceidratio samplers"),
     OtelVar(OTEL_SDK_DISABLED, "false", parse_flag, "true: the SDK records nothing"),
+    OtelVar(
+        OTEL_METRICS_EXPORTER,
+        "otlp",
+        parse_metrics_exporter,
+        "none: no metrics over OTLP (Jaeger takes traces only)",
+    ),
 )
 
 
@@ -458,6 +466,8 @@ def resolve_settings(
     metrics_endpoint = _resolve_endpoint(
         endpoint, "metrics", OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, metrics_protocol
     )
+    if _read(OTEL_METRICS_EXPORTER) == "none":
+        metrics_endpoint = None  # metrics stay in the process
     sampler_name, ratio = _resolve_sampler(sampler, sampler_arg)
     queue, batch = _resolve_queue(max_queue_size, max_export_batch_size)
     delay = _read(OTEL_BSP_SCHEDULE_DELAY)

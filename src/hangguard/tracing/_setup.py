@@ -356,6 +356,7 @@ def setup_tracing(
             temporality, aggregation = _metric_preferences()
             metric_guard = make_metric_guard(
                 _metric_exporter(settings, headers, temporality, aggregation),
+                settings.metrics_endpoint,
                 preferred_temporality=temporality,
                 preferred_aggregation=aggregation,
             )

@@ -239,7 +239,8 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
         epilog=(
             "tools: echo(text), sleep(seconds), hang(), raise(message, code) (a JSON-RPC "
             "error), is_error(message) (an isError result), flaky(key, failures, mode) (fails "
-            "the first calls, then answers), deadline_info() (the budget the handler got). "
+            "the first calls, then answers), deadline_info() (the budget the handler got), "
+            "request_headers() (the names of the request's HTTP headers). "
             'Over HTTP it first prints {"event": "listening", "url": ...} on stdout.'
         ),
     )
@@ -304,7 +305,16 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     Over HTTP it prints ``{"event": "listening", "url": ...}`` on stdout first, so a
     parent process learns the port it got.
     """
-    args = _parser(prog).parse_args(argv)
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
+    try:
+        return _serve(args, parser)
+    except KeyboardInterrupt:
+        # Ctrl-C is how this server is meant to be stopped: no traceback.
+        return 130
+
+
+def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     fault_kind = args.fault.replace("-", "_")
     if args.transport == "stdio":
         if fault_kind == "never_answer":
@@ -328,17 +338,22 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             methods=args.fault_methods,
             first=args.fault_first,
         )
-    chaos = ChaosServer(
-        transport=args.transport,
-        fault=fault,
-        json_response=args.json_response,
-        stateless=args.stateless,
-        max_timeout=args.max_timeout,
-        deadline_middleware=not args.no_deadline_middleware,
-        host=args.host,
-        port=args.port,
-        recorder=ChaosRecorder(_announcer(sys.stdout) if args.announce else None),
-    )
+    try:
+        chaos = ChaosServer(
+            transport=args.transport,
+            fault=fault,
+            json_response=args.json_response,
+            stateless=args.stateless,
+            max_timeout=args.max_timeout,
+            deadline_middleware=not args.no_deadline_middleware,
+            host=args.host,
+            port=args.port,
+            recorder=ChaosRecorder(_announcer(sys.stdout) if args.announce else None),
+        )
+    except OSError as exc:
+        # A busy port or an address not on this machine: one line, not a traceback.
+        why = exc.strerror or str(exc)
+        parser.exit(2, f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {why}\n")
     print(json.dumps({"event": "listening", "url": chaos.url}), flush=True)
     chaos.serve_forever()
     return 0
