@@ -71,6 +71,7 @@ from ._semconv import (
     SPAN_TASK,
 )
 from ._task_info import fn_name, is_coroutine_function, outcome_of, stack_of
+from ._validate import check_whole
 
 __all__ = ["TaskGroup"]
 
@@ -152,10 +153,8 @@ class TaskGroup:
         self.name = name
         self._timeout = None if timeout is None else check_timeout(timeout, "timeout")
         self._return_exceptions = return_exceptions
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
-            raise TypeError(f"limit must be a whole number >= 1 or None, got {limit!r}")
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        if limit is not None:
+            check_whole(limit, "limit")
         self._serial = _config.serial()
         self._limit = 1 if self._serial else limit
         self._limiter = Limiter(self._limit) if self._limit is not None else None

@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -40,7 +39,6 @@ from opentelemetry import trace
 from . import _config, _spans
 from ._deadline import deadline
 from ._op_spec import ORIGINAL_ATTR, OpSpec, find_original, op_task_list, submit_label
-from ._semconv import ATTR_OP_NAME, ATTR_TIMEOUT_S, SPAN_OP
 from ._threads import ThreadGroup
 
 __all__ = ["guard_sync"]
@@ -77,15 +75,7 @@ def run_in_scope_sync(name: str, budget: float | None, body: Callable[[], R]) ->
     with deadline(seconds, name=name):
         if tracer is None:
             return body()
-        attributes: dict[str, str | float] = {ATTR_OP_NAME: name}
-        if not math.isinf(seconds):
-            attributes[ATTR_TIMEOUT_S] = seconds
-        span = tracer.start_span(
-            SPAN_OP.format(name),
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
+        span = _spans.start_op_span(tracer, name, seconds)
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
             return body()

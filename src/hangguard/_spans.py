@@ -9,6 +9,7 @@ work, so untraced use costs close to nothing. The names it writes are in
 from __future__ import annotations
 
 import logging
+import math
 import traceback
 from types import TracebackType
 from typing import Final
@@ -22,7 +23,10 @@ from ._semconv import (
     ATTR_DEADLINE_BUDGET_S,
     ATTR_DEADLINE_NAME,
     ATTR_ERROR_TYPE,
+    ATTR_OP_NAME,
+    ATTR_TIMEOUT_S,
     EVENT_DEADLINE_EXCEEDED,
+    SPAN_OP,
     TRACER_NAME,
 )
 from ._version import __version__
@@ -35,6 +39,7 @@ __all__ = [
     "record_deadline_exceeded",
     "record_failure",
     "safe_str",
+    "start_op_span",
 ]
 
 logger = logging.getLogger("hangguard")
@@ -53,6 +58,23 @@ def get_tracer() -> Tracer | None:
     tracer = provider.get_tracer(TRACER_NAME, __version__)
     _tracers[id(provider)] = (provider, tracer)
     return tracer
+
+
+def start_op_span(tracer: Tracer, name: str, seconds: float) -> Span:
+    """The span of one run of an op (async or sync), its budget on it when it has one.
+
+    Failures and cancellations are recorded by the caller (as a cancellation, not an
+    error), so the SDK's own recording is off.
+    """
+    attributes: dict[str, str | float] = {ATTR_OP_NAME: name}
+    if not math.isinf(seconds):
+        attributes[ATTR_TIMEOUT_S] = seconds
+    return tracer.start_span(
+        SPAN_OP.format(name),
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    )
 
 
 def error_type(exc: BaseException) -> str:

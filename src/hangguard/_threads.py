@@ -69,6 +69,7 @@ from ._semconv import (
     SPAN_TASK,
 )
 from ._task_info import fn_name, is_coroutine_function, thread_stacks
+from ._validate import check_whole
 
 __all__ = ["ThreadGroup", "checkpoint", "to_thread"]
 
@@ -327,10 +328,8 @@ class ThreadGroup:
         self.name = name
         self._timeout = None if timeout is None else check_timeout(timeout, "timeout")
         self._return_exceptions = return_exceptions
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
-            raise TypeError(f"limit must be a whole number >= 1 or None, got {limit!r}")
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        if limit is not None:
+            check_whole(limit, "limit")
         if executor is not None and not callable(getattr(executor, "submit", None)):
             raise TypeError(f"executor must have a submit() method, got {executor!r}")
         self._serial = _config.serial()

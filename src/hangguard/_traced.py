@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -25,12 +24,9 @@ from ._deadline import check_timeout, deadline, deadline_cancel_of
 from ._semconv import (
     ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_REASON,
-    ATTR_OP_NAME,
-    ATTR_TIMEOUT_S,
     CANCEL_DEADLINE,
     CANCEL_PARENT,
     EVENT_CANCELLED,
-    SPAN_OP,
 )
 from ._validate import callable_name
 
@@ -72,15 +68,7 @@ async def run_in_scope(name: str, budget: float | None, body: Callable[[], Await
         async with deadline(seconds, name=name):
             return await body()
 
-    attributes: dict[str, str | float] = {ATTR_OP_NAME: name}
-    if not math.isinf(seconds):
-        attributes[ATTR_TIMEOUT_S] = seconds
-    span = tracer.start_span(
-        SPAN_OP.format(name),
-        attributes=attributes,
-        record_exception=False,
-        set_status_on_exception=False,
-    )
+    span = _spans.start_op_span(tracer, name, seconds)
     token = otel_context.attach(trace.set_span_in_context(span))
     try:
         async with deadline(seconds, name=name):

@@ -62,6 +62,7 @@ from .._semconv import (
     SPAN_TASK,
 )
 from .._task_info import fn_name
+from .._validate import check_whole
 from ._compat import is_remote_function, unwrap_remote_function
 from ._errors import ObjectLost, TaskCancelled, WorkerLost, translate
 from ._wire import make_meta
@@ -257,10 +258,8 @@ class RemoteGroup:
         self.name = name
         self._timeout = None if timeout is None else check_timeout(timeout, "timeout")
         self._return_exceptions = return_exceptions
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
-            raise TypeError(f"limit must be a whole number >= 1 or None, got {limit!r}")
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        if limit is not None:
+            check_whole(limit, "limit")
         self._serial = _config.serial()
         self._limit = 1 if self._serial else limit
         self._tracer = _spans.get_tracer()
