@@ -382,3 +382,18 @@ def test_a_bad_boolean_names_every_accepted_word(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv(ENV_SERIAL, "2")
     with pytest.raises(ConfigError, match="1 or 0 \\(or true/false, yes/no, on/off\\)"):
         config.serial()
+
+
+def test_one_table_drives_the_getters_config_and_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every variable is in the table once, fills one Config field, and Config's defaults
+    are what the getters return with the variable unset (no default written twice)."""
+    import dataclasses
+
+    from hangguard import _config as cfg
+
+    fields = {f.name for f in dataclasses.fields(cfg.Config)}
+    assert sorted(v.field for v in cfg.TABLE) == sorted(fields)
+    assert len({v.name for v in cfg.TABLE}) == len(cfg.TABLE)
+    for var in cfg.TABLE:
+        monkeypatch.delenv(var.name, raising=False)
+    assert cfg.load_config() == cfg.Config()

@@ -19,6 +19,8 @@ from typing import TypeVar
 from ._exceptions import ConfigError
 
 __all__ = [
+    "TABLE",
+    "EnvVar",
     "ENV_BUDGETS",
     "ENV_CANCEL_EVENTS",
     "ENV_CANCEL_GRACE",
@@ -122,8 +124,8 @@ OTEL_BSP_SCHEDULE_DELAY = "OTEL_BSP_SCHEDULE_DELAY"
 OTEL_SDK_DISABLED = "OTEL_SDK_DISABLED"
 OTEL_METRICS_EXPORTER = "OTEL_METRICS_EXPORTER"
 
-#: Every variable, with its default as text and its meaning (the CLI and docs use this).
-ENV_VARS: Mapping[str, tuple[str, str]] = MappingProxyType(
+# The default as written in the docs, and the meaning, of each variable (see TABLE).
+_DOCS: Mapping[str, tuple[str, str]] = MappingProxyType(
     {
         ENV_DEFAULT_BUDGET: ("300", "deadline of every guarded op without one ('none': no limit)"),
         ENV_BUDGETS: ("none", "per-op budgets, e.g. CompanySegmentFactorOp=120,SearchOp=30s"),
@@ -287,6 +289,9 @@ def _duration(
 #: ``HANGGUARD_DEFAULT_BUDGET`` is unset: finite, so that every join ends even when no one
 #: set a bound (docs/env.md says why five minutes).
 DEFAULT_OP_BUDGET = 300.0
+DEFAULT_MCP_TIMEOUT = 30.0
+DEFAULT_MCP_CONNECT_TIMEOUT = 10.0
+DEFAULT_RETRY_ATTEMPTS = 3
 
 
 def default_budget() -> float:
@@ -317,12 +322,14 @@ def join_timeout() -> float:
 
 def mcp_timeout() -> float:
     """``HANGGUARD_MCP_TIMEOUT`` in seconds (30 when unset)."""
-    return _read(ENV_MCP_TIMEOUT, 30.0, _duration(ENV_MCP_TIMEOUT))
+    return _read(ENV_MCP_TIMEOUT, DEFAULT_MCP_TIMEOUT, _duration(ENV_MCP_TIMEOUT))
 
 
 def mcp_connect_timeout() -> float:
     """``HANGGUARD_MCP_CONNECT_TIMEOUT`` in seconds (10 when unset)."""
-    return _read(ENV_MCP_CONNECT_TIMEOUT, 10.0, _duration(ENV_MCP_CONNECT_TIMEOUT))
+    return _read(
+        ENV_MCP_CONNECT_TIMEOUT, DEFAULT_MCP_CONNECT_TIMEOUT, _duration(ENV_MCP_CONNECT_TIMEOUT)
+    )
 
 
 #: ``HANGGUARD_MCP_BREAKER=on``: open after 5 consecutive transient failures, for 30 s.
@@ -360,7 +367,7 @@ def mcp_breaker() -> tuple[int, float] | None:
 
 def retry_attempts() -> int:
     """``HANGGUARD_RETRY_ATTEMPTS`` (3 when unset)."""
-    return _read(ENV_RETRY_ATTEMPTS, 3, _parse_attempts)
+    return _read(ENV_RETRY_ATTEMPTS, DEFAULT_RETRY_ATTEMPTS, _parse_attempts)
 
 
 #: The grace a join gives cancelled tasks when ``HANGGUARD_CANCEL_GRACE`` is unset.
@@ -417,26 +424,53 @@ class Config:
     default_budget: float = DEFAULT_OP_BUDGET
     budgets: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     join_timeout: float = math.inf
-    mcp_timeout: float = 30.0
-    mcp_connect_timeout: float = 10.0
-    retry_attempts: int = 3
-    cancel_grace: float = 1.0
+    mcp_timeout: float = DEFAULT_MCP_TIMEOUT
+    mcp_connect_timeout: float = DEFAULT_MCP_CONNECT_TIMEOUT
+    mcp_breaker: tuple[int, float] | None = None
+    retry_attempts: int = DEFAULT_RETRY_ATTEMPTS
+    cancel_grace: float = DEFAULT_CANCEL_GRACE
     cancel_events: int = DEFAULT_CANCEL_EVENTS
     serial: bool = False
     loop_block_threshold: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class EnvVar:
+    """One ``HANGGUARD_*`` variable: its default as the docs write it, its meaning, how it
+    is read (the getter the library calls on use) and the :class:`Config` field it fills."""
+
+    name: str
+    default: str
+    doc: str
+    read: Callable[[], object]
+    field: str
+
+
+#: Every variable, once: the getters, :class:`Config`, ``hangguard config`` and the docs
+#: test all read this table.
+TABLE: tuple[EnvVar, ...] = tuple(
+    EnvVar(name, _DOCS[name][0], _DOCS[name][1], read, config_field)
+    for name, read, config_field in (
+        (ENV_DEFAULT_BUDGET, default_budget, "default_budget"),
+        (ENV_BUDGETS, budgets, "budgets"),
+        (ENV_JOIN_TIMEOUT, join_timeout, "join_timeout"),
+        (ENV_MCP_TIMEOUT, mcp_timeout, "mcp_timeout"),
+        (ENV_MCP_CONNECT_TIMEOUT, mcp_connect_timeout, "mcp_connect_timeout"),
+        (ENV_MCP_BREAKER, mcp_breaker, "mcp_breaker"),
+        (ENV_RETRY_ATTEMPTS, retry_attempts, "retry_attempts"),
+        (ENV_CANCEL_GRACE, cancel_grace, "cancel_grace"),
+        (ENV_CANCEL_EVENTS, cancel_events, "cancel_events"),
+        (ENV_SERIAL, serial, "serial"),
+        (ENV_LOOP_BLOCK_THRESHOLD, loop_block_threshold, "loop_block_threshold"),
+    )
+)
+
+#: Every variable, with its default as text and its meaning (derived from :data:`TABLE`).
+ENV_VARS: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {v.name: (v.default, v.doc) for v in TABLE}
+)
+
+
 def load_config() -> Config:
     """Read every ``HANGGUARD_*`` variable now; raises :class:`ConfigError` on the first bad one."""
-    return Config(
-        default_budget=default_budget(),
-        budgets=budgets(),
-        join_timeout=join_timeout(),
-        mcp_timeout=mcp_timeout(),
-        mcp_connect_timeout=mcp_connect_timeout(),
-        retry_attempts=retry_attempts(),
-        cancel_grace=cancel_grace(),
-        cancel_events=cancel_events(),
-        serial=serial(),
-        loop_block_threshold=loop_block_threshold(),
-    )
+    return Config(**{v.field: v.read() for v in TABLE})  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -179,12 +179,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _getter(name: str) -> Callable[[], Any] | None:
-    # Each HANGGUARD_X has its getter hangguard._config.x(): read it the way the library does.
-    fn = getattr(_config, name.removeprefix("HANGGUARD_").lower(), None)
-    return fn if callable(fn) else None
-
-
 def _cannot_append(path: str) -> str | None:
     """Why ``setup_tracing()`` could not open ``path`` for appending, or ``None``.
 
@@ -230,15 +224,14 @@ def collect() -> ConfigReport:
     env = os.environ
     rows: list[EnvRow] = []
     budgets: Mapping[str, float] = {}
-    for name, (default, description) in _config.ENV_VARS.items():
-        getter = _getter(name)
+    for var in _config.TABLE:
+        name, default, description = var.name, var.default, var.doc
         value: Any = None
         error = None
-        if getter is not None:
-            try:
-                value = getter()
-            except ConfigError as exc:
-                error = str(exc)
+        try:
+            value = var.read()
+        except ConfigError as exc:
+            error = str(exc)
         if name == _config.ENV_BUDGETS and error is None and value is not None:
             budgets = value
         rows.append(
