@@ -24,7 +24,7 @@ from typing import IO, Any, Final, TypeVar, cast
 
 import mcp
 import mcp_types
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPError as SdkMcpError
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from opentelemetry import trace
@@ -498,7 +498,7 @@ class McpClient:
                     ms = math.ceil(left * 1000)
                     meta = cast(mcp_types.RequestParamsMeta, {TIMEOUT_META_KEY: ms})
                 return await send(client, meta)
-            except MCPError as exc:
+            except SdkMcpError as exc:
                 if exchange.session_lost or (
                     # Closed under it when another request found the session lost: only
                     # the new server was there to reach, and it refuses the old session.
@@ -535,7 +535,7 @@ class McpClient:
                 if not exchange.claim_abort():
                     raise
                 conn.broken = True  # the SDK's SSE writer died with that request
-                lost_conn = MCPError(code=CONNECTION_CLOSED, message="the transport failed")
+                lost_conn = SdkMcpError(code=CONNECTION_CLOSED, message="the transport failed")
                 if exchange.session_lost:
                     raise _SessionLost(
                         mark_transient(

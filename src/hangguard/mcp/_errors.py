@@ -24,7 +24,7 @@ from typing import Any, Final, TypeVar
 
 import anyio
 import httpx2
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPError as SdkMcpError
 from mcp_types import CONNECTION_CLOSED
 
 from .._exceptions import DeadlineExceeded, McpCallError, McpConnectError, McpError, McpToolError
@@ -117,7 +117,7 @@ def _rank(exc: BaseException) -> int:
         return 0
     if isinstance(exc, (httpx2.TransportError, OSError)):
         return 1
-    if isinstance(exc, MCPError):
+    if isinstance(exc, SdkMcpError):
         return 2
     if isinstance(exc, Exception):
         return 3
@@ -207,7 +207,7 @@ def connect_error(exc: BaseException, exchange: Exchange, server: str) -> McpErr
     cause = root_cause(exc)
     if seen is not None:
         reason, transient, status = seen
-    elif isinstance(cause, MCPError):
+    elif isinstance(cause, SdkMcpError):
         status = None
         if cause.code == CONNECTION_CLOSED:
             reason, transient = "the server closed the connection during the handshake", True
@@ -221,7 +221,7 @@ def connect_error(exc: BaseException, exchange: Exchange, server: str) -> McpErr
 
 
 def call_error(
-    exc: MCPError,
+    exc: SdkMcpError,
     exchange: Exchange,
     server: str,
     tool: str,

@@ -14,7 +14,7 @@ import math
 from typing import Any, Final
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPError as SdkMcpError
 from mcp_types import INVALID_PARAMS, REQUEST_TIMEOUT
 
 from .._deadline import check_timeout, deadline
@@ -65,7 +65,7 @@ class DeadlineMiddleware:
         try:
             asked = parse_timeout_meta(ctx.meta)
         except ValueError as exc:
-            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
+            raise SdkMcpError(code=INVALID_PARAMS, message=str(exc)) from None
         budget = min(math.inf if asked is None else asked, self._max_timeout)
         if math.isinf(budget):
             return await call_next(ctx)
@@ -81,4 +81,4 @@ class DeadlineMiddleware:
             # The caller has given up by now; the answer is for logs and for a peer
             # whose clock runs slow. The scope already put the event on the server span.
             logger.info("MCP request %s cancelled: %s", name, exc)
-            raise MCPError(code=REQUEST_TIMEOUT, message=f"server-side {exc}") from exc
+            raise SdkMcpError(code=REQUEST_TIMEOUT, message=f"server-side {exc}") from exc

@@ -240,7 +240,8 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
             "tools: echo(text), sleep(seconds), hang(), raise(message, code) (a JSON-RPC "
             "error), is_error(message) (an isError result), flaky(key, failures, mode) (fails "
             "the first calls, then answers), deadline_info() (the budget the handler got), "
-            "request_headers() (the names of the request's HTTP headers). "
+            "request_headers() (the names of the request's HTTP headers), "
+            "progress(steps, interval, then_hang) (reports progress, then answers or hangs). "
             'Over HTTP it first prints {"event": "listening", "url": ...} on stdout.'
         ),
     )

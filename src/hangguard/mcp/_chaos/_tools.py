@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPError as SdkMcpError
 from mcp_types import INTERNAL_ERROR, ToolAnnotations
 
 from ..._deadline import remaining
@@ -200,7 +200,7 @@ def build_chaos_server(
     @server.tool(name="raise", description="Fail with a JSON-RPC error of the given code.")
     async def raise_(message: str = "chaos: raised", code: int = INTERNAL_ERROR) -> str:
         async with _track(recorder, "raise", code=code):
-            raise MCPError(code=code, message=message)
+            raise SdkMcpError(code=code, message=message)
 
     @server.tool(description="Answer with a tool result that has isError set.")
     async def is_error(message: str = "chaos: the tool failed") -> str:
@@ -225,7 +225,7 @@ def build_chaos_server(
                 if mode == "hang":
                     await asyncio.Event().wait()
                 if mode == "raise":
-                    raise MCPError(code=INTERNAL_ERROR, message=f"chaos: flaky call {n} failed")
+                    raise SdkMcpError(code=INTERNAL_ERROR, message=f"chaos: flaky call {n} failed")
                 raise ToolError(f"chaos: flaky call {n} failed")
             return f"ok after {n - 1} failure(s)"
 
