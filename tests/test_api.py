@@ -192,6 +192,8 @@ def test_import_has_no_side_effects() -> None:
         assert logging.getLogger().handlers == handlers, "logging was configured"
         assert logging.getLogger("hangguard").handlers == [], "hangguard's logger got a handler"
         assert "mcp" not in sys.modules, "the mcp extra was imported eagerly"
+        for extra in ("ray", "httpx", "opentelemetry.sdk"):
+            assert extra not in sys.modules, f"{extra} was imported eagerly"
         print("ok")
         """
     )
