@@ -1,0 +1,251 @@
+"""The in-flight registry: what is running in this process right now, and where it is stuck.
+
+It is the one source for ``hangguard ps``, the live snapshots sent to the collector and the
+records written when the process is terminated. Each open guarded op, group, thread call,
+Ray task, MCP call and HTTP request is an :class:`Entry` from the moment it starts until it
+ends (or, for work that ignored its cancellation, until it really ends).
+
+It costs nothing per task when nobody reads it: a scope adds its entry when it starts and
+removes it when it ends (one dict insert and one pop). A group's tasks are not entries of
+their own: the group lists them through ``children`` only when a reader asks, so fan-out
+pays nothing per task. Entries are removed explicitly, and an entry refers to its work only
+through callables the owner gives (``where`` and ``children``), so a finished task or
+thread is never kept alive by the registry.
+
+Readers run on another thread (the ``ps`` watcher, the snapshot timer, a signal handler):
+:func:`snapshot` copies the table, never mutates an entry, and turns each into a frozen
+:class:`Record`.
+
+Example (what a reader sees)::
+
+    for record in hangguard._inflight.snapshot():
+        print(record.kind, record.name, record.state, record.budget_left_s)
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Final
+
+from . import _deadline
+
+__all__ = [
+    "ABANDONED",
+    "CANCELLING",
+    "GROUP",
+    "HTTP",
+    "IGNORING_CANCEL",
+    "KINDS",
+    "MCP",
+    "OP",
+    "RAY",
+    "RUNNING",
+    "STATES",
+    "TASK",
+    "THREAD",
+    "Entry",
+    "Frame",
+    "Record",
+    "add",
+    "current",
+    "discard",
+    "entered",
+    "entries",
+    "snapshot",
+]
+
+# Kinds of work.
+OP: Final = "op"
+GROUP: Final = "group"
+TASK: Final = "task"
+THREAD: Final = "thread"
+RAY: Final = "ray"
+MCP: Final = "mcp"
+HTTP: Final = "http"
+KINDS: Final = (OP, GROUP, TASK, THREAD, RAY, MCP, HTTP)
+
+# States, in the order a piece of work may move through them.
+RUNNING: Final = "running"
+CANCELLING: Final = "cancelling"  # cancelled, within its grace
+IGNORING_CANCEL: Final = "ignoring_cancel"  # its grace is over and it still runs
+ABANDONED: Final = "abandoned"  # its joiner has left; it runs on, detached
+STATES: Final = (RUNNING, CANCELLING, IGNORING_CANCEL, ABANDONED)
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One frame of a stuck stack: innermost first in :attr:`Record.stack`."""
+
+    function: str
+    file: str
+    line: int
+    source: str  # the source line, stripped ("" when the file cannot be read)
+
+
+class Entry:
+    """One piece of work while it runs; mutated only by its owner.
+
+    ``where`` returns the frames where the work is now (innermost first) and ``children``
+    the entries below it that are not registered themselves (a group's tasks); both are
+    called by readers, on another thread, and must not raise for work that has finished.
+    """
+
+    __slots__ = (
+        "children",
+        "deadline",
+        "id",
+        "kind",
+        "name",
+        "parent",
+        "span_id",
+        "start",
+        "started_at",
+        "state",
+        "thread_id",
+        "trace_id",
+        "where",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        *,
+        deadline: float = math.inf,
+        parent: Entry | None = None,
+        trace_id: int = 0,
+        span_id: int = 0,
+        where: Callable[[], tuple[Frame, ...]] | None = None,
+        children: Callable[[], Iterable[Entry]] | None = None,
+        start: float | None = None,
+    ) -> None:
+        self.id = next(_ids)
+        self.kind = kind
+        self.name = name
+        self.deadline = deadline  # absolute, on hangguard's clock; math.inf: none
+        self.parent = parent
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.where = where
+        self.children = children
+        self.start = _deadline.now() if start is None else start
+        self.started_at = time.time()  # wall clock, for display only
+        self.state = RUNNING
+        self.thread_id = threading.get_ident()
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What a reader sees of one entry at one moment (a value; safe to keep and send)."""
+
+    id: int
+    parent_id: int | None
+    kind: str
+    name: str
+    state: str
+    trace_id: str  # 32 hex digits, or "" when untraced
+    span_id: str  # 16 hex digits, or ""
+    started_at: float  # wall-clock seconds since the epoch
+    elapsed_s: float
+    budget_left_s: float  # math.inf: no deadline; negative: overdue
+    thread_id: int
+    stack: tuple[Frame, ...]
+
+
+_entries: dict[int, Entry] = {}
+_current: contextvars.ContextVar[Entry | None] = contextvars.ContextVar(
+    "hangguard_inflight", default=None
+)
+
+
+def add(entry: Entry) -> Entry:
+    """Register ``entry`` as running; returns it."""
+    _entries[entry.id] = entry
+    return entry
+
+
+def discard(entry: Entry) -> None:
+    """Forget ``entry`` (its work has ended); idempotent."""
+    _entries.pop(entry.id, None)
+
+
+def current() -> Entry | None:
+    """The innermost registered entry of this context (the parent of new work)."""
+    return _current.get()
+
+
+@contextmanager
+def entered(entry: Entry) -> Iterator[Entry]:
+    """Register ``entry`` and make it the parent of work started inside the block."""
+    _entries[entry.id] = entry
+    token = _current.set(entry)
+    try:
+        yield entry
+    finally:
+        _current.reset(token)
+        _entries.pop(entry.id, None)
+
+
+def entries() -> list[Entry]:
+    """The registered entries now (a copy; safe from any thread)."""
+    while True:
+        try:
+            return list(_entries.values())
+        except RuntimeError:  # changed size while copied on another thread: copy again
+            continue
+
+
+def _hex(value: int, width: int) -> str:
+    return format(value, f"0{width}x") if value else ""
+
+
+def _record(entry: Entry, parent_id: int | None, now: float, stacks: bool) -> Record:
+    stack: tuple[Frame, ...] = ()
+    if stacks and entry.where is not None:
+        try:
+            stack = entry.where()
+        except Exception:  # the work ended while it was read: no stack, not an error
+            stack = ()
+    return Record(
+        id=entry.id,
+        parent_id=parent_id,
+        kind=entry.kind,
+        name=entry.name,
+        state=entry.state,
+        trace_id=_hex(entry.trace_id, 32),
+        span_id=_hex(entry.span_id, 16),
+        started_at=entry.started_at,
+        elapsed_s=max(0.0, now - entry.start),
+        budget_left_s=entry.deadline - now,
+        thread_id=entry.thread_id,
+        stack=stack,
+    )
+
+
+def snapshot(*, stacks: bool = True) -> list[Record]:
+    """Every in-flight entry and the children its owners list, parents before children.
+
+    ``stacks=False`` skips the frames (the cheap listing a rate-limited reader takes first).
+    """
+    now = _deadline.now()
+    out: list[Record] = []
+    for entry in entries():
+        parent = entry.parent
+        parent_id = parent.id if parent is not None and parent.id in _entries else None
+        out.append(_record(entry, parent_id, now, stacks))
+        if entry.children is not None:
+            try:
+                kids = list(entry.children())
+            except Exception:  # the owner ended while it was read
+                kids = []
+            out.extend(_record(kid, entry.id, now, stacks) for kid in kids)
+    return out
