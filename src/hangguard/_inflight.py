@@ -24,15 +24,19 @@ Example (what a reader sees)::
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import itertools
+import linecache
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Final
+from types import FrameType
+from typing import Any, Final
 
 from . import _deadline
 
@@ -59,6 +63,8 @@ __all__ = [
     "entered",
     "entries",
     "snapshot",
+    "task_frames",
+    "thread_frames",
 ]
 
 # Kinds of work.
@@ -159,6 +165,51 @@ class Record:
     budget_left_s: float  # math.inf: no deadline; negative: overdue
     thread_id: int
     stack: tuple[Frame, ...]
+
+
+#: Frames kept of a stuck stack, innermost first.
+STACK_DEPTH: Final = 8
+
+
+def _frame(frame: FrameType) -> Frame:
+    code = frame.f_code
+    line = frame.f_lineno or 0
+    return Frame(
+        function=code.co_name,
+        file=code.co_filename,
+        line=line,
+        source=linecache.getline(code.co_filename, line).strip(),
+    )
+
+
+def thread_frames(thread_id: int, depth: int = STACK_DEPTH) -> tuple[Frame, ...]:
+    """Where thread ``thread_id`` is now, innermost first (``()`` if it has ended).
+
+    Read from the interpreter's table of current frames (``sys._current_frames``, the
+    documented way), so it works while that thread is stuck in a C call.
+    """
+    frame = sys._current_frames().get(thread_id)
+    frames: list[Frame] = []
+    while frame is not None and len(frames) < depth:
+        frames.append(_frame(frame))
+        frame = frame.f_back
+    return tuple(frames)
+
+
+def task_frames(task: asyncio.Task[Any], depth: int = STACK_DEPTH) -> tuple[Frame, ...]:
+    """Where a suspended task waits: the innermost frames of its await chain.
+
+    A task that is running right now (its loop is blocked inside it) has no suspended
+    frames to show; the caller shows its loop thread's stack instead.
+    """
+    chain: list[FrameType] = []
+    coro: Any = task.get_coro()
+    while coro is not None and len(chain) < 64:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            chain.append(frame)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return tuple(_frame(f) for f in reversed(chain[-depth:]))
 
 
 _entries: dict[int, Entry] = {}
