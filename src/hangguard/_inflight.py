@@ -100,6 +100,7 @@ class Frame:
 class Entry:
     """One piece of work while it runs; mutated only by its owner.
 
+    ``span`` is the work's open span, if traced (a termination record ends it).
     ``where`` returns the frames where the work is now (innermost first) and ``children``
     the entries below it that are not registered themselves (a group's tasks); both are
     called by readers, on another thread, and must not raise for work that has finished.
@@ -112,6 +113,7 @@ class Entry:
         "kind",
         "name",
         "parent",
+        "span",
         "span_id",
         "start",
         "started_at",
@@ -130,6 +132,7 @@ class Entry:
         parent: Entry | None = None,
         trace_id: int = 0,
         span_id: int = 0,
+        span: Any = None,
         where: Callable[[], tuple[Frame, ...]] | None = None,
         children: Callable[[], Iterable[Entry]] | None = None,
         start: float | None = None,
@@ -141,6 +144,9 @@ class Entry:
         self.parent = parent
         self.trace_id = trace_id
         self.span_id = span_id
+        # The open span (an OpenTelemetry Span) while the entry is registered, so that a
+        # termination can end it; dropped with the entry.
+        self.span = span
         self.where = where
         self.children = children
         self.start = _deadline.now() if start is None else start
