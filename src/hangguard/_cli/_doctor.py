@@ -31,6 +31,7 @@ from .._config import ENV_JAEGER_UI
 from .._exceptions import ConfigError
 from ..tracing._setup import resolve_settings
 from ._config_cmd import collect
+from ._jaeger import has_ui
 
 __all__ = [
     "PACKAGES",
@@ -38,6 +39,7 @@ __all__ = [
     "Endpoint",
     "check_config",
     "check_jaeger",
+    "check_jaeger_ui",
     "check_otlp",
     "check_otlp_metrics",
     "check_packages",
@@ -333,6 +335,24 @@ def check_jaeger(url: str, *, timeout: float) -> Check:
     return Check(name, "ok", f"{api} answers; services: {shown}")
 
 
+def check_jaeger_ui(url: str, *, timeout: float) -> Check | None:
+    """Whether ``url`` serves the Jaeger UI: a Jaeger built from source has the query API
+    but no UI, so a trace link opens a placeholder page. ``None`` when it cannot be told."""
+    base = url.rstrip("/")
+    ui = has_ui(base, timeout=timeout)
+    if ui is None:
+        return None
+    if ui:
+        return Check("Jaeger UI", "ok", f"{base}/ serves the Jaeger UI")
+    return Check(
+        "Jaeger UI",
+        "warn",
+        f"{base}/ has no UI (a Jaeger built from source): trace links open a placeholder page",
+        f"read a trace with 'hangguard trace --jaeger {base} TRACE_ID' (or --service NAME), "
+        "or run the jaegertracing/jaeger image (docker compose up) for the UI",
+    )
+
+
 def check_config() -> list[Check]:
     """Every ``HANGGUARD_*`` variable parses."""
     report = collect()
@@ -437,6 +457,17 @@ def run_doctor(
     jaeger = jaeger_url or os.environ.get(ENV_JAEGER_UI)
     if jaeger:
         checks.append(check_jaeger(jaeger, timeout=timeout))
+        if checks[-1].status == "ok" and (ui := check_jaeger_ui(jaeger, timeout=timeout)):
+            checks.append(ui)
+    else:
+        checks.append(
+            Check(
+                "Jaeger",
+                "info",
+                "not checked",
+                f"pass --jaeger-url URL (or set {ENV_JAEGER_UI}) to check Jaeger's query API",
+            )
+        )
     failed = [c for c in checks if c.status == "fail"]
     if as_json:
         out.file.write(
