@@ -225,6 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="timeout of each network check (default 3s)",
     )
+    doctor.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE (the one defining your ops; repeatable) and name each "
+        "HANGGUARD_BUDGETS entry that matches none of its ops",
+    )
     doctor.add_argument("--json", action="store_true", help="print one JSON document")
 
     trace = sub.add_parser(
@@ -342,6 +351,7 @@ def run(argv: list[str]) -> int:
             jaeger_url=args.jaeger_url,
             timeout=args.timeout,
             as_json=args.json,
+            imports=args.imports,
         )
     if args.command == "trace":
         from ._trace_cmd import show_jaeger_trace, show_trace_file

@@ -17,8 +17,9 @@ import json
 import os
 import socket
 import ssl
+import sys
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Final, Literal
@@ -38,6 +39,7 @@ __all__ = [
     "Check",
     "Endpoint",
     "check_config",
+    "check_budget_names",
     "check_jaeger",
     "check_jaeger_ui",
     "check_otlp",
@@ -425,6 +427,51 @@ _MARK: Final[dict[Status, tuple[str, str]]] = {
 }
 
 
+def check_budget_names(modules: Sequence[str]) -> list[Check]:
+    """Import ``modules`` (the user's ops) and name each ``HANGGUARD_BUDGETS`` entry that
+    matches none of the ops they decorate, with the close matches; and each empty entry."""
+    name = "budgets"
+    checks = []
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -c "import MODULE"` would find it
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            checks.append(
+                Check(
+                    name,
+                    "fail",
+                    f"--import {module} failed: {type(exc).__name__}: {exc}",
+                    "run it from the directory the module is found from, or fix the module",
+                )
+            )
+    if not os.environ.get(_config.ENV_BUDGETS):
+        return checks
+    try:
+        problems = _config.unmatched_budgets()
+    except ConfigError:
+        return checks  # check_config reports it
+    if not modules:
+        checks.append(
+            Check(
+                name,
+                "info",
+                f"{_config.ENV_BUDGETS} entries not compared with your ops",
+                "pass --import MODULE (the module that defines them) to find misspelled names",
+            )
+        )
+        problems = [p for p in problems if p.kind == "empty"]
+    elif not any(p.kind == "unmatched" for p in problems):
+        ops = ", ".join(sorted(_config.budgets()))
+        checks.append(Check(name, "ok", f"every {_config.ENV_BUDGETS} entry names an op: {ops}"))
+    fixes = {
+        "unmatched": f"correct the name in {_config.ENV_BUDGETS} (entries are exact op names)",
+        "empty": "write OP=none for no limit, or give a duration",
+    }
+    return [*checks, *(Check(name, "warn", p.message, fixes[p.kind]) for p in problems)]
+
+
 def run_doctor(
     out: Console,
     *,
@@ -433,9 +480,10 @@ def run_doctor(
     jaeger_url: str | None,
     timeout: float,
     as_json: bool,
+    imports: Sequence[str] = (),
 ) -> int:
     """Run every check; returns 1 when one failed, else 0."""
-    checks = [*check_config(), *check_packages()]
+    checks = [*check_config(), *check_budget_names(imports), *check_packages()]
     try:
         resolved = resolve_endpoint(endpoint, protocol)
     except ConfigError as exc:
