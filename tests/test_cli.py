@@ -739,3 +739,29 @@ def test_config_says_when_the_trace_file_has_no_effect(closed_port: str, tmp_pat
     assert "HANGGUARD_TRACE_FILE has no effect: an OTLP endpoint is set" in run.err
     local = hangguard_cmd("config", env=clean_env(HANGGUARD_TRACE_FILE=str(tmp_path / "t.jsonl")))
     assert "written only by a program that calls hangguard.setup_tracing()" in local.err
+
+
+def test_the_tree_shows_the_budget_in_force_and_the_own_one_only_when_it_differs() -> None:
+    from hangguard._semconv import ATTR_OWN_TIMEOUT_S, ATTR_TIMEOUT_S
+    from hangguard.tracing import SpanRecord
+
+    def span(span_id: str, parent: str | None, name: str, attrs: dict[str, float]) -> SpanRecord:
+        return SpanRecord(
+            trace_id="a" * 32,
+            span_id=span_id,
+            parent_span_id=parent,
+            name=name,
+            start_ns=0,
+            end_ns=288_000_000,
+            attributes=attrs,
+        )
+
+    records = [
+        span("1" * 16, None, "CompanySegmentFactorOp", {ATTR_TIMEOUT_S: 3}),
+        span("2" * 16, "1" * 16, "SearchOp", {ATTR_TIMEOUT_S: 2.7, ATTR_OWN_TIMEOUT_S: 300}),
+    ]
+    console = Console(file=io.StringIO(), width=160, color_system=None)
+    console.print(trace_tree(records, trace_id="a" * 32))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "CompanySegmentFactorOp  288ms  ok  [budget 3s]" in text
+    assert "SearchOp  288ms  ok  [budget 2.7s, own 300s]" in text

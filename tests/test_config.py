@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -397,3 +399,102 @@ def test_one_table_drives_the_getters_config_and_the_cli(monkeypatch: pytest.Mon
     for var in cfg.TABLE:
         monkeypatch.delenv(var.name, raising=False)
     assert cfg.load_config() == cfg.Config()
+
+
+# --- HANGGUARD_BUDGETS entries that name no op ----------------------------------------------
+
+
+def _budget_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if ENV_BUDGETS in r.getMessage()]
+
+
+def test_a_misspelled_budget_entry_is_reported_once_with_the_close_match(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+    import uuid
+
+    import hangguard
+    from hangguard.testing import BaseAsyncOp
+
+    tag = uuid.uuid4().hex[:8]  # a value of the variable no other test has checked
+    name = f"CompanySegmentFactorOp{tag}"
+
+    @hangguard.guarded_op(name)
+    class Op(BaseAsyncOp):
+        async def async_execute(self) -> int:
+            return 1
+
+    monkeypatch.setenv(ENV_BUDGETS, f"CompanySegmentFactrOp{tag}=1,Empty{tag}=")
+    with caplog.at_level("WARNING", logger="hangguard"):
+        assert asyncio.run(Op().async_call()) == 1
+        assert asyncio.run(Op().async_call()) == 1
+    warnings = _budget_warnings(caplog)
+    assert len([w for w in warnings if f"'CompanySegmentFactrOp{tag}'" in w]) == 1, warnings
+    assert f"did you mean {name}?" in warnings[0]
+    # The empty entry: both unmatched and "no limit", said once each.
+    assert [w for w in warnings if f"'Empty{tag}='" in w] == [
+        f"{ENV_BUDGETS} entry 'Empty{tag}=' is empty, which means no limit for Empty{tag} "
+        f"(write 'Empty{tag}=none' to say so, or give a duration)"
+    ]
+    assert len(warnings) == 3, warnings
+
+
+def test_budget_entries_that_match_say_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+    import uuid
+
+    import hangguard
+
+    tag = uuid.uuid4().hex[:8]
+
+    @hangguard.traced(name=f"fetch{tag}")
+    async def fetch() -> int:
+        return 2
+
+    monkeypatch.setenv(ENV_BUDGETS, f"fetch{tag}=5")
+    with caplog.at_level("WARNING", logger="hangguard"):
+        assert asyncio.run(fetch()) == 2
+    assert _budget_warnings(caplog) == []
+
+
+def test_doctor_import_lists_the_entries_that_match_no_op(tmp_path: Path) -> None:
+    module = tmp_path / "doctor_ops_mod.py"
+    module.write_text(
+        textwrap.dedent(
+            """
+            import hangguard
+            from hangguard.testing import BaseAsyncOp
+
+            @hangguard.guarded_op
+            class CompanySegmentFactorOp(BaseAsyncOp):
+                async def async_execute(self):
+                    return 1
+
+            class SearchOp(CompanySegmentFactorOp):  # a subclass runs under its own name
+                pass
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HANGGUARD_", "OTEL_"))}
+
+    def doctor(budgets: str) -> list[dict[str, str]]:
+        done = subprocess.run(
+            [sys.executable, "-m", "hangguard", "doctor", "--import", "doctor_ops_mod", "--json"],
+            cwd=tmp_path,
+            env={**env, ENV_BUDGETS: budgets},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        checks: list[dict[str, str]] = json.loads(done.stdout)["checks"]
+        return [c for c in checks if c["name"] == "budgets"]
+
+    (typo,) = doctor("CompanySegmentFactrOp=1,SearchOp=30")
+    assert typo["status"] == "warn"
+    assert "'CompanySegmentFactrOp'" in typo["summary"]
+    assert "did you mean CompanySegmentFactorOp?" in typo["summary"]
+    (fine,) = doctor("CompanySegmentFactorOp=1,SearchOp=30")
+    assert fine["status"] == "ok", fine

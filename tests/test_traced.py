@@ -131,3 +131,34 @@ def test_traced_rejects_non_async_at_decoration() -> None:
         traced(budget=-1)
     with pytest.raises(TypeError, match="name twice"):
         traced("a", name="b")  # type: ignore[call-overload]
+
+
+# --- the budget in force -----------------------------------------------------------------
+
+
+async def test_the_span_shows_the_budget_in_force_and_its_own_only_when_it_differs(
+    spans: InMemorySpanExporter,
+) -> None:
+    from hangguard._semconv import ATTR_OWN_TIMEOUT_S, ATTR_TIMEOUT_S
+    from hangguard.testing import FakeClock, use_clock
+
+    @traced(budget=300)
+    async def search() -> float:
+        return hangguard.remaining()
+
+    @traced(budget=2)
+    async def short() -> float:
+        return hangguard.remaining()
+
+    with use_clock(FakeClock()) as clock:
+        async with hangguard.deadline(3, name="outer"):
+            assert isinstance(clock, FakeClock)
+            clock.advance(0.5)
+            assert await search() == 2.5  # the enclosing deadline binds
+            assert await short() == 2.0  # its own budget binds
+        assert await search() == 300  # nothing encloses it
+    nested, own, alone = (s.attributes for s in spans.get_finished_spans())
+    assert nested is not None and own is not None and alone is not None
+    assert (nested[ATTR_TIMEOUT_S], nested[ATTR_OWN_TIMEOUT_S]) == (2.5, 300)
+    assert own[ATTR_TIMEOUT_S] == 2 and ATTR_OWN_TIMEOUT_S not in own
+    assert alone[ATTR_TIMEOUT_S] == 300 and ATTR_OWN_TIMEOUT_S not in alone

@@ -8,18 +8,24 @@ it, with a :class:`ConfigError` naming the variable and the value, and never bre
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeVar
 
 from ._exceptions import ConfigError
 
+_log = logging.getLogger("hangguard")
+
 __all__ = [
     "TABLE",
+    "BudgetEntryProblem",
     "EnvVar",
     "ENV_BUDGETS",
     "ENV_CANCEL_EVENTS",
@@ -74,7 +80,11 @@ __all__ = [
     "mcp_breaker",
     "mcp_connect_timeout",
     "mcp_timeout",
+    "known_op_names",
+    "note_op_name",
     "op_budget",
+    "unmatched_budgets",
+    "warn_unmatched_budgets",
     "parse_duration",
     "retry_attempts",
     "serial",
@@ -310,9 +320,110 @@ def budgets() -> Mapping[str, float]:
 def op_budget(op_name: str) -> float:
     """The env budget of an op: its ``HANGGUARD_BUDGETS`` entry, else the default budget."""
     budgets_ = budgets()
+    if budgets_ and os.environ.get(ENV_BUDGETS) not in _budgets_checked:
+        warn_unmatched_budgets(op_name)
     if op_name in budgets_:
         return budgets_[op_name]
     return default_budget()
+
+
+# -- HANGGUARD_BUDGETS entries that match no op --------------------------------------------
+#
+# A misspelled op name in HANGGUARD_BUDGETS parses fine and is then never looked up: the op
+# runs on the default budget and nothing says so. The decorators note each op's name (and
+# each op class, whose undecorated subclasses run under their own names); the first op run
+# under a given HANGGUARD_BUDGETS compares the entries with those names and logs, once, each
+# entry that names none of them, with the close matches, and each empty entry (no limit).
+
+_op_names: set[str] = set()
+_op_classes: weakref.WeakSet[type] = weakref.WeakSet()
+_budgets_checked: set[str | None] = set()
+
+
+def note_op_name(name: str, cls: type | None = None) -> None:
+    """Record that an op (or ``traced`` function) named ``name`` exists in this process."""
+    _op_names.add(name)
+    if cls is not None:
+        _op_classes.add(cls)
+
+
+def known_op_names() -> frozenset[str]:
+    """Every op name noted so far, with the names of the op classes' subclasses."""
+    names = set(_op_names)
+    todo = list(_op_classes)
+    seen: set[type] = set()
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return frozenset(names)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetEntryProblem:
+    """One ``HANGGUARD_BUDGETS`` entry worth a word: it names no op, or it is empty."""
+
+    op: str
+    #: ``"unmatched"`` (names no op) or ``"empty"`` (``Op=``: no limit).
+    kind: str
+    message: str
+
+
+def unmatched_budgets(known: Collection[str] | None = None) -> list[BudgetEntryProblem]:
+    """The ``HANGGUARD_BUDGETS`` entries that name no op in ``known`` (default: the ops
+    decorated so far), with the close matches, and the empty ones (``Op=``: no limit).
+
+    ``[]`` when the variable is unset; raises :class:`ConfigError` when it does not parse::
+
+        for problem in unmatched_budgets({"CompanySegmentFactorOp"}):
+            print(problem.message)
+    """
+    entries = budgets()
+    names = known_op_names() if known is None else frozenset(known)
+    raw = os.environ.get(ENV_BUDGETS, "")
+    empty = {
+        op.strip()
+        for op, _, value in (item.partition("=") for item in raw.split(","))
+        if op.strip() and not value.strip()
+    }
+    out = []
+    for op in entries:
+        if op not in names:
+            close = difflib.get_close_matches(op, sorted(names), n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(close)}?" if close else "no op has a close name"
+            out.append(
+                BudgetEntryProblem(
+                    op,
+                    "unmatched",
+                    f"{ENV_BUDGETS} entry {op!r} names no op decorated in this process "
+                    f"({hint}); the entry is not used, so that op would run on the "
+                    f"default budget ({ENV_DEFAULT_BUDGET})",
+                )
+            )
+        if op in empty:
+            out.append(
+                BudgetEntryProblem(
+                    op,
+                    "empty",
+                    f"{ENV_BUDGETS} entry '{op}=' is empty, which means no limit for {op} "
+                    f"(write '{op}=none' to say so, or give a duration)",
+                )
+            )
+    return out
+
+
+def warn_unmatched_budgets(running: str) -> None:
+    """Log each problem of :func:`unmatched_budgets` once per ``HANGGUARD_BUDGETS`` value."""
+    raw = os.environ.get(ENV_BUDGETS)
+    if raw in _budgets_checked:
+        return
+    _budgets_checked.add(raw)
+    names = known_op_names() | {running}
+    for problem in unmatched_budgets(names):
+        _log.warning("%s", problem.message)
 
 
 def join_timeout() -> float:

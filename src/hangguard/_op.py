@@ -299,6 +299,8 @@ def _make_entry(
 
 
 def _guard_class(cls: type, spec: OpSpec, *, strict: bool) -> None:
+    # For the HANGGUARD_BUDGETS typo check: the name this class's runs take.
+    _config.note_op_name(spec.name or cls.__name__, cls)
     entry_attr = next((a for a in _ENTRY_NAMES if find_original(cls, a) is not None), None)
     if entry_attr is None and _RAY_SUBMIT in dir(cls):
         # A Ray op (flowllm's BaseRayOp shape): guarded by hangguard.ray, imported only

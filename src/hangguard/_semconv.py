@@ -63,6 +63,7 @@ __all__ = [
     "ATTR_TASK_STACK",
     "ATTR_THREAD_ID",
     "ATTR_THREAD_NAME",
+    "ATTR_OWN_TIMEOUT_S",
     "ATTR_TIMEOUT_S",
     "ATTR_URL_FULL",
     "ATTR_URL_PATH",
@@ -149,6 +150,9 @@ ATTR_GROUP_SERIAL: Final = "hangguard.group.serial"
 ATTR_THREAD_ID: Final = "thread.id"
 ATTR_THREAD_NAME: Final = "thread.name"
 ATTR_TIMEOUT_S: Final = "hangguard.timeout_s"
+# On an op span whose own budget is longer than what the enclosing deadline leaves: that
+# own budget (hangguard.timeout_s is then the budget in force, the shorter).
+ATTR_OWN_TIMEOUT_S: Final = "hangguard.own_timeout_s"
 ATTR_TASK_NAME: Final = "hangguard.task.name"
 ATTR_TASK_STACK: Final = "hangguard.task.stack"
 # On every cancelled task or op span (attributes: cheap, and what sampling matches), and

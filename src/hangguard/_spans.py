@@ -17,6 +17,7 @@ from typing import Final
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
+from ._deadline import remaining
 from ._metrics import record_deadline_exceeded as count_deadline_exceeded
 from ._providers import tracer_provider
 from ._semconv import (
@@ -24,6 +25,7 @@ from ._semconv import (
     ATTR_DEADLINE_NAME,
     ATTR_ERROR_TYPE,
     ATTR_OP_NAME,
+    ATTR_OWN_TIMEOUT_S,
     ATTR_TIMEOUT_S,
     EVENT_DEADLINE_EXCEEDED,
     SPAN_OP,
@@ -60,15 +62,29 @@ def get_tracer() -> Tracer | None:
     return tracer
 
 
-def start_op_span(tracer: Tracer, name: str, seconds: float) -> Span:
-    """The span of one run of an op (async or sync), its budget on it when it has one.
+#: How much less than its own budget an op may be left and still count as on its own.
+_SAME_BUDGET_SLACK_S = 0.001
 
-    Failures and cancellations are recorded by the caller (as a cancellation, not an
-    error), so the SDK's own recording is off.
+
+def start_op_span(tracer: Tracer, name: str, seconds: float) -> Span:
+    """The span of one run of an op (async or sync), with the budget in force on it.
+
+    The budget in force is the shorter of the op's own (``seconds``) and what the enclosing
+    deadline leaves: an op with a 300 s budget inside a 3 s one has 3 s at most, and that is
+    what ``hangguard.timeout_s`` says; its own budget is kept beside it
+    (``hangguard.own_timeout_s``) only when it differs. Failures and cancellations are
+    recorded by the caller (as a cancellation, not an error), so the SDK's own recording is
+    off.
     """
     attributes: dict[str, str | float] = {ATTR_OP_NAME: name}
-    if not math.isinf(seconds):
-        attributes[ATTR_TIMEOUT_S] = seconds
+    left = remaining()
+    # A sync op starts its span inside its own deadline, which then leaves a hair less
+    # than ``seconds``: that is still its own budget, not an inherited one.
+    in_force = seconds if left >= seconds - _SAME_BUDGET_SLACK_S else left
+    if not math.isinf(in_force):
+        attributes[ATTR_TIMEOUT_S] = in_force
+    if in_force != seconds:
+        attributes[ATTR_OWN_TIMEOUT_S] = seconds
     return tracer.start_span(
         SPAN_OP.format(name),
         attributes=attributes,

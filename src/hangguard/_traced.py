@@ -100,6 +100,7 @@ def _traced(
     if not inspect.iscoroutinefunction(fn):
         raise TypeError(f"traced() needs an async def function, got {callable_name(fn)!r}")
     span_name = name or _default_name(fn)
+    _config.note_op_name(span_name)  # for the HANGGUARD_BUDGETS typo check
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:

@@ -225,31 +225,85 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="timeout of each network check (default 3s)",
     )
+    doctor.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE (the one defining your ops; repeatable) and name each "
+        "HANGGUARD_BUDGETS entry that matches none of its ops",
+    )
     doctor.add_argument("--json", action="store_true", help="print one JSON document")
 
     trace = sub.add_parser(
         "trace",
-        help="show a span file written by HANGGUARD_TRACE_FILE as a tree",
+        help="show a trace as a tree: from a HANGGUARD_TRACE_FILE, or from Jaeger's query API",
         description=(
             "Show the spans an application traced without a collector left in its "
             "HANGGUARD_TRACE_FILE (JSON lines): the most recent trace as a tree, like "
-            "'hangguard demo' shows its own, or with --list every trace in the file."
+            "'hangguard demo' shows its own, or with --list every trace in the file. "
+            "With --jaeger URL, read the trace from Jaeger's query API instead (e.g. a "
+            "Jaeger built from source, which has no UI): 'hangguard trace --jaeger URL "
+            "TRACE_ID', or '--service NAME' for its latest trace (--list: its last --last N)."
         ),
         epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    trace.add_argument("file", help="the JSON-lines span file")
+    trace.add_argument(
+        "source",
+        nargs="?",
+        default=None,
+        metavar="FILE | TRACE_ID",
+        help="the JSON-lines span file; with --jaeger, the trace id (optional with --service)",
+    )
+    trace.add_argument(
+        "--jaeger",
+        default=None,
+        metavar="URL",
+        help="read from the Jaeger query API at URL (e.g. http://localhost:16686)",
+    )
+    trace.add_argument(
+        "--service",
+        default=None,
+        metavar="NAME",
+        help="with --jaeger: the service whose latest traces to read",
+    )
+    trace.add_argument(
+        "--last",
+        type=_count,
+        default=20,
+        metavar="N",
+        help="with --service: how many of its latest traces to read (default 20)",
+    )
+    trace.add_argument(
+        "--lookback",
+        type=_duration("--lookback"),
+        default=3600.0,
+        metavar="DURATION",
+        help="with --service: how far back to look (default 1h)",
+    )
     trace.add_argument(
         "--trace-id",
         default=None,
         help="the trace to show, or a unique prefix of its id (default: the latest)",
     )
-    trace.add_argument("--list", action="store_true", help="list the traces in the file")
+    trace.add_argument(
+        "--list", action="store_true", help="list the traces (in the file, or of --service)"
+    )
     trace.add_argument(
         "--all-spans",
         action="store_true",
         help="also show the mcp SDK's own transport spans",
     )
     trace.add_argument("--json", action="store_true", help="print JSON instead of the tree")
+    trace.add_argument(
+        "--timeout",
+        type=_duration("--timeout"),
+        default=10.0,
+        metavar="DURATION",
+        help="with --jaeger: timeout of the request (default 10s)",
+    )
 
     sub.add_parser(
         _CHAOS,
@@ -297,14 +351,33 @@ def run(argv: list[str]) -> int:
             jaeger_url=args.jaeger_url,
             timeout=args.timeout,
             as_json=args.json,
+            imports=args.imports,
         )
     if args.command == "trace":
-        from ._trace_cmd import show_trace_file
+        from ._trace_cmd import show_jaeger_trace, show_trace_file
 
+        hide = () if args.all_spans else (MCP_SDK_SCOPE,)
+        if args.jaeger is not None:
+            return show_jaeger_trace(
+                out,
+                err,
+                args.jaeger,
+                trace_id=args.source or args.trace_id,
+                service=args.service,
+                last=args.last,
+                lookback_s=args.lookback,
+                list_only=args.list,
+                hide_scopes=hide,
+                as_json=args.json,
+                timeout=args.timeout,
+            )
+        if args.source is None:
+            err.print("error: hangguard trace needs a FILE, or --jaeger URL (see --help)")
+            return EXIT_USAGE
         return show_trace_file(
             out,
             err,
-            args.file,
+            args.source,
             trace_id=args.trace_id,
             list_only=args.list,
             hide_scopes=() if args.all_spans else (MCP_SDK_SCOPE,),

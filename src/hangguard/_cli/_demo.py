@@ -46,6 +46,7 @@ from ._demo_report import (
     results_table,
     summary_line,
 )
+from ._jaeger import has_ui
 from ._tree import MCP_SDK_SCOPE, format_budget, trace_tree
 
 __all__ = ["DEFAULT_BUDGET", "Budgets", "run_demo"]
@@ -164,9 +165,17 @@ async def _run_op(
             return None, exc
 
 
+#: How long the demo waits to learn whether the Jaeger of its link serves a UI.
+_UI_PROBE_TIMEOUT = 1.0
+
+
+def _jaeger_base(args: argparse.Namespace) -> str:
+    base: str = args.jaeger_ui or os.environ.get(ENV_JAEGER_UI) or DEFAULT_JAEGER_UI
+    return base.rstrip("/")
+
+
 def _jaeger_link(args: argparse.Namespace, trace_id: str | None) -> str | None:
-    base = args.jaeger_ui or os.environ.get(ENV_JAEGER_UI) or DEFAULT_JAEGER_UI
-    return f"{base.rstrip('/')}/trace/{trace_id}" if trace_id else None
+    return f"{_jaeger_base(args)}/trace/{trace_id}" if trace_id else None
 
 
 def run_demo(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -241,6 +250,16 @@ def run_demo(args: argparse.Namespace, out: Console, err: Console) -> int:
         where = tracing.settings.traces_endpoint
         if flushed:
             err.print(f"trace exported to {where}; open it in Jaeger: {link}", soft_wrap=True)
+            base = _jaeger_base(args)
+            if trace_id is not None and has_ui(base, timeout=_UI_PROBE_TIMEOUT) is False:
+                # A Jaeger built from source has the query API but no UI: the link opens
+                # a placeholder page, so say how to see the trace instead.
+                err.print(
+                    f"note: {base} has no Jaeger UI (a build from source), so that link "
+                    f"shows a placeholder; see the trace with: "
+                    f"hangguard trace --jaeger {base} {trace_id}",
+                    soft_wrap=True,
+                )
         else:
             err.print(
                 Text(f"warning: the trace could not be delivered to {where} in time", style="red"),

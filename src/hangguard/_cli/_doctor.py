@@ -17,8 +17,9 @@ import json
 import os
 import socket
 import ssl
+import sys
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Final, Literal
@@ -31,13 +32,16 @@ from .._config import ENV_JAEGER_UI
 from .._exceptions import ConfigError
 from ..tracing._setup import resolve_settings
 from ._config_cmd import collect
+from ._jaeger import has_ui
 
 __all__ = [
     "PACKAGES",
     "Check",
     "Endpoint",
     "check_config",
+    "check_budget_names",
     "check_jaeger",
+    "check_jaeger_ui",
     "check_otlp",
     "check_otlp_metrics",
     "check_packages",
@@ -333,6 +337,24 @@ def check_jaeger(url: str, *, timeout: float) -> Check:
     return Check(name, "ok", f"{api} answers; services: {shown}")
 
 
+def check_jaeger_ui(url: str, *, timeout: float) -> Check | None:
+    """Whether ``url`` serves the Jaeger UI: a Jaeger built from source has the query API
+    but no UI, so a trace link opens a placeholder page. ``None`` when it cannot be told."""
+    base = url.rstrip("/")
+    ui = has_ui(base, timeout=timeout)
+    if ui is None:
+        return None
+    if ui:
+        return Check("Jaeger UI", "ok", f"{base}/ serves the Jaeger UI")
+    return Check(
+        "Jaeger UI",
+        "warn",
+        f"{base}/ has no UI (a Jaeger built from source): trace links open a placeholder page",
+        f"read a trace with 'hangguard trace --jaeger {base} TRACE_ID' (or --service NAME), "
+        "or run the jaegertracing/jaeger image (docker compose up) for the UI",
+    )
+
+
 def check_config() -> list[Check]:
     """Every ``HANGGUARD_*`` variable parses."""
     report = collect()
@@ -405,6 +427,51 @@ _MARK: Final[dict[Status, tuple[str, str]]] = {
 }
 
 
+def check_budget_names(modules: Sequence[str]) -> list[Check]:
+    """Import ``modules`` (the user's ops) and name each ``HANGGUARD_BUDGETS`` entry that
+    matches none of the ops they decorate, with the close matches; and each empty entry."""
+    name = "budgets"
+    checks = []
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -c "import MODULE"` would find it
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            checks.append(
+                Check(
+                    name,
+                    "fail",
+                    f"--import {module} failed: {type(exc).__name__}: {exc}",
+                    "run it from the directory the module is found from, or fix the module",
+                )
+            )
+    if not os.environ.get(_config.ENV_BUDGETS):
+        return checks
+    try:
+        problems = _config.unmatched_budgets()
+    except ConfigError:
+        return checks  # check_config reports it
+    if not modules:
+        checks.append(
+            Check(
+                name,
+                "info",
+                f"{_config.ENV_BUDGETS} entries not compared with your ops",
+                "pass --import MODULE (the module that defines them) to find misspelled names",
+            )
+        )
+        problems = [p for p in problems if p.kind == "empty"]
+    elif not any(p.kind == "unmatched" for p in problems):
+        ops = ", ".join(sorted(_config.budgets()))
+        checks.append(Check(name, "ok", f"every {_config.ENV_BUDGETS} entry names an op: {ops}"))
+    fixes = {
+        "unmatched": f"correct the name in {_config.ENV_BUDGETS} (entries are exact op names)",
+        "empty": "write OP=none for no limit, or give a duration",
+    }
+    return [*checks, *(Check(name, "warn", p.message, fixes[p.kind]) for p in problems)]
+
+
 def run_doctor(
     out: Console,
     *,
@@ -413,9 +480,10 @@ def run_doctor(
     jaeger_url: str | None,
     timeout: float,
     as_json: bool,
+    imports: Sequence[str] = (),
 ) -> int:
     """Run every check; returns 1 when one failed, else 0."""
-    checks = [*check_config(), *check_packages()]
+    checks = [*check_config(), *check_budget_names(imports), *check_packages()]
     try:
         resolved = resolve_endpoint(endpoint, protocol)
     except ConfigError as exc:
@@ -437,6 +505,17 @@ def run_doctor(
     jaeger = jaeger_url or os.environ.get(ENV_JAEGER_UI)
     if jaeger:
         checks.append(check_jaeger(jaeger, timeout=timeout))
+        if checks[-1].status == "ok" and (ui := check_jaeger_ui(jaeger, timeout=timeout)):
+            checks.append(ui)
+    else:
+        checks.append(
+            Check(
+                "Jaeger",
+                "info",
+                "not checked",
+                f"pass --jaeger-url URL (or set {ENV_JAEGER_UI}) to check Jaeger's query API",
+            )
+        )
     failed = [c for c in checks if c.status == "fail"]
     if as_json:
         out.file.write(

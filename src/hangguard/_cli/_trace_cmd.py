@@ -10,21 +10,30 @@ of it the way ``hangguard demo`` shows its own::
     $ hangguard trace trace.jsonl --trace-id 4bf9   # a unique prefix is enough
 
 A last line cut short (the process was killed mid-write) is skipped with a warning.
+
+``--jaeger URL`` reads the same tree from Jaeger's query API instead of a file, e.g. from a
+Jaeger built without its UI::
+
+    $ hangguard trace --jaeger http://localhost:16686 4bf92f3577b34da6a3ce929d0e0e4736
+    $ hangguard trace --jaeger http://localhost:16686 --service my-app        # its latest
+    $ hangguard trace --jaeger http://localhost:16686 --service my-app --list --last 50
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import timedelta
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ..tracing._records import SpanRecord, read_span_file
+from ._jaeger import JaegerError, trace_by_id, traces_of_service
 from ._tree import format_duration, trace_tree, tree_roots
 
-__all__ = ["show_trace_file"]
+__all__ = ["show_jaeger_trace", "show_trace_file"]
 
 
 def _traces(spans: Sequence[SpanRecord]) -> dict[str, list[SpanRecord]]:
@@ -54,9 +63,87 @@ def show_trace_file(
     except (OSError, ValueError) as exc:
         err.print(Text(f"error: cannot read spans from {path}: {exc}", style="red"))
         return 2
+    return _show(
+        out,
+        err,
+        spans,
+        path,
+        trace_id=trace_id,
+        list_only=list_only,
+        hide_scopes=hide_scopes,
+        as_json=as_json,
+    )
+
+
+def show_jaeger_trace(
+    out: Console,
+    err: Console,
+    base: str,
+    *,
+    trace_id: str | None,
+    service: str | None,
+    last: int,
+    lookback_s: float,
+    list_only: bool,
+    hide_scopes: Sequence[str],
+    as_json: bool,
+    timeout: float,
+) -> int:
+    """Print a trace read from the Jaeger query API at ``base``: by id, or the latest (or,
+    with ``list_only``, the list) of the last ``last`` traces of ``service``.
+
+    Returns 2 when Jaeger cannot be read or has no such trace, else 0.
+    """
+    try:
+        if service is None:
+            if trace_id is None:
+                err.print(Text("error: --jaeger needs a TRACE_ID or --service NAME", style="red"))
+                return 2
+            spans = trace_by_id(base, trace_id, timeout=timeout)
+            if not spans:
+                err.print(
+                    Text(f"error: Jaeger at {base} has no trace {trace_id}", style="red"),
+                    soft_wrap=True,
+                )
+                return 2
+        else:
+            spans = traces_of_service(
+                base,
+                service,
+                limit=last,
+                lookback=timedelta(seconds=lookback_s),
+                timeout=timeout,
+            )
+    except JaegerError as exc:
+        err.print(Text(f"error: {exc}", style="red"), soft_wrap=True)
+        return 2
+    where = f"Jaeger at {base}" + (f" (service {service})" if service else "")
+    return _show(
+        out,
+        err,
+        spans,
+        where,
+        trace_id=trace_id,
+        list_only=list_only,
+        hide_scopes=hide_scopes,
+        as_json=as_json,
+    )
+
+
+def _show(
+    out: Console,
+    err: Console,
+    spans: Sequence[SpanRecord],
+    where: str,
+    *,
+    trace_id: str | None,
+    list_only: bool,
+    hide_scopes: Sequence[str],
+    as_json: bool,
+) -> int:
     traces = _traces(spans)
     if not traces:
-        err.print(f"{path} holds no spans")
+        err.print(f"{where} holds no spans")
         return 0
     if list_only:
         rows = []
@@ -84,7 +171,7 @@ def show_trace_file(
         matches = [t for t in traces if t.startswith(wanted)] if wanted else []
         if len(matches) != 1:
             why = "is not in" if not matches else f"matches {len(matches)} traces in"
-            err.print(Text(f"error: trace {trace_id} {why} {path} (see --list)", style="red"))
+            err.print(Text(f"error: trace {trace_id} {why} {where} (see --list)", style="red"))
             return 2
         chosen = matches[0]
     if as_json:

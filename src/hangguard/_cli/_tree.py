@@ -38,6 +38,7 @@ from .._semconv import (
     ATTR_GROUP_TIMED_OUT,
     ATTR_LOOP_BLOCKED_S,
     ATTR_LOOP_STACK,
+    ATTR_OWN_TIMEOUT_S,
     ATTR_RETRY_ATTEMPT,
     ATTR_RETRY_ATTEMPTS,
     ATTR_RETRY_REMAINING_S,
@@ -167,7 +168,11 @@ def _details(span: SpanRecord) -> str:
         bits.append(span.kind.lower())
     timeout = _num(attrs.get(ATTR_TIMEOUT_S))
     if timeout is not None:
-        bits.append(f"budget {format_budget(timeout)}")
+        # The budget in force; the op's own beside it only when the enclosing deadline
+        # cut it short (a 300s op inside a 3s one: "budget 2.7s, own 300s").
+        own = _num(attrs.get(ATTR_OWN_TIMEOUT_S))
+        beside = f", own {format_budget(own)}" if own is not None and own != timeout else ""
+        bits.append(f"budget {format_budget(timeout)}{beside}")
     size = attrs.get(ATTR_GROUP_SIZE)
     if size is not None:
         bits.append(
