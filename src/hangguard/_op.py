@@ -36,9 +36,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, overload
 
+from opentelemetry import trace
+
 from . import _config
-from ._deadline import remaining
-from ._exceptions import ConfigError
+from ._deadline import current_deadline, remaining
+from ._exceptions import ConfigError, DeadlineExceeded
 from ._group import TaskGroup
 from ._op_spec import (
     FALLBACK_ATTR,
@@ -51,6 +53,9 @@ from ._op_spec import (
     submit_label,
 )
 from ._op_sync import guard_sync
+from ._semconv import ATTR_CANCEL_SWALLOWED
+from ._spans import guard as _span_guard
+from ._spans import record_deadline_exceeded
 from ._task_info import OP_ENTRY_NAMES
 from ._traced import check_budget, check_name, run_in_scope
 
@@ -64,6 +69,9 @@ _SUBMIT: Final = "submit_async_task"
 _JOIN: Final = "join_async_task"
 _RAY_SUBMIT: Final = "submit_ray_task"
 _ENTRY_NAMES: Final = OP_ENTRY_NAMES
+# Entry names shared with the sync side (flowllm 0.2's ``BaseOp.execute``): an async entry
+# only when ``async def`` (flowllm 0.3's ``BaseStep.execute``).
+_ASYNC_ONLY_ENTRIES: Final = frozenset({"execute"})
 _INSTANCE_RUN: Final = "_hangguard_run"
 
 # Every task submitted through a guarded op, to tell them from tasks put on a
@@ -264,6 +272,35 @@ async def _close_leftover(run: _Run, exc: BaseException | None) -> None:
         _forget(run.op, tasks)
 
 
+def _refuse_swallowed_deadline(name: str, task: asyncio.Task[Any] | None, before: int) -> None:
+    """Raise ``DeadlineExceeded`` when a deadline cancelled the body and it returned anyway.
+
+    Code that catches ``CancelledError`` and returns (agentscope's model call returns an
+    "interrupted" response) would make a run cut short by its budget look like a success
+    with nothing in it. The cancellation is still requested on the task (``cancelling()``
+    above its count at entry, until the deadline's exit takes it back), and a deadline in
+    force here has fired: then the op failed on its deadline, and says so.
+    """
+    if task is None or task.cancelling() <= before:
+        return
+    d = current_deadline()
+    while d is not None and not (d.scope is not None and d.scope.expired):
+        d = d.parent
+    if d is None:
+        return  # an outside cancellation, not a deadline: not ours to judge
+    fired = d.binding()
+    with _span_guard():
+        trace.get_current_span().set_attribute(ATTR_CANCEL_SWALLOWED, True)
+    record_deadline_exceeded(fired.name, fired.budget)
+    raise DeadlineExceeded(
+        f"op {name!r} ran out of its deadline {fired.name or '(unnamed)'!r} (budget "
+        f"{fired.budget:g} s) and its body swallowed the cancellation: it caught "
+        "CancelledError and returned normally, so its result is not a success",
+        deadline_name=fired.name,
+        budget=fired.budget,
+    )
+
+
 def _make_entry(
     original: Callable[..., Awaitable[Any]], spec: OpSpec
 ) -> Callable[..., Coroutine[Any, Any, Any]]:
@@ -278,8 +315,10 @@ def _make_entry(
         token = _current_run.set(run)
 
         async def body() -> Any:
+            cancelling = task.cancelling() if task is not None else 0
             try:
                 result = await original(self, *args, **kwargs)
+                _refuse_swallowed_deadline(run.name, task, cancelling)
             except BaseException as exc:
                 await _close_leftover(run, exc)
                 raise
@@ -298,10 +337,22 @@ def _make_entry(
 # --- class transformation ----------------------------------------------------------------
 
 
+def _async_entry(cls: type) -> str | None:
+    """The name of the class's async entry point, or ``None``."""
+    for attr in _ENTRY_NAMES:
+        fn = find_original(cls, attr)
+        if fn is None:
+            continue
+        if attr in _ASYNC_ONLY_ENTRIES and not inspect.iscoroutinefunction(fn):
+            continue  # a sync execute: the sync side's
+        return attr
+    return None
+
+
 def _guard_class(cls: type, spec: OpSpec, *, strict: bool) -> None:
     # For the HANGGUARD_BUDGETS typo check: the name this class's runs take.
     _config.note_op_name(spec.name or cls.__name__, cls)
-    entry_attr = next((a for a in _ENTRY_NAMES if find_original(cls, a) is not None), None)
+    entry_attr = _async_entry(cls)
     if entry_attr is None and _RAY_SUBMIT in dir(cls):
         # A Ray op (flowllm's BaseRayOp shape): guarded by hangguard.ray, imported only
         # here (without the ray extra this fails with the pip command to run).
@@ -314,7 +365,8 @@ def _guard_class(cls: type, spec: OpSpec, *, strict: bool) -> None:
     if entry_attr is None:
         if strict and not has_sync_entry:
             raise TypeError(
-                f"guarded_op: {cls.__qualname__} has neither async_call() nor async_execute()"
+                f"guarded_op: {cls.__qualname__} has neither async_call(), async_execute() "
+                "nor async def execute()"
             )
     else:
         original = find_original(cls, entry_attr)

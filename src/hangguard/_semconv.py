@@ -14,6 +14,7 @@ __all__ = [
     "ATTR_CANCEL_FORCED",
     "ATTR_CANCEL_GRACE_S",
     "ATTR_CANCEL_REASON",
+    "ATTR_CANCEL_SWALLOWED",
     "ATTR_DEADLINE_BUDGET_S",
     "ATTR_DEADLINE_NAME",
     "ATTR_ERROR_TYPE",
@@ -160,6 +161,9 @@ ATTR_TASK_STACK: Final = "hangguard.task.stack"
 ATTR_CANCEL_REASON: Final = "hangguard.cancel.reason"
 ATTR_CANCEL_CAUSE: Final = "hangguard.cancel.cause"
 ATTR_CANCEL_GRACE_S: Final = "hangguard.cancel_grace_s"
+#: On a guarded op's span: its deadline cancelled the body, which caught the
+#: cancellation and returned normally; the op raised ``DeadlineExceeded`` instead.
+ATTR_CANCEL_SWALLOWED: Final = "hangguard.cancel.swallowed"
 ATTR_DEADLINE_NAME: Final = "hangguard.deadline.name"
 ATTR_DEADLINE_BUDGET_S: Final = "hangguard.deadline.budget_s"
 # On loop_blocked: how long the loop ran no callback, the stack sampled while it was

@@ -52,9 +52,11 @@ def is_coroutine_function(fn: object) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-#: The entry points of an op in flowllm's ``BaseAsyncOp`` shape, in the order a guarded
-#: op looks for them.
-OP_ENTRY_NAMES: Final = ("async_call", "async_execute")
+#: The entry points of an async op, in the order a guarded op looks for them: flowllm
+#: 0.2's ``BaseAsyncOp`` (``async_call``, ``async_execute``), then flowllm 0.3's
+#: ``BaseStep`` (``async def execute``; a sync ``execute`` is 0.2's ``BaseOp``, guarded
+#: on the sync side).
+OP_ENTRY_NAMES: Final = ("async_call", "async_execute", "execute")
 
 
 def fn_name(fn: object) -> str:
