@@ -37,7 +37,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from . import _config, _spans
-from ._deadline import deadline
+from ._deadline import deadline, remaining
 from ._op_spec import ORIGINAL_ATTR, OpSpec, find_original, op_task_list, submit_label
 from ._threads import ThreadGroup
 
@@ -75,7 +75,7 @@ def run_in_scope_sync(name: str, budget: float | None, body: Callable[[], R]) ->
     with deadline(seconds, name=name):
         if tracer is None:
             return body()
-        span = _spans.start_op_span(tracer, name, seconds)
+        span = _spans.start_op_span(tracer, name, seconds, remaining())
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
             return body()

@@ -17,7 +17,6 @@ from typing import Final
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
-from ._deadline import remaining
 from ._metrics import record_deadline_exceeded as count_deadline_exceeded
 from ._providers import tracer_provider
 from ._semconv import (
@@ -66,18 +65,18 @@ def get_tracer() -> Tracer | None:
 _SAME_BUDGET_SLACK_S = 0.001
 
 
-def start_op_span(tracer: Tracer, name: str, seconds: float) -> Span:
+def start_op_span(tracer: Tracer, name: str, seconds: float, left: float) -> Span:
     """The span of one run of an op (async or sync), with the budget in force on it.
 
-    The budget in force is the shorter of the op's own (``seconds``) and what the enclosing
-    deadline leaves: an op with a 300 s budget inside a 3 s one has 3 s at most, and that is
-    what ``hangguard.timeout_s`` says; its own budget is kept beside it
+    The budget in force is the shorter of the op's own (``seconds``) and what the
+    enclosing deadline leaves (``left``, read by the caller, as spans sit below deadlines):
+    an op with a 300 s budget inside a 3 s one has 3 s at most, and that is what
+    ``hangguard.timeout_s`` says; its own budget is kept beside it
     (``hangguard.own_timeout_s``) only when it differs. Failures and cancellations are
-    recorded by the caller (as a cancellation, not an error), so the SDK's own recording is
-    off.
+    recorded by the caller (as a cancellation, not an error), so the SDK's own recording
+    is off.
     """
     attributes: dict[str, str | float] = {ATTR_OP_NAME: name}
-    left = remaining()
     # A sync op starts its span inside its own deadline, which then leaves a hair less
     # than ``seconds``: that is still its own budget, not an inherited one.
     in_force = seconds if left >= seconds - _SAME_BUDGET_SLACK_S else left

@@ -20,7 +20,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from . import _config, _spans, _watchdog
-from ._deadline import check_timeout, deadline, deadline_cancel_of
+from ._deadline import check_timeout, deadline, deadline_cancel_of, remaining
 from ._semconv import (
     ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_REASON,
@@ -68,7 +68,7 @@ async def run_in_scope(name: str, budget: float | None, body: Callable[[], Await
         async with deadline(seconds, name=name):
             return await body()
 
-    span = _spans.start_op_span(tracer, name, seconds)
+    span = _spans.start_op_span(tracer, name, seconds, remaining())
     token = otel_context.attach(trace.set_span_in_context(span))
     try:
         async with deadline(seconds, name=name):
