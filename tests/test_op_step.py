@@ -9,6 +9,7 @@ execute(self)`` that ``__call__`` awaits. The real class is checked in its own v
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from abc import ABC, abstractmethod
 from typing import Any
@@ -109,7 +110,7 @@ def test_a_sync_execute_is_still_the_sync_side() -> None:
             return "sync"
 
     assert SyncOp().execute() == "sync"
-    assert not asyncio.iscoroutinefunction(SyncOp.execute)
+    assert not inspect.iscoroutinefunction(SyncOp.execute)
 
 
 def test_a_class_with_no_entry_point_is_refused_naming_execute() -> None:
