@@ -19,7 +19,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from . import _config, _spans, _watchdog
+from . import _config, _inflight, _spans, _watchdog
 from ._deadline import check_timeout, deadline, deadline_cancel_of
 from ._semconv import (
     ATTR_CANCEL_CAUSE,
@@ -66,13 +66,15 @@ async def run_in_scope(name: str, budget: float | None, body: Callable[[], Await
     tracer = _spans.get_tracer()
     if tracer is None:
         async with deadline(seconds, name=name):
-            return await body()
+            with _inflight.tracking(_inflight.OP, name):  # in `hangguard ps` while it runs
+                return await body()
 
     span = _spans.start_op_span(tracer, name, seconds)
     token = otel_context.attach(trace.set_span_in_context(span))
     try:
         async with deadline(seconds, name=name):
-            return await body()
+            with _inflight.tracking(_inflight.OP, name, span=span):
+                return await body()
     except asyncio.CancelledError as exc:
         # Cancellation is not an error: noted with its cause, and passed on.
         with _spans.guard():
