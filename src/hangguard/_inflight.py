@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Container, Coroutine, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
@@ -70,6 +70,7 @@ __all__ = [
     "discard",
     "entered",
     "entries",
+    "find",
     "open_entry",
     "registered",
     "registered_method",
@@ -300,24 +301,34 @@ def _record(entry: Entry, parent_id: int | None, now: float, stacks: bool) -> Re
     )
 
 
-def snapshot(*, stacks: bool = True) -> list[Record]:
+def snapshot(*, stacks: bool = True, stacks_for: Container[int] | None = None) -> list[Record]:
     """Every in-flight entry and the children its owners list, parents before children.
 
-    ``stacks=False`` skips the frames (the cheap listing a rate-limited reader takes first).
+    ``stacks=False`` skips the frames (the cheap listing a rate-limited reader takes first);
+    ``stacks_for`` reads them only for the entries of those ids (the ones that qualified).
     """
     now = _deadline.now()
     out: list[Record] = []
+
+    def want(entry: Entry) -> bool:
+        return stacks and (stacks_for is None or entry.id in stacks_for)
+
     for entry in entries():
         parent = entry.parent
         parent_id = parent.id if parent is not None and parent.id in _entries else None
-        out.append(_record(entry, parent_id, now, stacks))
+        out.append(_record(entry, parent_id, now, want(entry)))
         if entry.children is not None:
             try:
                 kids = list(entry.children())
             except Exception:  # the owner ended while it was read
                 kids = []
-            out.extend(_record(kid, entry.id, now, stacks) for kid in kids)
+            out.extend(_record(kid, entry.id, now, want(kid)) for kid in kids)
     return out
+
+
+def find(entry_id: int) -> Entry | None:
+    """The registered entry of that id (not a group's listed child), if still running."""
+    return _entries.get(entry_id)
 
 
 T = TypeVar("T")
@@ -350,15 +361,26 @@ def _where_here() -> Callable[[], tuple[Frame, ...]]:
     return where
 
 
-def open_entry(
-    kind: str, name: str, *, span: Any = None, deadline: float | None = None
-) -> Entry:
+_first = [True]
+
+
+def _first_entry() -> None:
+    # HANGGUARD_PS=1 starts the ps watcher at the first registered work, never at import.
+    from . import _ps
+
+    _ps.maybe_start()
+    _first[0] = False
+
+
+def open_entry(kind: str, name: str, *, span: Any = None, deadline: float | None = None) -> Entry:
     """An entry for work starting here (not registered yet: see :func:`tracking`).
 
     Its parent is the current entry; its trace and span ids are ``span``'s, else the
     current span's; its deadline is ``deadline`` (absolute, hangguard's clock), else the
     deadline in force here.
     """
+    if _first[0]:
+        _first_entry()
     if deadline is None:
         d = _deadline.current_deadline()
         deadline = math.inf if d is None else d.expires_at
