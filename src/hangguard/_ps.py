@@ -34,7 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Final
 
-from . import _config, _inflight
+from . import _config, _inflight, _snapshots
 
 __all__ = [
     "PS_VERSION",
@@ -128,6 +128,7 @@ def report() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "argv": list(sys.argv),
         "time": time.time(),
+        "snapshots": dict(_snapshots.totals),
         "entries": [record_json(r) for r in records],
     }
 
@@ -247,10 +248,8 @@ def maybe_start() -> None:
     wanted = _config.ps()
     _checked_env = True
     if wanted:
-        from ._snapshots import ticker
-
         try:
-            start(ticker(_config.snapshot_after(), None))
+            start(_snapshots.ticker(_config.snapshot_after(), None))
         except (OSError, PsError) as exc:
             logger.warning("hangguard: HANGGUARD_PS=1 but the watcher cannot start: %s", exc)
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import collections
 import math
-import time
 from collections.abc import Callable
 from typing import Any, Final
 
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from . import _inflight, _spans
+from . import _deadline, _inflight, _spans
 from ._semconv import (
     ATTR_SNAPSHOT_BUDGET_LEFT_S,
     ATTR_SNAPSHOT_ELAPSED_S,
@@ -41,7 +40,7 @@ from ._semconv import (
     SPAN_SNAPSHOT,
 )
 
-__all__ = ["FLUSH_BOUND", "PER_MINUTE", "Snapshotter", "format_stack", "ticker"]
+__all__ = ["FLUSH_BOUND", "PER_MINUTE", "Snapshotter", "format_stack", "ticker", "totals"]
 
 #: At most this many snapshots per process per minute (the rest wait for the next minute).
 PER_MINUTE: Final = 60
@@ -49,6 +48,10 @@ PER_MINUTE: Final = 60
 FLUSH_BOUND: Final = 1.0
 #: How often the watcher looks, at most (also bounded by a quarter of the threshold).
 _MAX_TICK: Final = 1.0
+
+
+#: Snapshots this process sent, and those the per-minute cap held back (``ps`` shows them).
+totals: dict[str, int] = {"sent": 0, "capped": 0}
 
 
 def format_stack(frames: tuple[_inflight.Frame, ...]) -> str:
@@ -74,9 +77,6 @@ class Snapshotter:
         self._last: dict[int, float] = {}  # entry id -> when its last snapshot went out
         self._seq: dict[int, int] = {}
         self._sent: collections.deque[float] = collections.deque()
-        #: Snapshots sent, and those the per-minute cap held back (for bench and tests).
-        self.sent = 0
-        self.capped = 0
 
     def tick(self) -> float | None:
         """Send what is due; returns the seconds until the next look (``None``: never)."""
@@ -93,7 +93,7 @@ class Snapshotter:
             del self._last[gone]
             self._seq.pop(gone, None)
         parents = {r.parent_id for r in records if r.parent_id is not None}
-        now = time.monotonic()
+        now = _deadline.now()
         due = [
             r
             for r in records
@@ -108,20 +108,23 @@ class Snapshotter:
             self._sent.popleft()
         room = PER_MINUTE - len(self._sent)
         if room < len(due):
-            self.capped += len(due) - max(0, room)
+            totals["capped"] += len(due) - max(0, room)
             due = due[: max(0, room)]
         if not due:
             return wait
         stacked = {r.id: r for r in _inflight.snapshot(stacks=True, stacks_for={r.id for r in due})}
         for r in due:
             record = stacked.get(r.id, r)
-            self._send(tracer, record, _path(record, by_id))
+            self._send(tracer, record, by_id)
             self._last[r.id] = now
             self._sent.append(now)
         self._flush(FLUSH_BOUND)
         return wait
 
-    def _send(self, tracer: trace.Tracer, r: _inflight.Record, path: str) -> None:
+    def _send(
+        self, tracer: trace.Tracer, r: _inflight.Record, by_id: dict[int, _inflight.Record]
+    ) -> None:
+        chain = _chain(r, by_id)
         parent = NonRecordingSpan(
             SpanContext(
                 trace_id=int(r.trace_id, 16),
@@ -137,11 +140,13 @@ class Snapshotter:
             ATTR_SNAPSHOT_STATE: r.state,
             ATTR_SNAPSHOT_ELAPSED_S: round(r.elapsed_s, 3),
             ATTR_SNAPSHOT_SEQ: seq,
-            ATTR_SNAPSHOT_PATH: path,
+            ATTR_SNAPSHOT_PATH: " > ".join(f"{c.kind} {c.name}" for c in reversed(chain)),
             ATTR_SNAPSHOT_STACK: format_stack(r.stack),
         }
-        if not math.isinf(r.budget_left_s):
-            attrs[ATTR_SNAPSHOT_BUDGET_LEFT_S] = round(r.budget_left_s, 3)
+        # The budget that binds: the leaf's own, or the tightest of the work around it.
+        budget = min(c.budget_left_s for c in chain)
+        if not math.isinf(budget):
+            attrs[ATTR_SNAPSHOT_BUDGET_LEFT_S] = round(budget, 3)
         with _spans.guard():
             span = tracer.start_span(
                 SPAN_SNAPSHOT.format(r.name),
@@ -149,17 +154,17 @@ class Snapshotter:
                 attributes=attrs,
             )
             span.end()
-            self.sent += 1
+            totals["sent"] += 1
 
 
-def _path(record: _inflight.Record, by_id: dict[int, _inflight.Record]) -> str:
-    # "op research > mcp search-server search": where the leaf sits, outermost first.
-    names: list[str] = []
+def _chain(record: _inflight.Record, by_id: dict[int, _inflight.Record]) -> list[_inflight.Record]:
+    # The leaf and the work around it, innermost first.
+    chain: list[_inflight.Record] = []
     r: _inflight.Record | None = record
-    while r is not None and len(names) < 16:
-        names.append(f"{r.kind} {r.name}")
+    while r is not None and len(chain) < 16:
+        chain.append(r)
         r = by_id.get(r.parent_id) if r.parent_id is not None else None
-    return " > ".join(reversed(names))
+    return chain
 
 
 def ticker(after: float, flush: Callable[[float], Any] | None) -> Callable[[], float | None] | None:
