@@ -361,17 +361,6 @@ def _where_here() -> Callable[[], tuple[Frame, ...]]:
     return where
 
 
-_first = [True]
-
-
-def _first_entry() -> None:
-    # HANGGUARD_PS=1 starts the ps watcher at the first registered work, never at import.
-    from . import _ps
-
-    _ps.maybe_start()
-    _first[0] = False
-
-
 def open_entry(kind: str, name: str, *, span: Any = None, deadline: float | None = None) -> Entry:
     """An entry for work starting here (not registered yet: see :func:`tracking`).
 
@@ -379,8 +368,6 @@ def open_entry(kind: str, name: str, *, span: Any = None, deadline: float | None
     current span's; its deadline is ``deadline`` (absolute, hangguard's clock), else the
     deadline in force here.
     """
-    if _first[0]:
-        _first_entry()
     if deadline is None:
         d = _deadline.current_deadline()
         deadline = math.inf if d is None else d.expires_at

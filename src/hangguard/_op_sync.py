@@ -36,7 +36,7 @@ from typing import Any, Final, TypeVar
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from . import _config, _inflight, _spans
+from . import _config, _inflight, _ps, _spans
 from ._deadline import deadline
 from ._op_spec import ORIGINAL_ATTR, OpSpec, find_original, op_task_list, submit_label
 from ._threads import ThreadGroup
@@ -71,6 +71,7 @@ _current_run: ContextVar[_SyncRun | None] = ContextVar("hangguard_sync_op_run", 
 def run_in_scope_sync(name: str, budget: float | None, body: Callable[[], R]) -> R:
     """Call ``body()`` in a span and a deadline, both named ``name`` (the sync scope)."""
     seconds = budget if budget is not None else _config.op_budget(name)
+    _ps.maybe_start()  # HANGGUARD_PS=1: the watcher starts at the first op, never at import
     tracer = _spans.get_tracer()
     with deadline(seconds, name=name):
         if tracer is None:
