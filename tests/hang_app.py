@@ -14,6 +14,7 @@ once the hang is about to start.
 from __future__ import annotations
 
 import asyncio
+import linecache
 import signal
 import socket
 import sys
@@ -47,6 +48,22 @@ def _blackhole() -> socket.socket:
 
 _keep: list[socket.socket] = []
 _in_recv = threading.Event()
+_reader: list[threading.Thread] = []
+
+
+def _wait_until_in_recv() -> None:
+    # _in_recv is set just before the recv: poll the thread's own frame (bounded) until
+    # it is on the recv line, so the exit records the hang and not the line before it.
+    _in_recv.wait()
+    ident = _reader[0].ident
+    for _ in range(10_000):
+        frame = sys._current_frames().get(ident or 0)
+        while frame is not None and frame.f_code.co_filename != __file__:
+            frame = frame.f_back
+        if frame is not None and "sock.recv" in linecache.getline(__file__, frame.f_lineno):
+            return
+        _in_recv.wait(0.001)
+    raise SystemExit("the reader thread never reached its recv")
 
 
 @hangguard.guarded_op(budget=120)
@@ -82,7 +99,9 @@ async def main() -> None:
     elif SCENARIO == "recv":
         await asyncio.to_thread(ReadOp().call)
     elif SCENARIO == "daemon-exit":
-        threading.Thread(target=ReadOp().call, daemon=True).start()
+        reader = threading.Thread(target=ReadOp().call, daemon=True)
+        reader.start()
+        _reader.append(reader)
         await asyncio.sleep(0)
     else:
         raise SystemExit(f"unknown scenario {SCENARIO!r}")
@@ -92,5 +111,5 @@ if __name__ == "__main__":
     asyncio.run(main())
     if SCENARIO == "daemon-exit":
         # A normal exit, past the daemon thread still in recv.
-        _in_recv.wait()
+        _wait_until_in_recv()
         print("EXITING", flush=True)

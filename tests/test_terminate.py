@@ -11,10 +11,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hangguard import _ps
+
 HANG_APP = Path(__file__).with_name("hang_app.py")
 
 
-def run(scenario: str, trace_file: Path, *, term: bool) -> tuple[subprocess.Popen[str], str]:
+def wait_in(pid: int, source: str) -> None:
+    """Until ``hangguard ps`` shows the hang's own line: READY is printed just before it,
+    and a SIGTERM between the two would record the print, not the hang."""
+    for _ in range(200):
+        doc = _ps.query(pid, timeout=10)
+        if any(f["source"].startswith(source) for e in doc["entries"] for f in e["stack"]):
+            return
+    raise AssertionError(f"ps of {pid} never showed {source!r}: {doc}")
+
+
+def run(
+    scenario: str, trace_file: Path, *, term: bool, hang_line: str = "time.sleep(600)"
+) -> tuple[subprocess.Popen[str], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "HANGGUARD_"))}
     env["HANGGUARD_TRACE_FILE"] = str(trace_file)
     proc = subprocess.Popen(
@@ -28,6 +42,7 @@ def run(scenario: str, trace_file: Path, *, term: bool) -> tuple[subprocess.Pope
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "READY"
         if term:
+            wait_in(proc.pid, hang_line)
             proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:

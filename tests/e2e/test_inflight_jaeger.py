@@ -71,6 +71,14 @@ def test_a_hang_ended_by_sigterm_shows_as_terminated(stack: Stack) -> None:
     service = f"inflight-term-{uuid.uuid4().hex[:8]}"
     proc = start(stack, service, {"HANGGUARD_SNAPSHOT_AFTER": "none"})
     try:
+        # READY is printed just before the sleep: wait until ps shows the sleep itself.
+        deadline = time.monotonic() + TRACE_TIMEOUT
+        while not any(
+            f["source"].startswith("time.sleep(600)")
+            for e in _ps.query(proc.pid, timeout=10)["entries"]
+            for f in e["stack"]
+        ):
+            assert time.monotonic() < deadline, "ps never showed the sleep"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == -signal.SIGTERM
     finally:
