@@ -41,6 +41,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     ),
     "watchdog": ("bench.watchdog", "Loop watchdog: fan-out with it on vs off; detection latency"),
     "ray": ("bench.ray_fanout", "Ray: RemoteGroup against raw Ray (local 2-CPU Ray)"),
+    "inflight": (
+        "bench.inflight",
+        "In-flight registry: fan-out overhead, snapshot cost, hangguard ps latency",
+    ),
 }
 
 

@@ -44,6 +44,9 @@ GETTERS: list[tuple[str, Callable[[], object], object]] = [
     (ENV_CANCEL_EVENTS, config.cancel_events, 16),
     (ENV_SERIAL, config.serial, False),
     (ENV_LOOP_BLOCK_THRESHOLD, config.loop_block_threshold, None),
+    (config.ENV_PS, config.ps, None),
+    (config.ENV_SNAPSHOT_AFTER, config.snapshot_after, 10.0),
+    (config.ENV_RECORD_ON_SIGTERM, config.record_on_sigterm, True),
 ]
 
 DURATION_VARS = [
@@ -86,6 +89,10 @@ BAD_VALUES: list[tuple[str, Callable[[], object], str]] = [
     (ENV_SERIAL, config.serial, "2"),
     (ENV_LOOP_BLOCK_THRESHOLD, config.loop_block_threshold, "0"),
     (ENV_LOOP_BLOCK_THRESHOLD, config.loop_block_threshold, "fast"),
+    (config.ENV_PS, config.ps, "sometimes"),
+    (config.ENV_SNAPSHOT_AFTER, config.snapshot_after, "0"),
+    (config.ENV_SNAPSHOT_AFTER, config.snapshot_after, "soon"),
+    (config.ENV_RECORD_ON_SIGTERM, config.record_on_sigterm, "perhaps"),
 ]
 
 

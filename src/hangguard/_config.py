@@ -37,8 +37,11 @@ __all__ = [
     "ENV_MCP_BREAKER",
     "ENV_MCP_CONNECT_TIMEOUT",
     "ENV_MCP_TIMEOUT",
+    "ENV_PS",
+    "ENV_RECORD_ON_SIGTERM",
     "ENV_RETRY_ATTEMPTS",
     "ENV_SERIAL",
+    "ENV_SNAPSHOT_AFTER",
     "ENV_TRACE_FILE",
     "ENV_VARS",
     "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
@@ -86,8 +89,11 @@ __all__ = [
     "unmatched_budgets",
     "warn_unmatched_budgets",
     "parse_duration",
+    "ps",
+    "record_on_sigterm",
     "retry_attempts",
     "serial",
+    "snapshot_after",
 ]
 
 ENV_DEFAULT_BUDGET = "HANGGUARD_DEFAULT_BUDGET"
@@ -106,6 +112,13 @@ ENV_LOOP_BLOCK_THRESHOLD = "HANGGUARD_LOOP_BLOCK_THRESHOLD"
 ENV_TRACE_FILE = "HANGGUARD_TRACE_FILE"
 #: Base URL of the Jaeger UI that ``hangguard demo`` links its trace to.
 ENV_JAEGER_UI = "HANGGUARD_JAEGER_UI"
+#: The ``hangguard ps`` watcher thread: 1 starts it at the first guarded op, 0 keeps
+#: :func:`hangguard.setup_tracing` from starting it.
+ENV_PS = "HANGGUARD_PS"
+#: Work still open after this long is exported as a live snapshot (``none``: never).
+ENV_SNAPSHOT_AFTER = "HANGGUARD_SNAPSHOT_AFTER"
+#: 0: :func:`hangguard.setup_tracing` installs no SIGTERM handler recording the hang.
+ENV_RECORD_ON_SIGTERM = "HANGGUARD_RECORD_ON_SIGTERM"
 
 # The standard OpenTelemetry variables hangguard reads itself (the SDK has constants for
 # them, but the SDK is an optional extra).
@@ -156,6 +169,19 @@ _DOCS: Mapping[str, tuple[str, str]] = MappingProxyType(
         ENV_LOOP_BLOCK_THRESHOLD: (
             "off",
             "watch event loops; report a loop that runs no callback for longer than this",
+        ),
+        ENV_PS: (
+            "auto",
+            "the hangguard ps watcher: 1 on (at the first op), 0 off; unset: on with "
+            "setup_tracing()",
+        ),
+        ENV_SNAPSHOT_AFTER: (
+            "10",
+            "export a live snapshot of work still open after this long ('none': never)",
+        ),
+        ENV_RECORD_ON_SIGTERM: (
+            "1",
+            "setup_tracing() ends open spans as 'terminated' on SIGTERM, then chains (0: off)",
         ),
     }
 )
@@ -528,6 +554,33 @@ def loop_block_threshold() -> float | None:
     return _read(ENV_LOOP_BLOCK_THRESHOLD, None, _parse_threshold)
 
 
+def _parse_ps(text: str) -> bool | None:
+    if text.strip().lower() in ("", "auto"):
+        return None
+    return _parse_bool(ENV_PS)(text)
+
+
+def ps() -> bool | None:
+    """``HANGGUARD_PS``: ``True`` (on), ``False`` (off), ``None`` (unset: on with setup_tracing)."""
+    return _read(ENV_PS, None, _parse_ps)
+
+
+#: Work still open this long is exported as a live snapshot, when the variable is unset.
+DEFAULT_SNAPSHOT_AFTER = 10.0
+
+
+def snapshot_after() -> float:
+    """``HANGGUARD_SNAPSHOT_AFTER`` in seconds (10 when unset; ``none``: ``math.inf``)."""
+    return _read(
+        ENV_SNAPSHOT_AFTER, DEFAULT_SNAPSHOT_AFTER, _duration(ENV_SNAPSHOT_AFTER, allow_zero=False)
+    )
+
+
+def record_on_sigterm() -> bool:
+    """``HANGGUARD_RECORD_ON_SIGTERM``: whether setup_tracing records the hang on SIGTERM."""
+    return _read(ENV_RECORD_ON_SIGTERM, True, _parse_bool(ENV_RECORD_ON_SIGTERM))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """A snapshot of the effective configuration (what ``hangguard config`` shows)."""
@@ -543,6 +596,9 @@ class Config:
     cancel_events: int = DEFAULT_CANCEL_EVENTS
     serial: bool = False
     loop_block_threshold: float | None = None
+    ps: bool | None = None
+    snapshot_after: float = DEFAULT_SNAPSHOT_AFTER
+    record_on_sigterm: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,6 +629,9 @@ TABLE: tuple[EnvVar, ...] = tuple(
         (ENV_CANCEL_EVENTS, cancel_events, "cancel_events"),
         (ENV_SERIAL, serial, "serial"),
         (ENV_LOOP_BLOCK_THRESHOLD, loop_block_threshold, "loop_block_threshold"),
+        (ENV_PS, ps, "ps"),
+        (ENV_SNAPSHOT_AFTER, snapshot_after, "snapshot_after"),
+        (ENV_RECORD_ON_SIGTERM, record_on_sigterm, "record_on_sigterm"),
     )
 )
 

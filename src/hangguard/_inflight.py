@@ -26,17 +26,22 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
+import inspect
 import itertools
 import linecache
 import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+import weakref
+from collections.abc import Awaitable, Callable, Container, Coroutine, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
+
+from opentelemetry import trace
 
 from . import _deadline
 
@@ -58,13 +63,21 @@ __all__ = [
     "Frame",
     "Record",
     "add",
+    "adopt_span",
+    "awaited",
+    "called",
     "current",
     "discard",
     "entered",
     "entries",
+    "find",
+    "open_entry",
+    "registered",
+    "registered_method",
     "snapshot",
     "task_frames",
     "thread_frames",
+    "tracking",
 ]
 
 # Kinds of work.
@@ -288,21 +301,153 @@ def _record(entry: Entry, parent_id: int | None, now: float, stacks: bool) -> Re
     )
 
 
-def snapshot(*, stacks: bool = True) -> list[Record]:
+def snapshot(*, stacks: bool = True, stacks_for: Container[int] | None = None) -> list[Record]:
     """Every in-flight entry and the children its owners list, parents before children.
 
-    ``stacks=False`` skips the frames (the cheap listing a rate-limited reader takes first).
+    ``stacks=False`` skips the frames (the cheap listing a rate-limited reader takes first);
+    ``stacks_for`` reads them only for the entries of those ids (the ones that qualified).
     """
     now = _deadline.now()
     out: list[Record] = []
+
+    def want(entry: Entry) -> bool:
+        return stacks and (stacks_for is None or entry.id in stacks_for)
+
     for entry in entries():
         parent = entry.parent
         parent_id = parent.id if parent is not None and parent.id in _entries else None
-        out.append(_record(entry, parent_id, now, stacks))
+        out.append(_record(entry, parent_id, now, want(entry)))
         if entry.children is not None:
             try:
                 kids = list(entry.children())
             except Exception:  # the owner ended while it was read
                 kids = []
-            out.extend(_record(kid, entry.id, now, stacks) for kid in kids)
+            out.extend(_record(kid, entry.id, now, want(kid)) for kid in kids)
     return out
+
+
+def find(entry_id: int) -> Entry | None:
+    """The registered entry of that id (not a group's listed child), if still running."""
+    return _entries.get(entry_id)
+
+
+T = TypeVar("T")
+
+
+def _where_here() -> Callable[[], tuple[Frame, ...]]:
+    """Where the work started here is, read later from another thread.
+
+    In a task: its suspended await chain, or, while it is the one running (its loop is
+    blocked inside it), the loop thread's stack. Outside a task: this thread's stack. The
+    task is held weakly: a finished task is never kept alive by its entry.
+    """
+    thread_id = threading.get_ident()
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        task = None
+    if task is None:
+        return lambda: thread_frames(thread_id)
+    ref = weakref.ref(task)
+
+    def where() -> tuple[Frame, ...]:
+        t = ref()
+        if t is None or t.done():
+            return ()
+        if getattr(t.get_coro(), "cr_running", False):
+            return thread_frames(thread_id)
+        return task_frames(t)
+
+    return where
+
+
+def open_entry(kind: str, name: str, *, span: Any = None, deadline: float | None = None) -> Entry:
+    """An entry for work starting here (not registered yet: see :func:`tracking`).
+
+    Its parent is the current entry; its trace and span ids are ``span``'s, else the
+    current span's; its deadline is ``deadline`` (absolute, hangguard's clock), else the
+    deadline in force here.
+    """
+    if deadline is None:
+        d = _deadline.current_deadline()
+        deadline = math.inf if d is None else d.expires_at
+    context = (span if span is not None else trace.get_current_span()).get_span_context()
+    return Entry(
+        kind,
+        name,
+        deadline=deadline,
+        parent=_current.get(),
+        trace_id=context.trace_id,
+        span_id=context.span_id,
+        span=span if span is not None and span.is_recording() else None,
+        where=_where_here(),
+    )
+
+
+@contextmanager
+def tracking(kind: str, name: str, *, span: Any = None) -> Iterator[Entry]:
+    """Register the work of the block as ``kind``/``name`` while it runs (see open_entry)."""
+    with entered(open_entry(kind, name, span=span)) as entry:
+        yield entry
+
+
+async def awaited(kind: str, name: str, awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` registered as ``kind``/``name`` (one line at a call site)."""
+    with entered(open_entry(kind, name)):
+        return await awaitable
+
+
+def registered(
+    kind: str, name: str, fn: Callable[[], Awaitable[T]]
+) -> Callable[[], Coroutine[Any, Any, T]]:
+    """``fn`` whose every run is registered as ``kind``/``name`` (see :func:`awaited`)."""
+
+    async def run() -> T:
+        with entered(open_entry(kind, name)):
+            return await fn()
+
+    return run
+
+
+def called(kind: str, name: str, fn: Callable[..., T], /, *args: Any) -> T:
+    """Call ``fn(*args)`` registered as ``kind``/``name`` (the sync twin of awaited)."""
+    with entered(open_entry(kind, name)):
+        return fn(*args)
+
+
+def adopt_span(span: Any) -> None:
+    """Make ``span`` the current entry's own (the call opened its span after registering)."""
+    entry = _current.get()
+    if entry is not None:
+        context = span.get_span_context()
+        entry.trace_id, entry.span_id = context.trace_id, context.span_id
+        entry.span = span if span.is_recording() else None
+
+
+def registered_method(
+    kind: str, name_of: Callable[[Any], str]
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a method of one argument so that each call is registered while it runs.
+
+    ``name_of(argument)`` names the entry. Async methods stay async. The method may
+    :func:`adopt_span` the span it opens.
+    """
+
+    def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(method):
+
+            @functools.wraps(method)
+            async def run_async(self: Any, arg: Any) -> Any:
+                with entered(open_entry(kind, name_of(arg))):
+                    return await method(self, arg)
+
+            return run_async
+
+        @functools.wraps(method)
+        def run(self: Any, arg: Any) -> Any:
+            with entered(open_entry(kind, name_of(arg))):
+                return method(self, arg)
+
+        return run
+
+    return decorate

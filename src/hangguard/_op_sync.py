@@ -36,7 +36,7 @@ from typing import Any, Final, TypeVar
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from . import _config, _spans
+from . import _config, _inflight, _ps, _spans
 from ._deadline import deadline, remaining
 from ._op_spec import ORIGINAL_ATTR, OpSpec, find_original, op_task_list, submit_label
 from ._threads import ThreadGroup
@@ -71,14 +71,17 @@ _current_run: ContextVar[_SyncRun | None] = ContextVar("hangguard_sync_op_run", 
 def run_in_scope_sync(name: str, budget: float | None, body: Callable[[], R]) -> R:
     """Call ``body()`` in a span and a deadline, both named ``name`` (the sync scope)."""
     seconds = budget if budget is not None else _config.op_budget(name)
+    _ps.maybe_start()  # HANGGUARD_PS=1: the watcher starts at the first op, never at import
     tracer = _spans.get_tracer()
     with deadline(seconds, name=name):
         if tracer is None:
-            return body()
+            with _inflight.tracking(_inflight.OP, name):  # in `hangguard ps` while it runs
+                return body()
         span = _spans.start_op_span(tracer, name, seconds, remaining())
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            return body()
+            with _inflight.tracking(_inflight.OP, name, span=span):
+                return body()
         except BaseException as exc:
             _spans.record_failure(span, exc)
             raise

@@ -59,9 +59,18 @@ __all__ = [
     "ATTR_RETRY_SLEEP_S",
     "ATTR_SERVER_ADDRESS",
     "ATTR_SERVER_PORT",
+    "ATTR_SNAPSHOT_BUDGET_LEFT_S",
+    "ATTR_SNAPSHOT_ELAPSED_S",
+    "ATTR_SNAPSHOT_KIND",
+    "ATTR_SNAPSHOT_NAME",
+    "ATTR_SNAPSHOT_PATH",
+    "ATTR_SNAPSHOT_SEQ",
+    "ATTR_SNAPSHOT_STACK",
+    "ATTR_SNAPSHOT_STATE",
     "ATTR_TASK_NAME",
     "ATTR_TASK_OUTCOME",
     "ATTR_TASK_STACK",
+    "ATTR_TERMINATED_STACK",
     "ATTR_THREAD_ID",
     "ATTR_THREAD_NAME",
     "ATTR_OWN_TIMEOUT_S",
@@ -101,6 +110,9 @@ __all__ = [
     "BREAKER_CLOSED",
     "BREAKER_HALF_OPEN",
     "BREAKER_OPEN",
+    "CANCEL_ABANDONED_AT_EXIT",
+    "CANCEL_TERMINATED",
+    "EVENT_TERMINATED",
     "RESEND_ALLOW_LIST",
     "RESEND_CALLER",
     "RESEND_IDEMPOTENT_HINT",
@@ -120,11 +132,27 @@ __all__ = [
     "SPAN_HTTP_SERVER",
     "SPAN_OP",
     "SPAN_RAY_TASK",
+    "SPAN_SNAPSHOT",
     "SPAN_TASK",
     "TRACER_NAME",
 ]
 
 TRACER_NAME: Final = "hangguard"
+
+# A live snapshot of work still open: a short child span of the open span (``{}`` takes
+# its entry's name), and what it carries.
+SPAN_SNAPSHOT: Final = "snapshot {}"
+ATTR_SNAPSHOT_KIND: Final = "hangguard.snapshot.kind"
+ATTR_SNAPSHOT_NAME: Final = "hangguard.snapshot.name"
+ATTR_SNAPSHOT_STATE: Final = "hangguard.snapshot.state"
+ATTR_SNAPSHOT_ELAPSED_S: Final = "hangguard.snapshot.elapsed_s"
+ATTR_SNAPSHOT_BUDGET_LEFT_S: Final = "hangguard.snapshot.budget_left_s"
+ATTR_SNAPSHOT_STACK: Final = "hangguard.snapshot.stack"
+ATTR_SNAPSHOT_SEQ: Final = "hangguard.snapshot.seq"
+ATTR_SNAPSHOT_PATH: Final = "hangguard.snapshot.path"
+# On a span a termination ended (SIGTERM, or the exit past work still running): where it was.
+ATTR_TERMINATED_STACK: Final = "hangguard.terminated.stack"
+EVENT_TERMINATED: Final = "hangguard.terminated"
 
 # Span names (``{}`` takes the group / task / op name).
 SPAN_OP: Final = "{}"
@@ -253,6 +281,8 @@ CANCEL_PARENT: Final = "parent_cancelled"
 CANCEL_NO_FREE_WORKER: Final = "no_free_worker"
 # In a Ray worker: the driver's ray.cancel arrived (a KeyboardInterrupt in the task).
 CANCEL_RAY: Final = "ray_cancel"
+CANCEL_TERMINATED: Final = "terminated"
+CANCEL_ABANDONED_AT_EXIT: Final = "abandoned_at_exit"
 
 # Events.
 EVENT_CANCELLED: Final = "hangguard.cancelled"

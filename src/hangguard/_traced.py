@@ -19,7 +19,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from . import _config, _spans, _watchdog
+from . import _config, _inflight, _ps, _spans, _watchdog
 from ._deadline import check_timeout, deadline, deadline_cancel_of, remaining
 from ._semconv import (
     ATTR_CANCEL_CAUSE,
@@ -63,16 +63,19 @@ async def run_in_scope(name: str, budget: float | None, body: Callable[[], Await
     # Read per call, so the env can change between runs and a bad value fails this call.
     seconds = budget if budget is not None else _config.op_budget(name)
     _watchdog.maybe_watch()
+    _ps.maybe_start()  # HANGGUARD_PS=1: the watcher starts at the first op, never at import
     tracer = _spans.get_tracer()
     if tracer is None:
         async with deadline(seconds, name=name):
-            return await body()
+            with _inflight.tracking(_inflight.OP, name):  # in `hangguard ps` while it runs
+                return await body()
 
     span = _spans.start_op_span(tracer, name, seconds, remaining())
     token = otel_context.attach(trace.set_span_in_context(span))
     try:
         async with deadline(seconds, name=name):
-            return await body()
+            with _inflight.tracking(_inflight.OP, name, span=span):
+                return await body()
     except asyncio.CancelledError as exc:
         # Cancellation is not an error: noted with its cause, and passed on.
         with _spans.guard():

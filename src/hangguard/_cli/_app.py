@@ -17,6 +17,7 @@ from .._config import ENV_JAEGER_UI
 from .._exceptions import ConfigError
 from .._version import __version__
 from ._config_cmd import DEFAULT_JAEGER_UI
+from ._ps_cmd import add_parser as add_ps_parser
 from ._tree import MCP_SDK_SCOPE
 
 __all__ = ["build_parser", "run"]
@@ -305,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --jaeger: timeout of the request (default 10s)",
     )
 
+    add_ps_parser(sub)
+
     sub.add_parser(
         _CHAOS,
         help="run the chaos MCP server (HTTP or stdio) to test your own ops against",
@@ -353,6 +356,10 @@ def run(argv: list[str]) -> int:
             as_json=args.json,
             imports=args.imports,
         )
+    if args.command == "ps":
+        from ._ps_cmd import run_ps
+
+        return run_ps(out, err, args.pid, as_json=args.json)
     if args.command == "trace":
         from ._trace_cmd import show_jaeger_trace, show_trace_file
 

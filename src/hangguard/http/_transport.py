@@ -31,6 +31,7 @@ import httpx
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from .. import _inflight
 from .._deadline import now, remaining
 from .._exceptions import DeadlineExceeded
 from .._metrics import record_retry
@@ -188,9 +189,11 @@ class _Rules:
             attrs[ATTR_SERVER_PORT] = url.port
         if not math.isinf(left):
             attrs[ATTR_TIMEOUT_S] = left
-        return tracer.start_span(
+        span = tracer.start_span(
             SPAN_HTTP_CLIENT.format(request.method), kind=SpanKind.CLIENT, attributes=attrs
         )
+        _inflight.adopt_span(span)  # the request's in-flight entry shows this span
+        return span
 
 
 def _name(request: httpx.Request) -> str:
@@ -299,6 +302,7 @@ class AsyncDeadlineTransport(httpx.AsyncBaseTransport):
             raise TypeError(f"transport must be an httpx.AsyncBaseTransport, got {transport!r}")
         self._rules = _Rules(self._inner, retry, send_header, span, max_retry_after)
 
+    @_inflight.registered_method(_inflight.HTTP, lambda request: _name(request))
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         rules = self._rules
         left = rules.prepare(request)
@@ -410,6 +414,7 @@ class DeadlineTransport(httpx.BaseTransport):
         attempts = self._rules.policy.attempts
         return attempts if attempts is not None else _config.retry_attempts()
 
+    @_inflight.registered_method(_inflight.HTTP, lambda request: _name(request))
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         rules = self._rules
         left = rules.prepare(request)

@@ -32,7 +32,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 from pydantic import ValidationError
 
-from .. import _config
+from .. import _config, _inflight
 from .._deadline import check_timeout, deadline, deadline_cancel_of, remaining
 from .._exceptions import (
     DeadlineExceeded,
@@ -654,6 +654,8 @@ class McpClient:
             with watch:
                 return await self._bounded(name, budget, attempt)
 
+        # In `hangguard ps` and the live snapshots while it runs (under this call's span).
+        bounded = _inflight.registered(_inflight.MCP, f"{self._label} {name}", bounded)
         tracer = get_tracer()
         if tracer is None:
             started = time.monotonic()

@@ -32,8 +32,8 @@ from typing import Any, Final
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span
 
-from .. import _providers, _spans
-from .._deadline import deadline
+from .. import _inflight, _providers, _spans
+from .._deadline import deadline, now
 from .._exceptions import ConfigError
 from .._semconv import (
     ATTR_CANCEL_CAUSE,
@@ -257,7 +257,11 @@ def run_task(
             with trace.use_span(
                 span, end_on_exit=False, record_exception=False, set_status_on_exception=False
             ):
-                return _call(fn, args, kwargs, budget, name, span)
+                # In the worker's own `hangguard ps` and live snapshots while it runs.
+                until = now() + budget
+                entry = _inflight.open_entry(_inflight.RAY, task, span=span, deadline=until)
+                with _inflight.entered(entry):
+                    return _call(fn, args, kwargs, budget, name, span)
         finally:
             span.end()
     finally:

@@ -15,6 +15,7 @@ are re-exported here as before. The SDK is imported only when ``setup_tracing()`
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 
+from .. import _config
 from .._config import ENV_TRACE_FILE
 from .._deadline import check_timeout
 from .._exceptions import ConfigError
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.sampling import Sampler
 
     from ._local import LocalSpanExporter
+
+_log = logging.getLogger("hangguard")
 
 __all__ = [
     "DEFAULT_SHUTDOWN_TIMEOUT",
@@ -247,6 +251,9 @@ def setup_tracing(
     max_export_batch_size: int | None = None,
     set_global: bool = True,
     loop_block_threshold: float | None = None,
+    ps: bool | None = None,
+    snapshot_after: float | None = None,
+    record_on_sigterm: bool | None = None,
 ) -> TracingHandle:
     """Install an OpenTelemetry SDK tracer and meter provider exporting hangguard's telemetry.
 
@@ -259,6 +266,12 @@ def setup_tracing(
     (``stats().dropped``, the ``otel.sdk.processor.span.processed`` metric), and
     ``shutdown()`` then returns ``False``. ``shutdown_timeout`` bounds
     :meth:`TracingHandle.shutdown` and the process exit whatever the collector does.
+    ``ps`` (``HANGGUARD_PS``; on unless it says 0) starts the watcher thread that
+    ``hangguard ps PID`` asks and that exports a live snapshot of work still open after
+    ``snapshot_after`` seconds (``HANGGUARD_SNAPSHOT_AFTER``, 10; ``math.inf``: none).
+    ``record_on_sigterm`` (``HANGGUARD_RECORD_ON_SIGTERM``, on) installs a SIGTERM handler
+    that ends the open spans as ``terminated``, flushes, then chains to the previous
+    handler (docs/debugging-hangs.md).
     Raises :class:`ConfigError` naming the argument or variable that is wrong, and
     ``RuntimeError`` if a global provider is already set::
 
@@ -308,6 +321,7 @@ def setup_tracing(
     if set_global:
         _check_globals_free()
     watchdog_threshold = resolve_threshold(loop_block_threshold)
+    ps_on, snapshot_s, on_sigterm = _inflight_settings(ps, snapshot_after, record_on_sigterm)
 
     attrs: dict[str, Any] = dict(resource_attributes or {})
     if service_name is not None:
@@ -394,4 +408,40 @@ def setup_tracing(
         trace.set_tracer_provider(provider)
         _active_handle = handle
     enable_watchdog(watchdog_threshold)
+    _start_inflight(handle, ps_on, snapshot_s, on_sigterm)
     return handle
+
+
+def _inflight_settings(
+    ps: bool | None, snapshot_after: float | None, record_on_sigterm: bool | None
+) -> tuple[bool, float, bool]:
+    """The ps watcher, snapshot threshold and SIGTERM recording: each argument over its env."""
+    if ps is not None and not isinstance(ps, bool):
+        raise TypeError(f"ps must be True, False or None, got {ps!r}")
+    if record_on_sigterm is not None and not isinstance(record_on_sigterm, bool):
+        raise TypeError(f"record_on_sigterm must be True, False or None, got {record_on_sigterm!r}")
+    env_ps = _config.ps()
+    ps_on = ps if ps is not None else (env_ps is not False)
+    if snapshot_after is None:
+        after = _config.snapshot_after()
+    else:
+        after = check_timeout(snapshot_after, "snapshot_after")
+        if after == 0:
+            raise ValueError("snapshot_after must be > 0 (math.inf: no snapshots)")
+    on_sigterm = record_on_sigterm if record_on_sigterm is not None else _config.record_on_sigterm()
+    return ps_on, after, on_sigterm
+
+
+def _start_inflight(handle: TracingHandle, ps_on: bool, after: float, on_sigterm: bool) -> None:
+    from .. import _ps
+    from .._snapshots import ticker
+    from ._terminate import install
+
+    install(handle, on_sigterm=on_sigterm)
+    if ps_on:
+        try:
+            _ps.start(ticker(after, lambda seconds: handle.force_flush(seconds)))
+        except (OSError, _ps.PsError) as exc:
+            _log.warning(
+                "hangguard: the ps watcher cannot start (%s); ps and snapshots are off", exc
+            )

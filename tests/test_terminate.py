@@ -1,0 +1,87 @@
+"""SIGTERM and the exit past hung work end the open spans with the reason and the stack:
+real subprocesses (hang_app.py) writing their spans to a trace file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from hangguard import _ps
+
+HANG_APP = Path(__file__).with_name("hang_app.py")
+
+
+def wait_in(pid: int, source: str) -> None:
+    """Until ``hangguard ps`` shows the hang's own line: READY is printed just before it,
+    and a SIGTERM between the two would record the print, not the hang."""
+    for _ in range(200):
+        doc = _ps.query(pid, timeout=10)
+        if any(f["source"].startswith(source) for e in doc["entries"] for f in e["stack"]):
+            return
+    raise AssertionError(f"ps of {pid} never showed {source!r}: {doc}")
+
+
+def run(
+    scenario: str, trace_file: Path, *, term: bool, hang_line: str = "time.sleep(600)"
+) -> tuple[subprocess.Popen[str], str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "HANGGUARD_"))}
+    env["HANGGUARD_TRACE_FILE"] = str(trace_file)
+    proc = subprocess.Popen(
+        [sys.executable, str(HANG_APP), scenario],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "READY"
+        if term:
+            wait_in(proc.pid, hang_line)
+            proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    return proc, out
+
+
+def spans(trace_file: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in trace_file.read_text().splitlines() if line.strip()]
+
+
+def attrs_of(trace_file: Path, name: str) -> dict[str, Any]:
+    (span,) = [s for s in spans(trace_file) if s["name"] == name]
+    attrs: dict[str, Any] = span["attributes"]
+    return attrs
+
+
+def test_sigterm_ends_the_blocked_op_as_terminated_then_dies_of_sigterm(tmp_path: Path) -> None:
+    file = tmp_path / "spans.jsonl"
+    proc, _ = run("sleep", file, term=True)
+    assert proc.returncode == -signal.SIGTERM  # the default action, as without hangguard
+    attrs = attrs_of(file, "BlockedOp")
+    assert attrs["hangguard.cancel.reason"] == "terminated"
+    assert "time.sleep(600)" in attrs["hangguard.terminated.stack"]
+
+
+def test_sigterm_chains_to_the_applications_handler(tmp_path: Path) -> None:
+    file = tmp_path / "spans.jsonl"
+    proc, out = run("own-handler", file, term=True)
+    assert "OWN HANDLER" in out and proc.returncode == 3
+    assert attrs_of(file, "BlockedOp")["hangguard.cancel.reason"] == "terminated"
+
+
+def test_an_exit_past_a_hung_daemon_thread_ends_its_span(tmp_path: Path) -> None:
+    file = tmp_path / "spans.jsonl"
+    proc, out = run("daemon-exit", file, term=False)
+    assert "EXITING" in out and proc.returncode == 0
+    attrs = attrs_of(file, "ReadOp")
+    assert attrs["hangguard.cancel.reason"] == "abandoned_at_exit"
+    assert "sock.recv(1)" in attrs["hangguard.terminated.stack"]
