@@ -181,6 +181,8 @@ class TaskGroup:
         self._cancelled_at: float | None = None  # loop time of the first cancel: grace start
         self._task_spans: dict[asyncio.Task[Any], Span] = {}
         self._unstarted: dict[asyncio.Task[Any], Coroutine[Any, Any, Any]] = {}
+        # Tasks waiting for the limit (only with ``limit``): one cancelled there never ran.
+        self._held: set[asyncio.Task[Any]] = set()
         self._stacks_taken = 0
         # hangguard.cancelled events this group may still record (read only when traced:
         # a bad HANGGUARD_CANCEL_EVENTS fails the constructor, not a cancel later).
@@ -313,6 +315,10 @@ class TaskGroup:
             "in its .results)"
         )
 
+    def never_joined(self) -> bool:
+        """Whether no join (nor ``async with`` exit) has begun: its tasks are nobody's yet."""
+        return self._state is _State.OPEN
+
     def __len__(self) -> int:
         return len(self._tasks)
 
@@ -334,11 +340,14 @@ class TaskGroup:
         try:
             if self._limiter is None:
                 return await work
+            held = self._held
+            held.add(task)  # type: ignore[arg-type]
             try:
                 await self._limiter.acquire()
             except BaseException:
-                _close(work)  # cancelled while queued: it will never run
+                _close(work)  # cancelled while queued: it will never run (stays held)
                 raise
+            held.discard(task)  # type: ignore[arg-type]
             try:
                 if not self._serial:
                     return await work
@@ -747,6 +756,9 @@ class TaskGroup:
             return dl.binding()
         return None
 
+    def _held_text(self) -> str:
+        return "HANGGUARD_SERIAL=1" if self._serial else f"limit={self._limit}"
+
     def _join_timeout(
         self, deadline_name: str | None, budget: float, late: str = ""
     ) -> JoinTimeout:
@@ -760,9 +772,14 @@ class TaskGroup:
             if t in cancelled and (not t.done() or t.cancelled()):
                 name = self.task_name(i)
                 pending.append(name)
+                why = (
+                    f"was cancelled before it started (held back by {self._held_text()}) at"
+                    if t in self._held
+                    else "did not finish before"
+                )
                 results.append(
                     DeadlineExceeded(
-                        f"task {name!r} did not finish before {label!r}",
+                        f"task {name!r} {why} {label!r}",
                         deadline_name=deadline_name,
                         budget=budget,
                     )
