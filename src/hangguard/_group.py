@@ -347,7 +347,7 @@ class TaskGroup:
             except BaseException:
                 _close(work)  # cancelled while queued: it will never run (stays held)
                 raise
-            held.discard(task)  # type: ignore[arg-type]
+            held.discard(task)
             try:
                 if not self._serial:
                     return await work

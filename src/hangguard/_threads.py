@@ -129,9 +129,9 @@ class _Slot:
         "args",
         "cancel",
         "failed",
-        "held",
         "fn",
         "future",
+        "held",
         "index",
         "kwargs",
         "outcome",
@@ -578,12 +578,7 @@ class ThreadGroup:
             if span is not None:
                 span.end()
         logged = False
-        if (
-            failed
-            and not quiet
-            and not abandoned
-            and not _acknowledged(slot, outcome)
-        ):
+        if failed and not quiet and not abandoned and not _acknowledged(slot, outcome):
             logged = True
             logger.error(
                 "task %r of thread group %r failed with %s",
