@@ -266,3 +266,156 @@ async def test_to_thread_re_raises_the_threads_own_timeout_error() -> None:
         await hangguard.to_thread(times_out)
     assert info.value is raised[0]
     assert info.value.__traceback__ is not None
+
+
+# --- the in-flight registry: one entry per group, its tasks listed on demand ----------------
+
+
+def _read_registry() -> list[Any]:
+    """A snapshot taken on another thread, as ``hangguard ps`` and the timers take it."""
+    from hangguard import _inflight
+
+    out: list[Any] = []
+    reader = threading.Thread(target=lambda: out.extend(_inflight.snapshot(stacks=True)))
+    reader.start()
+    reader.join(10)
+    return out
+
+
+def _group_and_children(records: list[Any], name: str) -> tuple[Any, list[Any]]:
+    group = next(r for r in records if r.kind == "group" and r.name == name)
+    return group, [r for r in records if r.parent_id == group.id]
+
+
+async def test_a_task_group_lists_its_tasks_with_their_states() -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hang() -> None:
+        started.set()
+        await release.wait()
+
+    group = TaskGroup("listed")
+    group.submit_named("a", hang)
+    group.submit_named("b", hang)
+    await started.wait()
+    records = await asyncio.to_thread(_read_registry)
+    _, kids = _group_and_children(records, "listed")
+    assert sorted(k.name for k in kids) == ["a", "b"]
+    assert {k.kind for k in kids} == {"task"}
+    assert {k.state for k in kids} == {"running"}
+    assert all(k.stack for k in kids), "each task says where it is"
+    release.set()
+    await group.join()
+    assert not [r for r in await asyncio.to_thread(_read_registry) if r.name == "listed"]
+
+
+async def test_a_task_ignoring_its_cancel_stays_listed_as_abandoned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HANGGUARD_CANCEL_GRACE", "0.05")
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        started.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue  # ignores its cancellation
+
+    group = TaskGroup("stubborn")
+    task = group.submit_named("mule", stubborn)
+    await started.wait()
+    with pytest.raises(JoinTimeout):
+        await group.join(timeout=0.05)
+    records = await asyncio.to_thread(_read_registry)
+    assert not [r for r in records if r.name == "stubborn"], "the group itself is done"
+    _, kids = _group_and_children(records, "abandoned tasks")
+    assert [(k.name, k.state) for k in kids] == [("mule", "abandoned")]
+    release.set()
+    await asyncio.wait([task], timeout=10)
+    assert task.done()
+    assert not [r for r in await asyncio.to_thread(_read_registry) if r.name == "mule"]
+
+
+def test_a_thread_group_lists_its_threads_running_then_cancelling() -> None:
+    started = [threading.Event(), threading.Event()]
+    release = threading.Event()
+
+    def works(i: int) -> None:
+        started[i].set()
+        while not release.wait(0.01):
+            hangguard.checkpoint()
+
+    def stubborn(i: int) -> None:
+        started[i].set()
+        release.wait(10)  # never checks: it ignores its cancel until released
+
+    def fails() -> None:
+        raise ValueError("boom")
+
+    group = ThreadGroup("threads", return_exceptions=False)
+    group.submit_named("works", works, 0)
+    group.submit_named("stubborn", stubborn, 1)
+    assert all(e.wait(10) for e in started)
+    _, kids = _group_and_children(_read_registry(), "threads")
+    assert sorted((k.name, k.kind, k.state) for k in kids) == [
+        ("stubborn", "thread", "running"),
+        ("works", "thread", "running"),
+    ]
+    assert all(k.stack for k in kids), "each thread says where it is"
+    seen: list[Any] = []
+    group.submit_named("fails", fails)  # fail-fast: the others are cancelled
+
+    def read_during_grace() -> None:
+        give_up = time.monotonic() + 10
+        while time.monotonic() < give_up and not any(k.state == "cancelling" for k in seen):
+            seen[:] = [r for r in _read_registry() if r.name in ("works", "stubborn")]
+        release.set()
+
+    reader = threading.Thread(target=read_during_grace)
+    reader.start()
+    with pytest.raises(ValueError, match="boom"):
+        group.join()
+    reader.join(10)
+    assert ("stubborn", "cancelling") in [(k.name, k.state) for k in seen]
+    assert not [r for r in _read_registry() if r.name == "threads"]
+
+
+def test_an_abandoned_thread_stays_listed_until_it_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HANGGUARD_CANCEL_GRACE", "0.05")
+    release = threading.Event()
+    ended = threading.Event()
+
+    def stuck() -> None:
+        release.wait(10)
+        ended.set()
+
+    closed = threading.Event()
+
+    class _Closed(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "has ended" in record.getMessage():
+                closed.set()  # logged once the abandoned slot is closed
+
+    handler = _Closed()
+    logging.getLogger("hangguard").addHandler(handler)
+    level = logging.getLogger("hangguard").level
+    logging.getLogger("hangguard").setLevel(logging.INFO)
+    group = ThreadGroup("leaves")
+    group.submit_named("stuck", stuck)
+    with pytest.raises(JoinTimeout):
+        group.join(timeout=0.05)
+    records = _read_registry()
+    assert not [r for r in records if r.name == "leaves"], "the group itself is done"
+    _, kids = _group_and_children(records, "abandoned threads")
+    assert [(k.name, k.state) for k in kids] == [("stuck", "abandoned")]
+    release.set()
+    try:
+        assert ended.wait(10) and closed.wait(10)
+    finally:
+        logging.getLogger("hangguard").removeHandler(handler)
+        logging.getLogger("hangguard").setLevel(level)
+    assert not [r for r in _read_registry() if r.name == "stuck"]

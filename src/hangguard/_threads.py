@@ -40,7 +40,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from . import _config, _metrics, _semconv, _spans, _watchdog
+from . import _config, _inflight, _metrics, _semconv, _spans, _watchdog
 from ._deadline import Deadline, check_timeout, current_deadline, now, remaining
 from ._exceptions import DeadlineExceeded, JoinTimeout, ThreadCancelled
 from ._semconv import (
@@ -374,6 +374,11 @@ class ThreadGroup:
         self._checked_fn: object = _NOTHING
         self._named_fn: object = _NOTHING
         self._fn_label = ""
+        # The group's in-flight entry from its first submit (or ``with``) until it is done;
+        # its calls are listed only when a reader asks (_children).
+        self._entry: _inflight.Entry | None = None
+        self._cancelled_at: float | None = None  # monotonic time of the first cancel
+        self._grace = math.inf  # the join's cancel grace, once it has begun
 
     # -- submitting -------------------------------------------------------------------
 
@@ -408,6 +413,8 @@ class ThreadGroup:
             self._names[slot.index] = name
         if self._tracer is not None and self._span is None:
             self._start_span()
+        if self._entry is None:
+            self._register()
         with self._lock:
             self._slots.append(slot)
             self._pending += 1
@@ -618,6 +625,7 @@ class ThreadGroup:
     def _log_late(self, slot: _Slot, outcome: Any, failed: bool) -> None:
         """An abandoned thread's call returned at last: say how it ended, once."""
         _release_worker(self._executor if self._executor is not None else _pool)
+        _forget_abandoned(slot)
         name = self.task_name(slot.index)
         if failed and not _acknowledged(slot, outcome):
             logger.error(
@@ -645,6 +653,8 @@ class ThreadGroup:
         )
         running: list[_Slot] = []
         never_started: list[_Slot] = []
+        if self._cancelled_at is None:
+            self._cancelled_at = time.monotonic()
         with self._lock:
             self._queued.clear()
             for slot in self._slots:
@@ -681,6 +691,7 @@ class ThreadGroup:
         if not stuck:
             return stuck
         self._abandoned += len(stuck)
+        _list_abandoned(stuck, [self.task_name(s.index) for s in stuck])
         stacks = thread_stacks(s.thread_id for s in stuck[:STACK_CAPTURES])
         # Which thread each is stuck in (named on its record, not on every task span).
         names = {t.ident: t.name for t in threading.enumerate()}
@@ -755,6 +766,7 @@ class ThreadGroup:
             own = _config.join_timeout()
         grace = _config.cancel_grace()
         self._joined = True
+        self._grace = grace
         mode = return_exceptions if return_exceptions is not None else bool(self._return_exceptions)
         # join's own argument decides, as for TaskGroup: True collects every outcome even
         # in a group made with return_exceptions=False (what it cancelled stays cancelled).
@@ -889,6 +901,9 @@ class ThreadGroup:
         if self._finished:
             return
         self._finished = True
+        if self._entry is not None:
+            _inflight.discard(self._entry)
+            self._entry = None
         counts: collections.Counter[str] = collections.Counter()
         for s in self._slots:
             if s.state == _DONE:
@@ -922,7 +937,52 @@ class ThreadGroup:
     def __enter__(self) -> ThreadGroup:
         if self._return_exceptions is None:
             self._fail_fast = True
+        if self._entry is None:
+            self._register()
         return self
+
+    # -- the in-flight registry ---------------------------------------------------------
+
+    def _register(self) -> None:
+        """Register the group once, when it starts: one entry, whatever its size."""
+        span = self._span
+        trace_id = span_id = 0
+        if span is not None:
+            ctx = span.get_span_context()
+            trace_id, span_id = ctx.trace_id, ctx.span_id
+        d = current_deadline()
+        self._entry = _inflight.add(
+            _inflight.Entry(
+                _inflight.GROUP,
+                self.name,
+                deadline=d.expires_at if d is not None else math.inf,
+                parent=_inflight.current(),
+                trace_id=trace_id,
+                span_id=span_id,
+                span=span,
+                children=self._children,
+            )
+        )
+
+    def _children(self) -> list[_inflight.Entry]:
+        """One entry per unfinished call, with its state (called by readers, any thread)."""
+        entry = self._entry
+        deadline = entry.deadline if entry is not None else math.inf
+        cancelled_at = self._cancelled_at
+        grace_over = cancelled_at is not None and time.monotonic() >= cancelled_at + self._grace
+        out: list[_inflight.Entry] = []
+        for slot in list(self._slots):
+            state = slot.state
+            if state in (_DONE, _CANCELLED):
+                continue
+            if state == _ABANDONED:
+                shown = _inflight.ABANDONED
+            elif slot.cancel is not None:
+                shown = _inflight.IGNORING_CANCEL if grace_over else _inflight.CANCELLING
+            else:
+                shown = _inflight.RUNNING
+            out.append(_slot_entry(slot, self.task_name(slot.index), deadline, entry, shown))
+        return out
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
@@ -935,6 +995,57 @@ class ThreadGroup:
         running = self._cancel_rest(CANCEL_PARENT, f"{self.name} body raised {type(exc).__name__}")
         self._abandon(running, CANCEL_PARENT, f"{self.name} body raised {type(exc).__name__}")
         self._finish(timed_out=False)
+
+
+def _slot_entry(
+    slot: _Slot, name: str, deadline: float, parent: _inflight.Entry | None, state: str
+) -> _inflight.Entry:
+    ident = slot.thread_id
+    kid = _inflight.Entry(
+        _inflight.THREAD,
+        name,
+        deadline=deadline,
+        parent=parent,
+        where=(lambda: _inflight.thread_frames(ident)) if ident is not None else None,
+    )
+    kid.state = state
+    if ident is not None:
+        kid.thread_id = ident
+    return kid
+
+
+# Every thread group's abandoned calls still running, by slot (with their names): a group
+# is done when its join ends, but what it left running stays listed until it really ends.
+_abandoned_slots: dict[_Slot, str] = {}
+_abandoned_entry: _inflight.Entry | None = None
+_abandoned_lock = threading.Lock()
+
+
+def _list_abandoned(slots: list[_Slot], names: list[str]) -> None:
+    global _abandoned_entry
+    with _abandoned_lock:
+        for slot, name in zip(slots, names, strict=True):
+            _abandoned_slots[slot] = name
+        if _abandoned_entry is None:
+            _abandoned_entry = _inflight.add(
+                _inflight.Entry(_inflight.GROUP, "abandoned threads", children=_abandoned_children)
+            )
+
+
+def _forget_abandoned(slot: _Slot) -> None:
+    global _abandoned_entry
+    with _abandoned_lock:
+        _abandoned_slots.pop(slot, None)
+        if not _abandoned_slots and _abandoned_entry is not None:
+            _inflight.discard(_abandoned_entry)
+            _abandoned_entry = None
+
+
+def _abandoned_children() -> list[_inflight.Entry]:
+    with _abandoned_lock:
+        items = list(_abandoned_slots.items())
+        parent = _abandoned_entry
+    return [_slot_entry(s, n, math.inf, parent, _inflight.ABANDONED) for s, n in items]
 
 
 # --- to_thread -----------------------------------------------------------------------------
