@@ -55,10 +55,33 @@ async def _hangguard(n: int) -> None:
     await group.join()
 
 
+async def _hangguard_read(n: int) -> None:
+    """The same fan-out while a reader (``hangguard ps``, a snapshot timer) reads the
+    in-flight registry every 10 ms on another thread: the group lists its tasks then."""
+    import threading
+
+    from hangguard import _inflight
+
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.wait(0.01):
+            _inflight.snapshot(stacks=False)
+
+    reader = threading.Thread(target=read, name="registry-reader")
+    reader.start()
+    try:
+        await _hangguard(n)
+    finally:
+        stop.set()
+        reader.join()
+
+
 _VARIANTS: dict[str, Callable[[int], Awaitable[None]]] = {
     "raw": _raw,
     "raw+span": _raw_spans,
     "hangguard": _hangguard,
+    "hangguard+read": _hangguard_read,
 }
 
 
@@ -102,7 +125,11 @@ def run(cfg: Config) -> list[Row]:
         size = f"N={n:,}"
         bare = run_worker(
             "bench.fanout:measure",
-            {"n": n, "rounds": rounds, "variants": ["raw", "raw+span", "hangguard"]},
+            {
+                "n": n,
+                "rounds": rounds,
+                "variants": ["raw", "raw+span", "hangguard", "hangguard+read"],
+            },
             provider="none",
         )
         raw = Row("fanout", size, "no SDK: raw asyncio.TaskGroup", "us/task", _us(bare["raw"]))
@@ -127,6 +154,17 @@ def run(cfg: Config) -> list[Row]:
                 _us(bare["hangguard"]),
                 baseline=raw,
                 target=Target("ratio", 1.25),
+            )
+        )
+        rows.append(
+            Row(
+                "fanout",
+                size,
+                "no SDK: hangguard.TaskGroup, registry read every 10 ms",
+                "us/task",
+                _us(bare["hangguard+read"]),
+                baseline=raw,
+                note="reference",
             )
         )
         sdk = run_worker(

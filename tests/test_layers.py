@@ -99,14 +99,18 @@ def graph() -> dict[str, set[str]]:
     return {module_name(p): imports_of(p, modules) for p in files}
 
 
-def test_the_graph_is_read() -> None:
-    g = graph()
+@pytest.fixture(scope="module")
+def g() -> dict[str, set[str]]:
+    """The graph, parsed once for every test of this module."""
+    return graph()
+
+
+def test_the_graph_is_read(g: dict[str, set[str]]) -> None:
     assert "hangguard._semconv" in g["hangguard._spans"]
     assert "hangguard._deadline" in g["hangguard._group"]
 
 
-def test_there_is_no_import_cycle() -> None:
-    g = graph()
+def test_there_is_no_import_cycle(g: dict[str, set[str]]) -> None:
     # Package faces import their own modules by design; a cycle through a face is one
     # only when a module imports a face that (transitively) imports it back.
     state: dict[str, int] = {}
@@ -131,10 +135,10 @@ def test_there_is_no_import_cycle() -> None:
 
 
 @pytest.mark.parametrize("source_layer", sorted(ALLOWED))
-def test_each_layer_imports_only_what_it_may(source_layer: str) -> None:
+def test_each_layer_imports_only_what_it_may(source_layer: str, g: dict[str, set[str]]) -> None:
     bad = [
         f"{src} -> {dst}"
-        for src, targets in graph().items()
+        for src, targets in g.items()
         if layer(src) == source_layer
         for dst in targets
         if layer(dst) not in ALLOWED[source_layer] and (src, dst) not in EXCEPTIONS

@@ -41,8 +41,15 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from . import _config, _late, _metrics, _semconv, _spans, _watchdog
-from ._deadline import Deadline, check_timeout, current_deadline, deadline_cancel_of, remaining
+from . import _config, _inflight, _late, _metrics, _semconv, _spans, _watchdog
+from ._deadline import (
+    Deadline,
+    check_timeout,
+    current_deadline,
+    deadline_cancel_of,
+    now,
+    remaining,
+)
 from ._exceptions import ConfigError, DeadlineExceeded, JoinTimeout
 from ._limiter import Limiter
 from ._semconv import (
@@ -181,6 +188,8 @@ class TaskGroup:
         self._cancelled_at: float | None = None  # loop time of the first cancel: grace start
         self._task_spans: dict[asyncio.Task[Any], Span] = {}
         self._unstarted: dict[asyncio.Task[Any], Coroutine[Any, Any, Any]] = {}
+        # Tasks waiting for the limit (only with ``limit``): one cancelled there never ran.
+        self._held: set[asyncio.Task[Any]] = set()
         self._stacks_taken = 0
         # hangguard.cancelled events this group may still record (read only when traced:
         # a bad HANGGUARD_CANCEL_EVENTS fails the constructor, not a cancel later).
@@ -191,6 +200,10 @@ class TaskGroup:
         self._body_task: asyncio.Task[Any] | None = None
         self._body_cancelled = False
         self._results: list[Any] | None = None  # what join returned, once it has
+        # The group's in-flight entry, from its start (first submit or ``async with``)
+        # until it is done; its tasks are listed only when a reader asks (_children).
+        self._entry: _inflight.Entry | None = None
+        self._grace = math.inf  # the cancel grace of the join, once it has begun
 
     def _decide_mode(self, return_exceptions: bool | None) -> None:
         """Fail fast (cancel the siblings on the first failure) or collect exceptions.
@@ -248,6 +261,8 @@ class TaskGroup:
             )
         self._checked_fn = fn
         index = len(self._tasks)
+        if self._entry is None:
+            self._register()
         loop = asyncio.get_running_loop()
         # The call is made here on every path, so a call with bad arguments raises at
         # submit whether the group is traced or not (telemetry never changes an outcome).
@@ -313,6 +328,10 @@ class TaskGroup:
             "in its .results)"
         )
 
+    def never_joined(self) -> bool:
+        """Whether no join (nor ``async with`` exit) has begun: its tasks are nobody's yet."""
+        return self._state is _State.OPEN
+
     def __len__(self) -> int:
         return len(self._tasks)
 
@@ -334,11 +353,14 @@ class TaskGroup:
         try:
             if self._limiter is None:
                 return await work
+            held = self._held
+            held.add(task)  # type: ignore[arg-type]
             try:
                 await self._limiter.acquire()
             except BaseException:
-                _close(work)  # cancelled while queued: it will never run
+                _close(work)  # cancelled while queued: it will never run (stays held)
                 raise
+            held.discard(task)
             try:
                 if not self._serial:
                     return await work
@@ -591,16 +613,21 @@ class TaskGroup:
                 EVENT_CANCEL_IGNORED, {ATTR_TASK_NAME: names, ATTR_CANCEL_GRACE_S: grace}
             )
         self._abandoned_count = len(stuck)
-        for t in stuck:
+        for t, name in zip(stuck, names, strict=True):
             _abandoned.add(t)
-            t.add_done_callback(_abandoned.discard)
+            _abandoned_names[t] = name
+            t.add_done_callback(_forget_abandoned)
             _detach(t)
+        _list_abandoned()
 
     def _finish(self, *, timed_out: bool) -> None:
         """Count the outcomes (one metric update per outcome) and end the group span."""
         if self._state is _State.DONE:
             return
         self._state = _State.DONE
+        if self._entry is not None:
+            _inflight.discard(self._entry)
+            self._entry = None
         counts: collections.Counter[str] = collections.Counter(
             self._outcome(t, not t.cancelled() and t.exception() is not None)
             for t in self._tasks
@@ -665,6 +692,7 @@ class TaskGroup:
             own = _config.join_timeout()
         grace = _config.cancel_grace()
         self._state = _State.JOINING
+        self._grace = grace
         self._decide_mode(
             return_exceptions if return_exceptions is not None else bool(self._return_exceptions)
         )
@@ -673,6 +701,8 @@ class TaskGroup:
 
         left = remaining()
         by_deadline = left <= own
+        if self._entry is not None:
+            self._entry.deadline = now() + min(own, left)
         cancelling = task.cancelling() if task is not None else 0
         cancel: asyncio.CancelledError | None = None
         loop = asyncio.get_running_loop()
@@ -747,6 +777,9 @@ class TaskGroup:
             return dl.binding()
         return None
 
+    def _held_text(self) -> str:
+        return "HANGGUARD_SERIAL=1" if self._serial else f"limit={self._limit}"
+
     def _join_timeout(
         self, deadline_name: str | None, budget: float, late: str = ""
     ) -> JoinTimeout:
@@ -760,9 +793,14 @@ class TaskGroup:
             if t in cancelled and (not t.done() or t.cancelled()):
                 name = self.task_name(i)
                 pending.append(name)
+                why = (
+                    f"was cancelled before it started (held back by {self._held_text()}) at"
+                    if t in self._held
+                    else "did not finish before"
+                )
                 results.append(
                     DeadlineExceeded(
-                        f"task {name!r} did not finish before {label!r}",
+                        f"task {name!r} {why} {label!r}",
                         deadline_name=deadline_name,
                         budget=budget,
                     )
@@ -788,7 +826,66 @@ class TaskGroup:
             self._decide_mode(False)
         if self._tracer is not None and self._span is None:
             self._start_span()
+        if self._entry is None:
+            self._register()
         return self
+
+    # -- the in-flight registry ---------------------------------------------------------
+
+    def _register(self) -> None:
+        """Register the group once, when it starts: one entry, whatever its size."""
+        span = self._span
+        trace_id = span_id = 0
+        if span is not None:
+            ctx = span.get_span_context()
+            trace_id, span_id = ctx.trace_id, ctx.span_id
+        d = current_deadline()
+        self._entry = _inflight.add(
+            _inflight.Entry(
+                _inflight.GROUP,
+                self.name,
+                deadline=d.expires_at if d is not None else math.inf,
+                parent=_inflight.current(),
+                trace_id=trace_id,
+                span_id=span_id,
+                span=span,
+                children=self._children,
+            )
+        )
+
+    def _children(self) -> list[_inflight.Entry]:
+        """One entry per unfinished task, with its state (called by readers, any thread)."""
+        entry = self._entry
+        deadline = entry.deadline if entry is not None else math.inf
+        cancelled_at = self._cancelled_at
+        grace_over = False
+        if cancelled_at is not None:
+            try:
+                loop = self._tasks[0].get_loop()
+                grace_over = loop.time() >= cancelled_at + self._grace
+            except (IndexError, RuntimeError):
+                pass
+        cancel_info = self._cancel_info
+        out: list[_inflight.Entry] = []
+        for i, t in enumerate(list(self._tasks)):
+            if t.done():
+                continue
+            if t in _abandoned:
+                state = _inflight.ABANDONED
+            elif t in cancel_info:
+                state = _inflight.IGNORING_CANCEL if grace_over else _inflight.CANCELLING
+            else:
+                state = _inflight.RUNNING
+            kid = _inflight.Entry(
+                _inflight.TASK,
+                self.task_name(i),
+                deadline=deadline,
+                parent=entry,
+                where=lambda t=t: _inflight.task_frames(t),  # type: ignore[misc]
+            )
+            kid.state = state
+            out.append(kid)
+        return out
 
     async def __aexit__(
         self,
@@ -825,6 +922,49 @@ class TaskGroup:
                 if later is not None:
                     raise later from None
             raise
+
+
+def _forget_abandoned(task: asyncio.Task[Any]) -> None:
+    _abandoned.discard(task)
+    _abandoned_names.pop(task, None)
+    global _abandoned_entry
+    if not _abandoned and _abandoned_entry is not None:
+        _inflight.discard(_abandoned_entry)
+        _abandoned_entry = None
+
+
+def _list_abandoned() -> None:
+    """Keep one registry entry for every group's abandoned tasks while any still runs.
+
+    A group is done when its join ends, but what it left running stays listed (state
+    ``abandoned``) until it really ends.
+    """
+    global _abandoned_entry
+    if _abandoned_entry is None:
+        _abandoned_entry = _inflight.add(
+            _inflight.Entry(_inflight.GROUP, "abandoned tasks", children=_abandoned_children)
+        )
+
+
+def _abandoned_children() -> list[_inflight.Entry]:
+    """The tasks abandoned past their group's join that still run (readers, any thread)."""
+    out: list[_inflight.Entry] = []
+    for t, name in list(_abandoned_names.items()):
+        if t.done():
+            continue
+        kid = _inflight.Entry(
+            _inflight.TASK,
+            name,
+            parent=_abandoned_entry,
+            where=lambda t=t: _inflight.task_frames(t),  # type: ignore[misc]
+        )
+        kid.state = _inflight.ABANDONED
+        out.append(kid)
+    return out
+
+
+_abandoned_names: dict[asyncio.Task[Any], str] = {}
+_abandoned_entry: _inflight.Entry | None = None
 
 
 def _grace_or_default() -> float:

@@ -56,7 +56,7 @@ from ._op_sync import guard_sync
 from ._semconv import ATTR_CANCEL_SWALLOWED
 from ._spans import guard as _span_guard
 from ._spans import record_deadline_exceeded
-from ._task_info import OP_ENTRY_NAMES
+from ._task_info import OP_ENTRY_NAMES, outcome_of
 from ._traced import check_budget, check_name, run_in_scope
 
 __all__ = ["GuardedOpMixin", "guarded_op"]
@@ -220,8 +220,14 @@ def _make_join(
             _warn_if_unbounded(run.name, timeout)
             try:
                 results = await group.join(timeout=timeout, return_exceptions=mode)
-            except BaseException:
-                _forget(self, tasks)
+            except BaseException as exc:
+                try:
+                    if group.never_joined():
+                        # join refused its arguments (a bad timeout or setting) before it
+                        # began: the tasks must not outlive the op, so they are stopped here.
+                        await group.__aexit__(type(exc), exc, exc.__traceback__)
+                finally:
+                    _forget(self, tasks)
                 raise
         if original is None:
             return results
@@ -232,7 +238,7 @@ def _make_join(
             kept = [t for t in task_list if t in ours or t not in _guarded_tasks]
             present = set(kept)
             kept += [t for t in tasks if t not in present]
-            task_list[:] = kept
+            task_list[:] = _as_outcomes(kept, ours)
         kwargs: dict[str, Any] = {}
         if "timeout" in names or var_kw:
             kwargs["timeout"] = None  # every task is done: nothing left to time out
@@ -245,6 +251,28 @@ def _make_join(
         functools.update_wrapper(join_async_task, original)
     setattr(join_async_task, ORIGINAL_ATTR, original)
     return join_async_task
+
+
+def _as_outcomes(tasks: list[Any], ours: set[Any]) -> list[Any]:
+    """The task list the original join gathers, a self-cancelled task by its outcome.
+
+    A join that returned cancelled none of its tasks, so a task of ours that ended
+    cancelled raised ``CancelledError`` itself (or someone else cancelled it). The group's
+    rule is that its place holds a ``CancelledError`` naming it and the caller, who was
+    not cancelled, is never handed one to raise; an original join that gathers would
+    raise it, so it gathers a finished future holding that value instead.
+    """
+    if not any(t in ours and t.cancelled() for t in tasks):
+        return tasks
+    loop = asyncio.get_running_loop()
+    out: list[Any] = []
+    for t in tasks:
+        if t in ours and t.cancelled():
+            done = loop.create_future()
+            done.set_result(outcome_of(t))
+            t = done
+        out.append(t)
+    return out
 
 
 async def _close_leftover(run: _Run, exc: BaseException | None) -> None:

@@ -77,11 +77,13 @@ __all__ = [
     "ATTR_TIMEOUT_S",
     "ATTR_URL_FULL",
     "ATTR_URL_PATH",
+    "CANCEL_ABANDONED_AT_EXIT",
     "CANCEL_DEADLINE",
     "CANCEL_NO_FREE_WORKER",
     "CANCEL_PARENT",
     "CANCEL_RAY",
     "CANCEL_SIBLING_FAILED",
+    "CANCEL_TERMINATED",
     "CANCEL_TIMEOUT",
     "ERROR_TYPE_TIMEOUT",
     "ERROR_TYPE_TOOL_ERROR",
@@ -281,8 +283,11 @@ CANCEL_PARENT: Final = "parent_cancelled"
 CANCEL_NO_FREE_WORKER: Final = "no_free_worker"
 # In a Ray worker: the driver's ray.cancel arrived (a KeyboardInterrupt in the task).
 CANCEL_RAY: Final = "ray_cancel"
-CANCEL_TERMINATED: Final = "terminated"
+# Work still running when the process exits: its span is ended then, at the latest
+
 CANCEL_ABANDONED_AT_EXIT: Final = "abandoned_at_exit"
+# The process was terminated (a signal) while the work ran.
+CANCEL_TERMINATED: Final = "terminated"
 
 # Events.
 EVENT_CANCELLED: Final = "hangguard.cancelled"

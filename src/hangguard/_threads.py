@@ -40,7 +40,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from . import _config, _metrics, _semconv, _spans, _watchdog
+from . import _config, _inflight, _metrics, _semconv, _spans, _watchdog
 from ._deadline import Deadline, check_timeout, current_deadline, now, remaining
 from ._exceptions import DeadlineExceeded, JoinTimeout, ThreadCancelled
 from ._semconv import (
@@ -125,11 +125,13 @@ class _Slot:
     """One submitted call: its place in the results, and what became of it."""
 
     __slots__ = (
+        "acked",
         "args",
         "cancel",
         "failed",
         "fn",
         "future",
+        "held",
         "index",
         "kwargs",
         "outcome",
@@ -148,6 +150,10 @@ class _Slot:
         self.future: Future[Any] | None = None
         self.thread_id: int | None = None
         self.cancel: _Cancel | None = None
+        # What checkpoint() raised in it: only that exception acknowledges a cancel; an
+        # error of its own (a nested group's JoinTimeout, say) stays a failure.
+        self.acked: BaseException | None = None
+        self.held = False  # it waited for the group's limit before it was handed on
         self.outcome: Any = _NOTHING
         self.failed = False
         self.span: Span | None = None
@@ -177,12 +183,26 @@ def checkpoint() -> None:
     """
     slot = _current_slot.get()
     if slot is not None and slot.cancel is not None:
-        raise slot.cancel.exception()
+        exc = slot.acked = slot.cancel.exception()
+        raise exc
     d = current_deadline()
     if d is not None and not math.isinf(d.expires_at) and now() >= d.expires_at:
         bound = d.binding()
         _spans.record_deadline_exceeded(bound.name, bound.budget)
-        raise DeadlineExceeded(deadline_name=bound.name, budget=bound.budget)
+        exc = DeadlineExceeded(deadline_name=bound.name, budget=bound.budget)
+        if slot is not None:
+            slot.acked = exc
+        raise exc
+
+
+def _acknowledged(slot: _Slot, outcome: object) -> bool:
+    """Whether ``outcome`` is the call stopping because it was told to (at a checkpoint).
+
+    Only the exception ``checkpoint()`` raised in it counts: a thread that raises its own
+    ``DeadlineExceeded`` (a nested group's ``JoinTimeout``) after being cancelled failed,
+    and its failure is reported like any other.
+    """
+    return slot.cancel is not None and outcome is not None and outcome is slot.acked
 
 
 def _label(d: Deadline | None) -> str:
@@ -354,6 +374,11 @@ class ThreadGroup:
         self._checked_fn: object = _NOTHING
         self._named_fn: object = _NOTHING
         self._fn_label = ""
+        # The group's in-flight entry from its first submit (or ``with``) until it is done;
+        # its calls are listed only when a reader asks (_children).
+        self._entry: _inflight.Entry | None = None
+        self._cancelled_at: float | None = None  # monotonic time of the first cancel
+        self._grace = math.inf  # the join's cancel grace, once it has begun
 
     # -- submitting -------------------------------------------------------------------
 
@@ -388,6 +413,8 @@ class ThreadGroup:
             self._names[slot.index] = name
         if self._tracer is not None and self._span is None:
             self._start_span()
+        if self._entry is None:
+            self._register()
         with self._lock:
             self._slots.append(slot)
             self._pending += 1
@@ -398,6 +425,7 @@ class ThreadGroup:
         self._dispatch(slot, direct=True)
 
     def _dispatch(self, slot: _Slot, *, direct: bool) -> None:
+        slot.held = not direct
         slot.state = _SUBMITTED
         slot.submitted_at = time.monotonic()
         executor = self._executor if self._executor is not None else _shared_pool()
@@ -460,7 +488,13 @@ class ThreadGroup:
         _current_slot.set(slot)  # this context is the call's own copy
         d = current_deadline()
         if d is not None and not math.isinf(d.expires_at) and now() >= d.expires_at:
-            # It waited for a worker until its deadline passed: it must not start late.
+            # It waited (for the group's limit, or for a worker) until its deadline passed:
+            # it must not start late. Held back by the limit, it was cancelled before it
+            # started, which is no failure of the pool: recorded, not logged as an error.
+            if slot.held:
+                exc = self._held_back(slot, d)
+                self._finish_slot(slot, exc, failed=True, quiet=True)
+                raise exc
             exc = self._no_free_worker(slot, d)
             self._finish_slot(slot, exc, failed=True)
             raise exc
@@ -474,7 +508,7 @@ class ThreadGroup:
         except BaseException as exc:
             if span is not None:
                 otel_context.detach(token)  # type: ignore[arg-type]
-                if slot.cancel is None or not isinstance(exc, (DeadlineExceeded, ThreadCancelled)):
+                if not _acknowledged(slot, exc):
                     _spans.record_failure(span, exc)
             self._finish_slot(slot, exc, failed=True)
             raise
@@ -500,6 +534,27 @@ class ThreadGroup:
             raise
         logger.info("serial: task %r succeeded in %.3fs", name, time.monotonic() - started)
         return result
+
+    def _held_text(self) -> str:
+        return "HANGGUARD_SERIAL=1" if self._serial else f"limit={self._limit}"
+
+    def _held_back(self, slot: _Slot, d: Deadline) -> DeadlineExceeded:
+        """A call the group's limit held back until its deadline passed: never started."""
+        bound = d.binding()
+        if self._tracer is not None:
+            span = self._task_span(slot)
+            span.add_event(
+                EVENT_CANCELLED,
+                {ATTR_CANCEL_REASON: CANCEL_DEADLINE, ATTR_CANCEL_CAUSE: bound.name or ""},
+            )
+            span.end()
+        return DeadlineExceeded(
+            f"task {self.task_name(slot.index)!r} was cancelled before it started: held back "
+            f"by the group's {self._held_text()} until deadline {_label(bound)} passed "
+            f"({_budget_text(bound.budget)})",
+            deadline_name=bound.name,
+            budget=bound.budget,
+        )
 
     def _no_free_worker(self, slot: _Slot, d: Deadline) -> DeadlineExceeded:
         bound = d.binding()
@@ -530,14 +585,7 @@ class ThreadGroup:
             if span is not None:
                 span.end()
         logged = False
-        if (
-            failed
-            and not quiet
-            and not abandoned
-            and not (
-                slot.cancel is not None and isinstance(outcome, (DeadlineExceeded, ThreadCancelled))
-            )
-        ):
+        if failed and not quiet and not abandoned and not _acknowledged(slot, outcome):
             logged = True
             logger.error(
                 "task %r of thread group %r failed with %s",
@@ -577,8 +625,9 @@ class ThreadGroup:
     def _log_late(self, slot: _Slot, outcome: Any, failed: bool) -> None:
         """An abandoned thread's call returned at last: say how it ended, once."""
         _release_worker(self._executor if self._executor is not None else _pool)
+        _forget_abandoned(slot)
         name = self.task_name(slot.index)
-        if failed and not isinstance(outcome, (DeadlineExceeded, ThreadCancelled)):
+        if failed and not _acknowledged(slot, outcome):
             logger.error(
                 "abandoned task %r of thread group %r failed later with %s",
                 name,
@@ -604,6 +653,8 @@ class ThreadGroup:
         )
         running: list[_Slot] = []
         never_started: list[_Slot] = []
+        if self._cancelled_at is None:
+            self._cancelled_at = time.monotonic()
         with self._lock:
             self._queued.clear()
             for slot in self._slots:
@@ -640,6 +691,7 @@ class ThreadGroup:
         if not stuck:
             return stuck
         self._abandoned += len(stuck)
+        _list_abandoned(stuck, [self.task_name(s.index) for s in stuck])
         stacks = thread_stacks(s.thread_id for s in stuck[:STACK_CAPTURES])
         # Which thread each is stuck in (named on its record, not on every task span).
         names = {t.ident: t.name for t in threading.enumerate()}
@@ -714,12 +766,17 @@ class ThreadGroup:
             own = _config.join_timeout()
         grace = _config.cancel_grace()
         self._joined = True
+        self._grace = grace
         mode = return_exceptions if return_exceptions is not None else bool(self._return_exceptions)
+        # join's own argument decides, as for TaskGroup: True collects every outcome even
+        # in a group made with return_exceptions=False (what it cancelled stays cancelled).
         if not mode and not self._fail_fast:
             self._fail_fast = True
             if self._failures:
                 first = self._failures[0]
                 self._cancel_rest(CANCEL_SIBLING_FAILED, self.task_name(first.index))
+        elif mode:
+            self._fail_fast = False
         if self._span is not None and not math.isinf(own):
             self._span.set_attribute(ATTR_TIMEOUT_S, own)
         left = remaining()
@@ -752,12 +809,13 @@ class ThreadGroup:
                 dname, budget = f"join {self.name}", own
                 reason, cause = CANCEL_TIMEOUT, self.name
             waiting = [s for s in self._slots if s.state == _SUBMITTED]
+            held = [s for s in self._slots if s.state == _QUEUED]
             running = self._cancel_rest(reason, cause, bound)
             stuck = self._abandon(running, reason, cause)
             no_worker = [s for s in waiting if s.state == _CANCELLED]
             if no_worker:
                 _metrics.record_threads_no_free_worker(len(no_worker))
-            raise self._join_timeout(dname, budget, stuck, no_worker)
+            raise self._join_timeout(dname, budget, stuck, no_worker, held)
 
         if self._fail_fast and self._failures:
             first = self._failures[0]
@@ -780,7 +838,13 @@ class ThreadGroup:
             raise error
 
         self._finish(timed_out=False)
-        return [s.outcome for s in self._slots]
+        return [self._outcome_of(s) for s in self._slots]
+
+    def _outcome_of(self, slot: _Slot) -> Any:
+        """A slot's place in the results: its outcome, or why it never ran."""
+        if slot.state == _CANCELLED and slot.cancel is not None:
+            return slot.cancel.exception()
+        return slot.outcome
 
     def _join_timeout(
         self,
@@ -788,9 +852,11 @@ class ThreadGroup:
         budget: float,
         stuck: list[_Slot],
         no_worker: list[_Slot],
+        held: list[_Slot],
     ) -> JoinTimeout:
         label = repr(deadline_name) if deadline_name else "(unnamed)"
         abandoned = {id(s) for s in stuck}
+        queued = {id(s) for s in held}
         waiting = {id(s) for s in no_worker}
         pending: list[str] = []
         results: list[Any] = []
@@ -804,8 +870,10 @@ class ThreadGroup:
                 why = "is still running (abandoned)"
             elif id(slot) in waiting:
                 why = "did not start: no free worker in its pool"
+            elif id(slot) in queued:
+                why = f"was cancelled before it started (held back by {self._held_text()})"
             else:
-                why = "did not start"
+                why = "was cancelled before it started"
             results.append(
                 DeadlineExceeded(
                     f"task {name!r} {why} at {label}", deadline_name=deadline_name, budget=budget
@@ -833,6 +901,9 @@ class ThreadGroup:
         if self._finished:
             return
         self._finished = True
+        if self._entry is not None:
+            _inflight.discard(self._entry)
+            self._entry = None
         counts: collections.Counter[str] = collections.Counter()
         for s in self._slots:
             if s.state == _DONE:
@@ -866,7 +937,52 @@ class ThreadGroup:
     def __enter__(self) -> ThreadGroup:
         if self._return_exceptions is None:
             self._fail_fast = True
+        if self._entry is None:
+            self._register()
         return self
+
+    # -- the in-flight registry ---------------------------------------------------------
+
+    def _register(self) -> None:
+        """Register the group once, when it starts: one entry, whatever its size."""
+        span = self._span
+        trace_id = span_id = 0
+        if span is not None:
+            ctx = span.get_span_context()
+            trace_id, span_id = ctx.trace_id, ctx.span_id
+        d = current_deadline()
+        self._entry = _inflight.add(
+            _inflight.Entry(
+                _inflight.GROUP,
+                self.name,
+                deadline=d.expires_at if d is not None else math.inf,
+                parent=_inflight.current(),
+                trace_id=trace_id,
+                span_id=span_id,
+                span=span,
+                children=self._children,
+            )
+        )
+
+    def _children(self) -> list[_inflight.Entry]:
+        """One entry per unfinished call, with its state (called by readers, any thread)."""
+        entry = self._entry
+        deadline = entry.deadline if entry is not None else math.inf
+        cancelled_at = self._cancelled_at
+        grace_over = cancelled_at is not None and time.monotonic() >= cancelled_at + self._grace
+        out: list[_inflight.Entry] = []
+        for slot in list(self._slots):
+            state = slot.state
+            if state in (_DONE, _CANCELLED):
+                continue
+            if state == _ABANDONED:
+                shown = _inflight.ABANDONED
+            elif slot.cancel is not None:
+                shown = _inflight.IGNORING_CANCEL if grace_over else _inflight.CANCELLING
+            else:
+                shown = _inflight.RUNNING
+            out.append(_slot_entry(slot, self.task_name(slot.index), deadline, entry, shown))
+        return out
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
@@ -879,6 +995,57 @@ class ThreadGroup:
         running = self._cancel_rest(CANCEL_PARENT, f"{self.name} body raised {type(exc).__name__}")
         self._abandon(running, CANCEL_PARENT, f"{self.name} body raised {type(exc).__name__}")
         self._finish(timed_out=False)
+
+
+def _slot_entry(
+    slot: _Slot, name: str, deadline: float, parent: _inflight.Entry | None, state: str
+) -> _inflight.Entry:
+    ident = slot.thread_id
+    kid = _inflight.Entry(
+        _inflight.THREAD,
+        name,
+        deadline=deadline,
+        parent=parent,
+        where=(lambda: _inflight.thread_frames(ident)) if ident is not None else None,
+    )
+    kid.state = state
+    if ident is not None:
+        kid.thread_id = ident
+    return kid
+
+
+# Every thread group's abandoned calls still running, by slot (with their names): a group
+# is done when its join ends, but what it left running stays listed until it really ends.
+_abandoned_slots: dict[_Slot, str] = {}
+_abandoned_entry: _inflight.Entry | None = None
+_abandoned_lock = threading.Lock()
+
+
+def _list_abandoned(slots: list[_Slot], names: list[str]) -> None:
+    global _abandoned_entry
+    with _abandoned_lock:
+        for slot, name in zip(slots, names, strict=True):
+            _abandoned_slots[slot] = name
+        if _abandoned_entry is None:
+            _abandoned_entry = _inflight.add(
+                _inflight.Entry(_inflight.GROUP, "abandoned threads", children=_abandoned_children)
+            )
+
+
+def _forget_abandoned(slot: _Slot) -> None:
+    global _abandoned_entry
+    with _abandoned_lock:
+        _abandoned_slots.pop(slot, None)
+        if not _abandoned_slots and _abandoned_entry is not None:
+            _inflight.discard(_abandoned_entry)
+            _abandoned_entry = None
+
+
+def _abandoned_children() -> list[_inflight.Entry]:
+    with _abandoned_lock:
+        items = list(_abandoned_slots.items())
+        parent = _abandoned_entry
+    return [_slot_entry(s, n, math.inf, parent, _inflight.ABANDONED) for s, n in items]
 
 
 # --- to_thread -----------------------------------------------------------------------------
@@ -921,7 +1088,7 @@ def _ended_alone(slot: _Slot, outcome: Any, *, failed: bool) -> None:
         return
     _release_worker(_pool)
     name = fn_name(slot.fn)
-    if failed and not isinstance(outcome, (DeadlineExceeded, ThreadCancelled)):
+    if failed and not _acknowledged(slot, outcome):
         logger.error(
             "abandoned to_thread(%s) failed later with %s",
             name,
@@ -969,7 +1136,7 @@ async def to_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     task = asyncio.current_task()
     cancelling = task.cancelling() if task is not None else 0
     try:
-        return await asyncio.wrap_future(future, loop=loop)
+        return await _awaitable(future, loop)
     except asyncio.CancelledError:
         fired = _own_deadline_fired(task, cancelling)
         reason = CANCEL_DEADLINE if fired is not None else CANCEL_PARENT
@@ -993,6 +1160,36 @@ async def to_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
                 budget=fired.budget,
             ) from None
         raise
+
+
+def _awaitable(future: Future[T], loop: asyncio.AbstractEventLoop) -> asyncio.Future[T]:
+    """An asyncio future that ends as ``future`` did, with the very exception it raised.
+
+    ``asyncio.wrap_future`` re-creates a ``TimeoutError`` (and a ``CancelledError``) as a
+    new object without its traceback; the caller should see the thread's own error.
+    """
+    waiter: asyncio.Future[T] = loop.create_future()
+
+    def settle(done: Future[T]) -> None:
+        if waiter.done():
+            return  # the awaiting task was cancelled meanwhile
+        if done.cancelled():
+            waiter.cancel()
+            return
+        exc = done.exception()
+        if exc is not None:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(done.result())
+
+    def relay(done: Future[T]) -> None:
+        try:
+            loop.call_soon_threadsafe(settle, done)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+    future.add_done_callback(relay)
+    return waiter
 
 
 def _give_up_alone(
