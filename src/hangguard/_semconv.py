@@ -281,8 +281,7 @@ CANCEL_PARENT: Final = "parent_cancelled"
 CANCEL_NO_FREE_WORKER: Final = "no_free_worker"
 # In a Ray worker: the driver's ray.cancel arrived (a KeyboardInterrupt in the task).
 CANCEL_RAY: Final = "ray_cancel"
-# Work still running when the process exits: its span is ended then, at the latest
-
+# Work still running when the process exits: its span is ended then, at the latest.
 CANCEL_ABANDONED_AT_EXIT: Final = "abandoned_at_exit"
 # The process was terminated (a signal) while the work ran.
 CANCEL_TERMINATED: Final = "terminated"
