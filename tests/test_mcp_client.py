@@ -496,6 +496,7 @@ async def test_the_cancel_notice_carries_the_trace_context_so_the_server_span_jo
     # The protocols that cancel with a notice (the 2026-07-28 one closes the stream).
     server = chaos_sse if kind == "sse" else chaos
     protocol = "legacy" if kind == "http-legacy" else "auto"
+
     def notice() -> list[ReadableSpan]:
         return finished(spans, "notifications/cancelled")
 
