@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -232,3 +234,118 @@ async def chaos_process() -> AsyncIterator[ChaosProcess]:
     """A streamable-HTTP chaos server in a subprocess, killed at the end."""
     async with ChaosProcess() as proc:
         yield proc
+
+
+# --- the TypeScript reference server (server-everything, through npm and node) ----------
+
+_EVERYTHING_ENV = "HANGGUARD_MCP_EVERYTHING"
+_LOOPBACK = Path(__file__).parent / "node" / "loopback.mjs"
+
+
+def everything_entry() -> str:
+    """The entry script of server-everything (``$HANGGUARD_MCP_EVERYTHING``), or skip.
+
+    Missing, it skips with the install command, except under ``CI=true``: a failure.
+    """
+    entry = os.environ.get(_EVERYTHING_ENV, "")
+    problem = None
+    if not entry:
+        problem = f"{_EVERYTHING_ENV} is unset"
+    elif not Path(entry).is_file():
+        problem = f"{_EVERYTHING_ENV}={entry!r} is not a file"
+    elif shutil.which("node") is None:
+        problem = "node is not installed"
+    if problem is None:
+        return entry
+    how = f'{_EVERYTHING_ENV}="$(bash scripts/mcp-everything.sh | tail -n 1)" (needs npm)'
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {problem}: run {how}")
+    pytest.skip(f"{problem}: run {how}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class NodeServer:
+    """server-everything on streamable HTTP at 127.0.0.1, killable and restartable.
+
+    ``posts`` counts the POSTs it received (it logs one line per POST on stdout), across
+    restarts on the same port.
+    """
+
+    def __init__(self, entry: str, port: int | None = None) -> None:
+        self.entry = entry
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.posts = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._readers: list[asyncio.Task[None]] = []
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    async def start(self) -> NodeServer:
+        env = {**os.environ, "PORT": str(self.port)}
+        self._proc = proc = await asyncio.create_subprocess_exec(
+            "node",
+            "--import",
+            _LOOPBACK.as_uri(),
+            self.entry,
+            "streamableHttp",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        stderr = proc.stderr
+        while True:
+            line = await asyncio.wait_for(stderr.readline(), 30)
+            if not line:
+                raise RuntimeError(f"server-everything exited before listening ({proc.returncode})")
+            if b"listening on port" in line:
+                break
+        self._readers = [
+            asyncio.create_task(self._count(proc.stdout)),
+            asyncio.create_task(self._drain(stderr)),
+        ]
+        return self
+
+    async def _count(self, stream: asyncio.StreamReader) -> None:
+        async for line in stream:
+            if line.startswith(b"Received MCP POST request"):
+                self.posts += 1
+
+    async def _drain(self, stream: asyncio.StreamReader) -> None:
+        async for _ in stream:
+            pass
+
+    async def kill(self) -> None:
+        """SIGKILL, and wait until it is gone (its port is free again)."""
+        proc = self._proc
+        assert proc is not None
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        for reader in self._readers:
+            await reader
+        self._readers = []
+
+    async def restart(self) -> None:
+        await self.kill()
+        await self.start()
+
+
+@pytest.fixture
+async def everything() -> AsyncIterator[NodeServer]:
+    """server-everything (TypeScript SDK) on streamable HTTP, killed at the end."""
+    server = await NodeServer(everything_entry()).start()
+    try:
+        yield server
+    finally:
+        await server.kill()

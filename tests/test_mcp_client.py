@@ -496,14 +496,18 @@ async def test_the_cancel_notice_carries_the_trace_context_so_the_server_span_jo
     # The protocols that cancel with a notice (the 2026-07-28 one closes the stream).
     server = chaos_sse if kind == "sse" else chaos
     protocol = "legacy" if kind == "http-legacy" else "auto"
-    async with hangguard.mcp.McpClient(server.url, timeout=0.3, protocol=protocol) as client:
-        with pytest.raises(hangguard.DeadlineExceeded):
-            await client.call_tool("hang")
-        await server.wait_for("cancelled", "hang")
 
     def notice() -> list[ReadableSpan]:
         return finished(spans, "notifications/cancelled")
 
-    await eventually(lambda: bool(notice()), "the server's span for the cancel notice")
+    async with hangguard.mcp.McpClient(server.url, timeout=0.3, protocol=protocol) as client:
+        with pytest.raises(hangguard.DeadlineExceeded):
+            await client.call_tool("hang")
+        await server.wait_for("cancelled", "hang")
+        # The SDK's server cancels the handler as the notice arrives and only then spawns
+        # the task whose span records the notice; leaving the client now ends the SSE
+        # session, and with it that task, often before it began (the notice itself was
+        # received: the handler was cancelled). So the span is awaited while connected.
+        await eventually(lambda: bool(notice()), "the server's span for the cancel notice")
     (call,) = finished(spans, "execute_tool hang")
     assert notice()[0].context.trace_id == call.context.trace_id

@@ -508,13 +508,15 @@ class McpClient:
                     and exchange.status is None
                 ):
                     conn.broken = conn.session_lost = True
+                    status = exchange.lost_status or 404
+                    said = exchange.answer[2] if exchange.answer else exc.message
                     lost = McpConnectError(
                         f"MCP server {self._label} failed the call of tool {what!r}: the "
-                        f"server no longer knows the session (HTTP 404: {exc.message})",
+                        f"server no longer knows the session (HTTP {status}: {said})",
                         server=self._label,
                         tool=what,
                     )
-                    set_http_status(lost, 404)
+                    set_http_status(lost, status)
                     raise _SessionLost(mark_transient(lost)) from exc
                 err = call_error(exc, exchange, self._label, what, conn.lost())
                 if exchange.requests == 0 and self._target.transport in _HTTP_TRANSPORTS:

@@ -248,6 +248,19 @@ def call_error(
         err = _connect(f"{where}: the connection was lost ({reason})", server, True, None)
         err.tool = tool
         return mark_sent(err)
+    if exchange.answer is not None:
+        # An HTTP error with a JSON body: the SDK passes the body's JSON-RPC error on, or,
+        # when the body is not quite JSON-RPC, a stand-in of its own; either way the
+        # status and the server's words are what the caller needs.
+        status, code, said = exchange.answer
+        code = exc.code if code is None else code
+        answered = McpCallError(
+            f"{where}: HTTP {status}, JSON-RPC error {code}: {said}",
+            code=code,
+            server=server,
+            tool=tool,
+        )
+        return set_http_status(answered, status)
     return McpCallError(
         f"{where}: JSON-RPC error {exc.code}: {exc.message}",
         code=exc.code,

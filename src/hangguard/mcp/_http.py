@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -69,6 +70,10 @@ class Exchange:
     aborted: bool = False
     requests: int = 0
     session_lost: bool = False
+    # The HTTP error answered with a JSON body (status, what the server said), which the
+    # SDK may replace with a stand-in of its own; and the status that lost the session.
+    answer: tuple[int, int | None, str] | None = None
+    lost_status: int | None = None
     _armed: asyncio.Task[Any] | None = field(default=None, repr=False)
     _cancelling: int = field(default=0, repr=False)
 
@@ -95,9 +100,14 @@ class Exchange:
             self.aborted = True
             task.cancel("hangguard: the MCP transport failed")
 
-    def note_session_lost(self) -> None:
+    def note_session_lost(self, status: int) -> None:
         # Not an abort: the SDK answers the waiting request with the server's error.
         self.session_lost = True
+        self.lost_status = status
+
+    def note_answer(self, status: int, code: int | None, said: str) -> None:
+        if self.answer is None:
+            self.answer = (status, code, said)
 
     def note_response(self, status: int, content_type: str) -> None:
         media = content_type.split(";", 1)[0].strip().lower()
@@ -134,10 +144,51 @@ class _ObservedClient(httpx2.AsyncClient):
         except Exception as exc:
             exchange.note_error(exc)
             raise
-        if response.status_code == 404 and _names_session(request):
-            exchange.note_session_lost()
-        exchange.note_response(response.status_code, response.headers.get("content-type", ""))
+        status = response.status_code
+        content_type = response.headers.get("content-type", "")
+        if status >= 400:
+            said = await _error_said(response, content_type)
+            if _names_session(request) and (
+                status == 404 or (status == 400 and _says_session_unknown(said))
+            ):
+                exchange.note_session_lost(status)
+            if said[1]:
+                exchange.note_answer(status, *said)
+        exchange.note_response(status, content_type)
         return response
+
+
+# The JSON-RPC code servers (the TypeScript SDK's among them) answer a stale session with.
+_SERVER_ERROR = -32000
+
+
+async def _error_said(response: httpx2.Response, content_type: str) -> tuple[int | None, str]:
+    """The JSON-RPC error code and message of an HTTP error's JSON body ("" if none).
+
+    Reading it here leaves it cached on the response for the SDK to read again.
+    """
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        return None, ""
+    try:
+        body = json.loads(await response.aread())
+    except (httpx2.HTTPError, ValueError):
+        return None, ""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return None, ""
+    code, message = error.get("code"), error.get("message")
+    return (
+        code if isinstance(code, int) and not isinstance(code, bool) else None,
+        message if isinstance(message, str) else "",
+    )
+
+
+def _says_session_unknown(said: tuple[int | None, str]) -> bool:
+    # A 400 is a session loss only when the server says so: the TypeScript SDK's servers
+    # answer an unknown Mcp-Session-Id with 400 and -32000 "No valid session ID provided";
+    # any other 400 (bad params) is an answer to keep.
+    code, message = said
+    return code == _SERVER_ERROR and "session" in message.lower()
 
 
 def _names_session(request: httpx2.Request) -> bool:

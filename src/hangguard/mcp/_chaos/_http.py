@@ -44,7 +44,9 @@ class HttpFault:
 
     ``kind``: ``never_answer`` (read the request, then wait until the client goes away),
     ``html`` (200 with ``text/html``), ``status`` (``status`` with a plain-text body, no
-    JSON-RPC) or ``close_mid_response`` (start an event stream, then drop the connection).
+    JSON-RPC; with ``message``, a JSON-RPC error ``-32000`` of that message and no ``id``,
+    as the TypeScript SDK's servers answer) or ``close_mid_response`` (start an event
+    stream, then drop the connection).
     ``methods``: the JSON-RPC methods it hits (``"GET"`` for HTTP GETs); ``None`` means
     every request and GET, but notifications only when named (``notifications/cancelled``).
     ``first``: only the first N matching messages, then the server behaves
@@ -57,6 +59,7 @@ class HttpFault:
     status: int = 503
     methods: frozenset[str] | None = None
     first: int | None = None
+    message: str | None = None
 
     def __init__(
         self,
@@ -65,6 +68,7 @@ class HttpFault:
         status: int = 503,
         methods: Iterable[str] | None = None,
         first: int | None = None,
+        message: str | None = None,
     ) -> None:
         if kind not in _FAULT_KINDS:
             raise ValueError(f"kind must be one of {sorted(_FAULT_KINDS)}, got {kind!r}")
@@ -80,6 +84,9 @@ class HttpFault:
         object.__setattr__(self, "status", status)
         object.__setattr__(self, "methods", None if methods is None else frozenset(methods))
         object.__setattr__(self, "first", first)
+        if message is not None and not isinstance(message, str):
+            raise TypeError(f"message must be a string or None, got {message!r}")
+        object.__setattr__(self, "message", message)
 
     def matches(self, method: str) -> bool:
         """Whether a message of ``method`` (or ``"GET"``) is hit by this fault."""
@@ -194,6 +201,10 @@ async def _apply(fault: HttpFault, receive: Receive, send: Send) -> None:
     if fault.kind == "html":
         status, content_type = 200, b"text/html; charset=utf-8"
         body = b"<html><body><h1>Welcome to the proxy login page</h1></body></html>"
+    elif fault.message is not None:
+        status, content_type = fault.status, b"application/json; charset=utf-8"
+        error = {"code": -32000, "message": fault.message}
+        body = json.dumps({"jsonrpc": "2.0", "error": error}).encode()
     else:
         status, content_type = fault.status, b"text/plain; charset=utf-8"
         body = f"chaos: HTTP {fault.status}".encode()
