@@ -24,7 +24,8 @@ set -euo pipefail
 
 suite="${1:?usage: debian-python.sh <suite> <python, e.g. python3.14>}"
 python="${2:?usage: debian-python.sh <suite> <python, e.g. python3.14>}"
-readonly MIRROR="${HANGGUARD_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# Empty: debootstrap's own default mirror.
+readonly MIRROR="${HANGGUARD_DEBIAN_MIRROR:-}"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${HANGGUARD_CACHE_DIR:-$HOME/.cache/hangguard}/debian-$suite-$python"
 root="$cache/root"
@@ -74,7 +75,7 @@ if [[ ! -x "$root/usr/bin/$python" ]]; then
 	say "debootstrap $suite with $packages into $root (a few minutes)"
 	rm -rf "$root"
 	debootstrap --variant=minbase --include="ca-certificates,$packages" \
-		"$suite" "$root" "$MIRROR" >&2
+		"$suite" "$root" ${MIRROR:+"$MIRROR"} >&2
 fi
 
 # The wrapper: mounts what the tests need (once), then runs the venv's python in the chroot.
