@@ -361,12 +361,20 @@ def _where_here() -> Callable[[], tuple[Frame, ...]]:
     return where
 
 
-def open_entry(kind: str, name: str, *, span: Any = None, deadline: float | None = None) -> Entry:
+def open_entry(
+    kind: str,
+    name: str,
+    *,
+    span: Any = None,
+    deadline: float | None = None,
+    children: Callable[[], Iterable[Entry]] | None = None,
+) -> Entry:
     """An entry for work starting here (not registered yet: see :func:`tracking`).
 
     Its parent is the current entry; its trace and span ids are ``span``'s, else the
     current span's; its deadline is ``deadline`` (absolute, hangguard's clock), else the
-    deadline in force here.
+    deadline in force here. Work that lists ``children`` (a group) is no leaf: its own
+    frames are not kept.
     """
     if deadline is None:
         d = _deadline.current_deadline()
@@ -380,7 +388,8 @@ def open_entry(kind: str, name: str, *, span: Any = None, deadline: float | None
         trace_id=context.trace_id,
         span_id=context.span_id,
         span=span if span is not None and span.is_recording() else None,
-        where=_where_here(),
+        where=_where_here() if children is None else None,
+        children=children,
     )
 
 

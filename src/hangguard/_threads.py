@@ -945,22 +945,9 @@ class ThreadGroup:
 
     def _register(self) -> None:
         """Register the group once, when it starts: one entry, whatever its size."""
-        span = self._span
-        trace_id = span_id = 0
-        if span is not None:
-            ctx = span.get_span_context()
-            trace_id, span_id = ctx.trace_id, ctx.span_id
-        d = current_deadline()
         self._entry = _inflight.add(
-            _inflight.Entry(
-                _inflight.GROUP,
-                self.name,
-                deadline=d.expires_at if d is not None else math.inf,
-                parent=_inflight.current(),
-                trace_id=trace_id,
-                span_id=span_id,
-                span=span,
-                children=self._children,
+            _inflight.open_entry(
+                _inflight.GROUP, self.name, span=self._span, children=self._children
             )
         )
 
