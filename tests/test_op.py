@@ -910,3 +910,15 @@ async def test_tasks_of_undecorated_sub_ops_are_named_after_the_sub_op_class(
     await OuterOp(ops=[PlainSearchOp()]).async_call()
     names = sorted(s.name for s in spans.get_finished_spans() if s.name.startswith("task "))
     assert names == ["task PlainSearchOp[0]", "task PlainSearchOp[1]", "task PlainSearchOp[2]"]
+
+
+def test_guarded_op_given_a_number_suggests_the_budget_keyword() -> None:
+    with pytest.raises(TypeError, match=r"guarded_op\(budget=30\)"):
+        hangguard.guarded_op(30)  # type: ignore[call-overload]
+
+
+def test_guarded_op_on_a_function_points_to_traced() -> None:
+    async def fetch() -> None: ...
+
+    with pytest.raises(TypeError, match=r"fetch'.*use @hangguard\.traced"):
+        hangguard.guarded_op(budget=3)(fetch)  # type: ignore[type-var]

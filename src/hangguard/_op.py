@@ -58,6 +58,7 @@ from ._spans import guard as _span_guard
 from ._spans import record_deadline_exceeded
 from ._task_info import OP_ENTRY_NAMES, outcome_of
 from ._traced import check_budget, check_name, run_in_scope
+from ._validate import callable_name, is_number
 
 __all__ = ["GuardedOpMixin", "guarded_op"]
 
@@ -409,6 +410,18 @@ def _guard_class(cls: type, spec: OpSpec, *, strict: bool) -> None:
     setattr(cls, SPEC_ATTR, spec)
 
 
+def _not_a_class(what: str, got: object) -> str:
+    """The refusal of a non-class, with the fix for the two usual slips."""
+    if is_number(got):
+        return f"{what}, got {got!r}: for a budget, write guarded_op(budget={got!r})"
+    if callable(got):
+        return (
+            f"{what}, got the function {callable_name(got)!r}: "
+            "for a function, use @hangguard.traced (a span and a deadline around it)"
+        )
+    return f"{what}, got {got!r}"
+
+
 @overload
 def guarded_op(cls: C, /) -> C: ...
 
@@ -448,7 +461,7 @@ def guarded_op(
         _guard_class(cls_or_name, OpSpec(check_name(name), check_budget(budget)), strict=True)
         return cls_or_name
     if cls_or_name is not None and not isinstance(cls_or_name, str):
-        raise TypeError(f"guarded_op() takes a class or a name, got {cls_or_name!r}")
+        raise TypeError(_not_a_class("guarded_op() takes a class or a name", cls_or_name))
     if cls_or_name is not None and name is not None:
         raise TypeError("guarded_op() got the name twice (positional and name=)")
     spec = OpSpec(
@@ -457,7 +470,7 @@ def guarded_op(
 
     def decorate(cls: C) -> C:
         if not isinstance(cls, type):
-            raise TypeError(f"guarded_op() decorates a class, got {cls!r}")
+            raise TypeError(_not_a_class("guarded_op() decorates a class", cls))
         _guard_class(cls, spec, strict=True)
         return cls
 

@@ -17,11 +17,19 @@ milliseconds) and in the caller's trace; the join ends on time, cancelling what 
 """
 
 try:
-    import ray as _ray  # noqa: F401  (only to fail early with the install hint)
+    import ray as _ray  # only to fail early with the install hint
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         f"hangguard.ray needs the ray extra: pip install 'hangguard[ray]' ({exc})"
     ) from exc
+if not callable(getattr(_ray, "remote", None)):
+    # A folder named ``ray`` on sys.path (the working directory, say) hides the real
+    # package, or stands in for a missing one, until the first submit fails obscurely.
+    _where = ", ".join(getattr(_ray, "__path__", None) or [str(getattr(_ray, "__file__", "?"))])
+    raise ImportError(
+        f"hangguard.ray found a 'ray' that is not Ray at {_where}: rename that folder, "
+        "or install the ray extra: pip install 'hangguard[ray]'"
+    )
 
 from ._env import worker_env
 from ._errors import NodeLost, ObjectLost, RemoteTaskError, TaskCancelled, WorkerLost
