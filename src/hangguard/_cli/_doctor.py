@@ -16,7 +16,6 @@ import importlib
 import json
 import os
 import socket
-import ssl
 import sys
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ from .._config import ENV_JAEGER_UI
 from .._exceptions import ConfigError
 from ..tracing._setup import resolve_settings
 from ._config_cmd import collect
-from ._jaeger import has_ui
+from ._jaeger import has_ui, request
 
 __all__ = [
     "PACKAGES",
@@ -126,24 +125,7 @@ def _port_hint(port: int | None, protocol: str) -> str:
 def _http(
     method: str, url: str, *, body: bytes | None, headers: dict[str, str], timeout: float
 ) -> tuple[int, bytes]:
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or "localhost"
-    conn: http.client.HTTPConnection
-    if parts.scheme == "https":
-        conn = http.client.HTTPSConnection(
-            host, parts.port, timeout=timeout, context=ssl.create_default_context()
-        )
-    else:
-        conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
-    try:
-        path = parts.path or "/"
-        if parts.query:
-            path += f"?{parts.query}"
-        conn.request(method, path, body=body, headers=headers)
-        response = conn.getresponse()
-        return response.status, response.read(64 * 1024)
-    finally:
-        conn.close()
+    return request(method, url, body=body, headers=headers, timeout=timeout, max_body=64 * 1024)
 
 
 #: What a connect's errno means, in words a user can act on.

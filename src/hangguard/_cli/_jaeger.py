@@ -46,8 +46,16 @@ class JaegerError(Exception):
     """Jaeger could not be reached, or answered something that is not a trace."""
 
 
-def get(url: str, *, timeout: float) -> tuple[int, bytes]:
-    """GET ``url`` directly (no proxy); returns the status and the body."""
+def request(
+    method: str,
+    url: str,
+    *,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float,
+    max_body: int = _MAX_BODY,
+) -> tuple[int, bytes]:
+    """Send one request to ``url`` directly (no proxy); returns the status and the body."""
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or "localhost"
     conn: http.client.HTTPConnection
@@ -59,11 +67,16 @@ def get(url: str, *, timeout: float) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
     try:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        conn.request("GET", path, headers={"Accept": "application/json, text/html"})
+        conn.request(method, path, body=body, headers=dict(headers or {}))
         response = conn.getresponse()
-        return response.status, response.read(_MAX_BODY)
+        return response.status, response.read(max_body)
     finally:
         conn.close()
+
+
+def get(url: str, *, timeout: float) -> tuple[int, bytes]:
+    """GET ``url`` directly (no proxy); returns the status and the body."""
+    return request("GET", url, headers={"Accept": "application/json, text/html"}, timeout=timeout)
 
 
 def has_ui(base: str, *, timeout: float) -> bool | None:
