@@ -9,7 +9,7 @@ import pytest
 from jaeger_helpers import (
     COLLECTOR_DIR,
     Proc,
-    free_port,
+    free_ports,
     get_trace,
     render,
     run_app,
@@ -24,8 +24,23 @@ pytestmark = pytest.mark.e2e
 
 
 def start_badger_jaeger(binary: Path, data: Path, log_dir: Path) -> tuple[Proc, str, str]:
-    """Jaeger with Badger storage in ``data``: its process, OTLP/gRPC URL and query URL."""
-    ports = {k: free_port() for k in ("grpc", "http", "query", "qgrpc", "health", "telemetry")}
+    """Jaeger with Badger storage in ``data``: its process, OTLP/gRPC URL and query URL.
+
+    A port picked free can be taken by another process before Jaeger binds it: then it is
+    started again on new ports (three tries).
+    """
+    for attempt in range(3):
+        try:
+            return _start_badger_jaeger(binary, data, log_dir)
+        except pytest.fail.Exception as exc:
+            if "address already in use" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_badger_jaeger(binary: Path, data: Path, log_dir: Path) -> tuple[Proc, str, str]:
+    names = ("grpc", "http", "query", "qgrpc", "health", "telemetry")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     env = {
         "JAEGER_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['grpc']}",
         "JAEGER_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['http']}",
