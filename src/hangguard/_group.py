@@ -44,27 +44,29 @@ from opentelemetry.trace import Span
 from . import _config, _inflight, _late, _metrics, _semconv, _spans, _watchdog
 from ._deadline import (
     Deadline,
-    check_timeout,
     current_deadline,
     deadline_cancel_of,
     now,
     remaining,
 )
-from ._exceptions import ConfigError, DeadlineExceeded, JoinTimeout
+from ._exceptions import JoinTimeout
+from ._group_core import (
+    GroupSettings,
+    child_state,
+    end_group_span,
+    grace_or_default,
+    join_timeout,
+    not_finished,
+    record_outcomes,
+    register,
+    start_group_span,
+    timeout_cut,
+)
 from ._limiter import Limiter
 from ._semconv import (
     ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_GRACE_S,
     ATTR_CANCEL_REASON,
-    ATTR_GROUP_ABANDONED,
-    ATTR_GROUP_CANCEL_IGNORED,
-    ATTR_GROUP_CANCELLED,
-    ATTR_GROUP_FAILED,
-    ATTR_GROUP_LIMIT,
-    ATTR_GROUP_NAME,
-    ATTR_GROUP_SERIAL,
-    ATTR_GROUP_SIZE,
-    ATTR_GROUP_TIMED_OUT,
     ATTR_TASK_NAME,
     ATTR_TASK_STACK,
     ATTR_TIMEOUT_S,
@@ -74,11 +76,9 @@ from ._semconv import (
     CANCEL_TIMEOUT,
     EVENT_CANCEL_IGNORED,
     EVENT_CANCELLED,
-    SPAN_GROUP,
     SPAN_TASK,
 )
 from ._task_info import fn_name, is_coroutine_function, outcome_of, stack_of
-from ._validate import check_whole
 
 __all__ = ["TaskGroup"]
 
@@ -157,13 +157,14 @@ class TaskGroup:
         return_exceptions: bool | None = None,
         limit: int | None = None,
     ) -> None:
+        settings = self._settings = GroupSettings.check(
+            name, timeout=timeout, return_exceptions=return_exceptions, limit=limit
+        )
         self.name = name
-        self._timeout = None if timeout is None else check_timeout(timeout, "timeout")
+        self._timeout = settings.timeout
         self._return_exceptions = return_exceptions
-        if limit is not None:
-            check_whole(limit, "limit")
-        self._serial = _config.serial()
-        self._limit = 1 if self._serial else limit
+        self._serial = settings.serial
+        self._limit = settings.limit
         self._limiter = Limiter(self._limit) if self._limit is not None else None
         self._tracer = _spans.get_tracer()
         _watchdog.maybe_watch()
@@ -422,14 +423,7 @@ class TaskGroup:
 
     def _start_span(self) -> None:
         assert self._tracer is not None
-        self._span = self._tracer.start_span(
-            SPAN_GROUP.format(self.name), attributes={ATTR_GROUP_NAME: self.name}
-        )
-        if self._limit is not None:
-            self._span.set_attribute(ATTR_GROUP_LIMIT, self._limit)
-        if self._serial:
-            self._span.set_attribute(ATTR_GROUP_SERIAL, True)
-        self._span_ctx = trace.set_span_in_context(self._span)
+        self._span, self._span_ctx = start_group_span(self._tracer, self._settings)
 
     # -- completion -------------------------------------------------------------------
 
@@ -633,36 +627,29 @@ class TaskGroup:
             for t in self._tasks
             if t.done()
         )
-        for outcome, n in counts.items():
-            _metrics.record_task_outcome(outcome, n)
+        record_outcomes(counts)
         span = self._span
         if span is None:
             return
         self._span = None
-        try:
-            failed = len(self._failures)
-            cancelled = ignored = 0
-            cancel_info = self._cancel_info
-            for t in self._tasks:
-                if t.done() and t.cancelled():
-                    cancelled += 1
-                elif cancel_info and t in cancel_info:
-                    ignored += 1  # cancelled by the group, yet it returned, raised or runs on
-            span.set_attribute(ATTR_GROUP_SIZE, len(self._tasks))
-            span.set_attribute(ATTR_GROUP_FAILED, failed)
-            span.set_attribute(ATTR_GROUP_CANCELLED, cancelled)
-            span.set_attribute(ATTR_GROUP_CANCEL_IGNORED, ignored)
-            span.set_attribute(ATTR_GROUP_ABANDONED, self._abandoned_count)
-            if timed_out:
-                span.set_attribute(ATTR_GROUP_TIMED_OUT, True)
-                span.set_attribute(_semconv.ATTR_ERROR_TYPE, "timeout")
-                span.set_status(trace.Status(trace.StatusCode.ERROR, "join timed out"))
-            elif failed and self._fail_fast:
-                first = self._failures[0].exception()
-                assert first is not None
-                _spans.record_failure(span, first)
-        finally:
-            span.end()
+        cancelled = ignored = 0
+        cancel_info = self._cancel_info
+        for t in self._tasks:
+            if t.done() and t.cancelled():
+                cancelled += 1
+            elif cancel_info and t in cancel_info:
+                ignored += 1  # cancelled by the group, yet it returned, raised or runs on
+        fail_fast = self._failures and self._fail_fast
+        end_group_span(
+            span,
+            size=len(self._tasks),
+            failed=len(self._failures),
+            cancelled=cancelled,
+            timed_out=timed_out,
+            first_failure=self._failures[0].exception() if fail_fast else None,
+            ignored=ignored,
+            abandoned=self._abandoned_count,
+        )
 
     # -- joining ----------------------------------------------------------------------
 
@@ -684,18 +671,10 @@ class TaskGroup:
             )
         # Arguments and env are read before anything changes: a bad value raises here and
         # leaves the group joinable.
-        if timeout is not None:
-            own = check_timeout(timeout, "timeout")
-        elif self._timeout is not None:
-            own = self._timeout
-        else:
-            own = _config.join_timeout()
-        grace = _config.cancel_grace()
+        own, grace = self._settings.join_budget(timeout)
         self._state = _State.JOINING
         self._grace = grace
-        self._decide_mode(
-            return_exceptions if return_exceptions is not None else bool(self._return_exceptions)
-        )
+        self._decide_mode(self._settings.collects(return_exceptions))
         if self._span is not None and not math.isinf(own):
             self._span.set_attribute(ATTR_TIMEOUT_S, own)
 
@@ -754,13 +733,8 @@ class TaskGroup:
             return CANCEL_PARENT, self.name, None
         if self._fail_fast and self._failures:
             return CANCEL_SIBLING_FAILED, self.task_name(self._index[self._failures[0]]), None
-        if by_deadline:
-            current = current_deadline()
-            bound = current.binding() if current is not None else None
-            if bound is None:
-                return CANCEL_DEADLINE, "", (None, left)
-            return CANCEL_DEADLINE, bound.name or "", (bound.name, bound.budget)
-        return CANCEL_TIMEOUT, self.name, (f"join {self.name}", own)
+        cut = timeout_cut(self.name, own, left, by_deadline)
+        return cut.reason, cut.cause, (cut.deadline_name, cut.budget)
 
     def _own_deadline_fired(
         self, cancel: asyncio.CancelledError, task: asyncio.Task[Any] | None, cancelling: int
@@ -777,16 +751,13 @@ class TaskGroup:
             return dl.binding()
         return None
 
-    def _held_text(self) -> str:
-        return "HANGGUARD_SERIAL=1" if self._serial else f"limit={self._limit}"
-
     def _join_timeout(
         self, deadline_name: str | None, budget: float, late: str = ""
     ) -> JoinTimeout:
         cancelled = self._cancel_info
         pending: list[str] = []
         results: list[Any] = []
-        label = deadline_name or "(unnamed)"
+        held = self._settings.held_text()
         for i, t in enumerate(self._tasks):
             # A task that was cancelled but still returned or raised within the grace did
             # finish: its own outcome stands in its place.
@@ -794,28 +765,21 @@ class TaskGroup:
                 name = self.task_name(i)
                 pending.append(name)
                 why = (
-                    f"was cancelled before it started (held back by {self._held_text()}) at"
+                    f"was cancelled before it started (held back by {held}) at"
                     if t in self._held
                     else "did not finish before"
                 )
-                results.append(
-                    DeadlineExceeded(
-                        f"task {name!r} {why} {label!r}",
-                        deadline_name=deadline_name,
-                        budget=budget,
-                    )
-                )
+                results.append(not_finished(f"task {name!r} {why}", deadline_name, budget))
             else:
                 results.append(outcome_of(t))
-        shown = ", ".join(pending[:5]) + (", ..." if len(pending) > 5 else "")
-        budget_text = "no limit" if math.isinf(budget) else f"{budget:g}s"
-        return JoinTimeout(
-            f"group {self.name!r}: {len(pending)} of {len(self._tasks)} task(s) did not finish "
-            f"before {label!r} ({budget_text}): {shown}{late}",
-            deadline_name=deadline_name,
-            budget=budget,
+        return join_timeout(
+            self.name,
+            total=len(self._tasks),
             results=results,
             pending=pending,
+            deadline_name=deadline_name,
+            budget=budget,
+            late=late,
         )
 
     # -- async with -------------------------------------------------------------------
@@ -834,11 +798,7 @@ class TaskGroup:
 
     def _register(self) -> None:
         """Register the group once, when it starts: one entry, whatever its size."""
-        self._entry = _inflight.add(
-            _inflight.open_entry(
-                _inflight.GROUP, self.name, span=self._span, children=self._children
-            )
-        )
+        self._entry = register(self.name, self._span, self._children)
 
     def _children(self) -> list[_inflight.Entry]:
         """One entry per unfinished task, with its state (called by readers, any thread)."""
@@ -857,12 +817,9 @@ class TaskGroup:
         for i, t in enumerate(list(self._tasks)):
             if t.done():
                 continue
-            if t in _abandoned:
-                state = _inflight.ABANDONED
-            elif t in cancel_info:
-                state = _inflight.IGNORING_CANCEL if grace_over else _inflight.CANCELLING
-            else:
-                state = _inflight.RUNNING
+            state = child_state(
+                abandoned=t in _abandoned, cancelled=t in cancel_info, grace_over=grace_over
+            )
             kid = _inflight.Entry(
                 _inflight.TASK,
                 self.task_name(i),
@@ -892,7 +849,7 @@ class TaskGroup:
             later = await self._shutdown(
                 CANCEL_PARENT,
                 f"{self.name} body raised {type(exc).__name__}",
-                _grace_or_default(),
+                grace_or_default(),
                 timed_out=False,
             )
             if later is not None and not isinstance(exc, asyncio.CancelledError):
@@ -904,7 +861,7 @@ class TaskGroup:
             if self._state is _State.OPEN:
                 # join refused to start (a bad setting): its tasks must not run on unowned.
                 later = await self._shutdown(
-                    CANCEL_PARENT, f"{self.name} join failed", _grace_or_default(), timed_out=False
+                    CANCEL_PARENT, f"{self.name} join failed", grace_or_default(), timed_out=False
                 )
                 if later is not None:
                     raise later from None
@@ -952,15 +909,6 @@ def _abandoned_children() -> list[_inflight.Entry]:
 
 _abandoned_names: dict[asyncio.Task[Any], str] = {}
 _abandoned_entry: _inflight.Entry | None = None
-
-
-def _grace_or_default() -> float:
-    """The cancel grace, on a path that is already raising another error."""
-    try:
-        return _config.cancel_grace()
-    except ConfigError:
-        logger.error("using the default cancel grace", exc_info=True)
-        return _config.DEFAULT_CANCEL_GRACE
 
 
 def _detach(task: asyncio.Task[Any]) -> None:
