@@ -40,20 +40,24 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from . import _config, _inflight, _metrics, _semconv, _spans, _watchdog
-from ._deadline import Deadline, check_timeout, current_deadline, now, remaining
+from . import _inflight, _metrics, _semconv, _spans, _watchdog
+from ._deadline import Deadline, current_deadline, now, remaining
 from ._exceptions import DeadlineExceeded, JoinTimeout, ThreadCancelled
+from ._group_core import (
+    GroupSettings,
+    budget_text,
+    child_state,
+    end_group_span,
+    join_timeout,
+    not_finished,
+    record_outcomes,
+    register,
+    start_group_span,
+    timeout_cut,
+)
 from ._semconv import (
     ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_REASON,
-    ATTR_GROUP_ABANDONED,
-    ATTR_GROUP_CANCELLED,
-    ATTR_GROUP_FAILED,
-    ATTR_GROUP_LIMIT,
-    ATTR_GROUP_NAME,
-    ATTR_GROUP_SERIAL,
-    ATTR_GROUP_SIZE,
-    ATTR_GROUP_TIMED_OUT,
     ATTR_TASK_NAME,
     ATTR_TASK_STACK,
     ATTR_THREAD_ID,
@@ -65,11 +69,9 @@ from ._semconv import (
     CANCEL_SIBLING_FAILED,
     CANCEL_TIMEOUT,
     EVENT_CANCELLED,
-    SPAN_GROUP,
     SPAN_TASK,
 )
 from ._task_info import fn_name, is_coroutine_function, thread_stacks
-from ._validate import check_whole
 
 __all__ = ["ThreadGroup", "checkpoint", "to_thread"]
 
@@ -210,10 +212,6 @@ def _label(d: Deadline | None) -> str:
     return repr(name) if name else "(unnamed)"
 
 
-def _budget_text(budget: float) -> str:
-    return "no limit" if math.isinf(budget) else f"{budget:g}s"
-
-
 # --- the shared pool ---------------------------------------------------------------------
 
 
@@ -345,15 +343,16 @@ class ThreadGroup:
         limit: int | None = None,
         executor: Executor | None = None,
     ) -> None:
-        self.name = name
-        self._timeout = None if timeout is None else check_timeout(timeout, "timeout")
-        self._return_exceptions = return_exceptions
-        if limit is not None:
-            check_whole(limit, "limit")
+        settings = self._settings = GroupSettings.check(
+            name, timeout=timeout, return_exceptions=return_exceptions, limit=limit
+        )
         if executor is not None and not callable(getattr(executor, "submit", None)):
             raise TypeError(f"executor must have a submit() method, got {executor!r}")
-        self._serial = _config.serial()
-        self._limit = 1 if self._serial else limit
+        self.name = name
+        self._timeout = settings.timeout
+        self._return_exceptions = return_exceptions
+        self._serial = settings.serial
+        self._limit = settings.limit
         self._executor = executor
         self._tracer = _spans.get_tracer()
         self._span: Span | None = None
@@ -462,14 +461,7 @@ class ThreadGroup:
 
     def _start_span(self) -> None:
         assert self._tracer is not None
-        self._span = self._tracer.start_span(
-            SPAN_GROUP.format(self.name), attributes={ATTR_GROUP_NAME: self.name}
-        )
-        if self._limit is not None:
-            self._span.set_attribute(ATTR_GROUP_LIMIT, self._limit)
-        if self._serial:
-            self._span.set_attribute(ATTR_GROUP_SERIAL, True)
-        self._span_ctx = trace.set_span_in_context(self._span)
+        self._span, self._span_ctx = start_group_span(self._tracer, self._settings)
 
     def _task_span(self, slot: _Slot) -> Span:
         assert self._tracer is not None
@@ -535,9 +527,6 @@ class ThreadGroup:
         logger.info("serial: task %r succeeded in %.3fs", name, time.monotonic() - started)
         return result
 
-    def _held_text(self) -> str:
-        return "HANGGUARD_SERIAL=1" if self._serial else f"limit={self._limit}"
-
     def _held_back(self, slot: _Slot, d: Deadline) -> DeadlineExceeded:
         """A call the group's limit held back until its deadline passed: never started."""
         bound = d.binding()
@@ -550,8 +539,8 @@ class ThreadGroup:
             span.end()
         return DeadlineExceeded(
             f"task {self.task_name(slot.index)!r} was cancelled before it started: held back "
-            f"by the group's {self._held_text()} until deadline {_label(bound)} passed "
-            f"({_budget_text(bound.budget)})",
+            f"by the group's {self._settings.held_text()} until deadline {_label(bound)} passed "
+            f"({budget_text(bound.budget)})",
             deadline_name=bound.name,
             budget=bound.budget,
         )
@@ -569,7 +558,7 @@ class ThreadGroup:
             span.end()
         return DeadlineExceeded(
             f"task {self.task_name(slot.index)!r} did not start before deadline {_label(bound)} "
-            f"({_budget_text(bound.budget)}): no free worker in its pool for {waited:.2f}s",
+            f"({budget_text(bound.budget)}): no free worker in its pool for {waited:.2f}s",
             deadline_name=bound.name,
             budget=bound.budget,
         )
@@ -758,16 +747,10 @@ class ThreadGroup:
             )
         if self._joined:
             raise RuntimeError(f"thread group {self.name!r} was already joined")
-        if timeout is not None:
-            own = check_timeout(timeout, "timeout")
-        elif self._timeout is not None:
-            own = self._timeout
-        else:
-            own = _config.join_timeout()
-        grace = _config.cancel_grace()
+        own, grace = self._settings.join_budget(timeout)
         self._joined = True
         self._grace = grace
-        mode = return_exceptions if return_exceptions is not None else bool(self._return_exceptions)
+        mode = self._settings.collects(return_exceptions)
         # join's own argument decides, as for TaskGroup: True collects every outcome even
         # in a group made with return_exceptions=False (what it cancelled stays cancelled).
         if not mode and not self._fail_fast:
@@ -798,24 +781,15 @@ class ThreadGroup:
             raise
 
         if timed_out:
-            if by_deadline:
-                dl = current_deadline()
-                bound = dl.binding() if dl is not None else None
-                dname = bound.name if bound is not None else None
-                budget = bound.budget if bound is not None else left
-                reason, cause = CANCEL_DEADLINE, dname or ""
-            else:
-                bound = None
-                dname, budget = f"join {self.name}", own
-                reason, cause = CANCEL_TIMEOUT, self.name
+            cut = timeout_cut(self.name, own, left, by_deadline)
             waiting = [s for s in self._slots if s.state == _SUBMITTED]
             held = [s for s in self._slots if s.state == _QUEUED]
-            running = self._cancel_rest(reason, cause, bound)
-            stuck = self._abandon(running, reason, cause)
+            running = self._cancel_rest(cut.reason, cut.cause, cut.bound)
+            stuck = self._abandon(running, cut.reason, cut.cause)
             no_worker = [s for s in waiting if s.state == _CANCELLED]
             if no_worker:
                 _metrics.record_threads_no_free_worker(len(no_worker))
-            raise self._join_timeout(dname, budget, stuck, no_worker, held)
+            raise self._join_timeout(cut.deadline_name, cut.budget, stuck, no_worker, held)
 
         if self._fail_fast and self._failures:
             first = self._failures[0]
@@ -854,7 +828,6 @@ class ThreadGroup:
         no_worker: list[_Slot],
         held: list[_Slot],
     ) -> JoinTimeout:
-        label = repr(deadline_name) if deadline_name else "(unnamed)"
         abandoned = {id(s) for s in stuck}
         queued = {id(s) for s in held}
         waiting = {id(s) for s in no_worker}
@@ -871,29 +844,26 @@ class ThreadGroup:
             elif id(slot) in waiting:
                 why = "did not start: no free worker in its pool"
             elif id(slot) in queued:
-                why = f"was cancelled before it started (held back by {self._held_text()})"
+                why = f"was cancelled before it started (held back by {self._settings.held_text()})"
             else:
                 why = "was cancelled before it started"
-            results.append(
-                DeadlineExceeded(
-                    f"task {name!r} {why} at {label}", deadline_name=deadline_name, budget=budget
-                )
-            )
+            results.append(not_finished(f"task {name!r} {why} at", deadline_name, budget))
         self._finish(timed_out=True)
-        shown = ", ".join(pending[:5]) + (", ..." if len(pending) > 5 else "")
         extra = []
         if stuck:
             extra.append(f"{len(stuck)} abandoned still running")
         if no_worker:
             extra.append(f"{len(no_worker)} waited for a worker: no free worker in the pool")
         detail = f" ({'; '.join(extra)})" if extra else ""
-        return JoinTimeout(
-            f"thread group {self.name!r}: {len(pending)} of {len(self._slots)} task(s) did not "
-            f"finish before {label} ({_budget_text(budget)}){detail}: {shown}",
-            deadline_name=deadline_name,
-            budget=budget,
+        return join_timeout(
+            self.name,
+            total=len(self._slots),
             results=results,
             pending=pending,
+            deadline_name=deadline_name,
+            budget=budget,
+            kind="thread group",
+            detail=detail,
         )
 
     def _finish(self, *, timed_out: bool) -> None:
@@ -910,27 +880,20 @@ class ThreadGroup:
                 counts[_semconv.OUTCOME_FAILED if s.failed else _semconv.OUTCOME_OK] += 1
             elif s.state in (_CANCELLED, _ABANDONED):
                 counts[_semconv.OUTCOME_TIMEOUT if timed_out else _semconv.OUTCOME_CANCELLED] += 1
-        for outcome, n in counts.items():
-            _metrics.record_task_outcome(outcome, n)
+        record_outcomes(counts)
         span, self._span = self._span, None
         if span is None:
             return
-        span.set_attribute(ATTR_GROUP_SIZE, len(self._slots))
-        span.set_attribute(ATTR_GROUP_FAILED, len(self._failures))
-        span.set_attribute(
-            ATTR_GROUP_CANCELLED, sum(1 for s in self._slots if s.state == _CANCELLED)
+        first = self._failures[0].outcome if self._failures and self._fail_fast else None
+        end_group_span(
+            span,
+            size=len(self._slots),
+            failed=len(self._failures),
+            cancelled=sum(1 for s in self._slots if s.state == _CANCELLED),
+            timed_out=timed_out,
+            first_failure=first if isinstance(first, BaseException) else None,
+            abandoned=self._abandoned or None,
         )
-        if self._abandoned:
-            span.set_attribute(ATTR_GROUP_ABANDONED, self._abandoned)
-        if timed_out:
-            span.set_attribute(ATTR_GROUP_TIMED_OUT, True)
-            span.set_attribute(_semconv.ATTR_ERROR_TYPE, "timeout")
-            span.set_status(trace.Status(trace.StatusCode.ERROR, "join timed out"))
-        elif self._failures and self._fail_fast:
-            first = self._failures[0].outcome
-            assert isinstance(first, BaseException)
-            _spans.record_failure(span, first)
-        span.end()
 
     # -- with -------------------------------------------------------------------------
 
@@ -945,11 +908,7 @@ class ThreadGroup:
 
     def _register(self) -> None:
         """Register the group once, when it starts: one entry, whatever its size."""
-        self._entry = _inflight.add(
-            _inflight.open_entry(
-                _inflight.GROUP, self.name, span=self._span, children=self._children
-            )
-        )
+        self._entry = register(self.name, self._span, self._children)
 
     def _children(self) -> list[_inflight.Entry]:
         """One entry per unfinished call, with its state (called by readers, any thread)."""
@@ -962,12 +921,11 @@ class ThreadGroup:
             state = slot.state
             if state in (_DONE, _CANCELLED):
                 continue
-            if state == _ABANDONED:
-                shown = _inflight.ABANDONED
-            elif slot.cancel is not None:
-                shown = _inflight.IGNORING_CANCEL if grace_over else _inflight.CANCELLING
-            else:
-                shown = _inflight.RUNNING
+            shown = child_state(
+                abandoned=state == _ABANDONED,
+                cancelled=slot.cancel is not None,
+                grace_over=grace_over,
+            )
             out.append(_slot_entry(slot, self.task_name(slot.index), deadline, entry, shown))
         return out
 
@@ -1048,7 +1006,7 @@ def _run_alone(slot: _Slot) -> Any:
         _metrics.record_threads_no_free_worker()
         exc = DeadlineExceeded(
             f"to_thread({fn_name(slot.fn)}) did not start before deadline {_label(bound)} "
-            f"({_budget_text(bound.budget)}): no free worker in the pool for "
+            f"({budget_text(bound.budget)}): no free worker in the pool for "
             f"{time.monotonic() - slot.submitted_at:.2f}s",
             deadline_name=bound.name,
             budget=bound.budget,
@@ -1142,7 +1100,7 @@ async def to_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         if fired is not None and message:
             _spans.record_deadline_exceeded(fired.name, fired.budget)
             raise DeadlineExceeded(
-                f"deadline {_label(fired)} exceeded ({_budget_text(fired.budget)}): {message}",
+                f"deadline {_label(fired)} exceeded ({budget_text(fired.budget)}): {message}",
                 deadline_name=fired.name,
                 budget=fired.budget,
             ) from None
