@@ -31,21 +31,24 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span
 
-from .. import _config, _metrics, _semconv, _spans
-from .._deadline import check_timeout, current_deadline, remaining
-from .._exceptions import DeadlineExceeded, JoinTimeout
+from .. import _metrics, _semconv, _spans
+from .._deadline import current_deadline, remaining
+from .._exceptions import JoinTimeout
+from .._group_core import (
+    GroupSettings,
+    end_group_span,
+    grace_or_default,
+    join_timeout,
+    not_finished,
+    record_outcomes,
+    start_group_span,
+    timeout_cut,
+)
 from .._semconv import (
     ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_FORCED,
     ATTR_CANCEL_GRACE_S,
     ATTR_CANCEL_REASON,
-    ATTR_GROUP_CANCELLED,
-    ATTR_GROUP_FAILED,
-    ATTR_GROUP_LIMIT,
-    ATTR_GROUP_NAME,
-    ATTR_GROUP_SERIAL,
-    ATTR_GROUP_SIZE,
-    ATTR_GROUP_TIMED_OUT,
     ATTR_RETRY_ATTEMPT,
     ATTR_RETRY_REMAINING_S,
     ATTR_TASK_NAME,
@@ -58,11 +61,9 @@ from .._semconv import (
     EVENT_CANCELLED,
     EVENT_RAY_RETRY_SKIPPED,
     EVENT_RETRY,
-    SPAN_GROUP,
     SPAN_TASK,
 )
 from .._task_info import fn_name
-from .._validate import check_whole
 from ._compat import is_remote_function, unwrap_remote_function
 from ._errors import ObjectLost, TaskCancelled, WorkerLost, translate
 from ._wire import make_meta
@@ -255,13 +256,14 @@ class RemoteGroup:
         return_exceptions: bool | None = None,
         limit: int | None = None,
     ) -> None:
+        settings = self._settings = GroupSettings.check(
+            name, timeout=timeout, return_exceptions=return_exceptions, limit=limit
+        )
         self.name = name
-        self._timeout = None if timeout is None else check_timeout(timeout, "timeout")
+        self._timeout = settings.timeout
         self._return_exceptions = return_exceptions
-        if limit is not None:
-            check_whole(limit, "limit")
-        self._serial = _config.serial()
-        self._limit = 1 if self._serial else limit
+        self._serial = settings.serial
+        self._limit = settings.limit
         self._tracer = _spans.get_tracer()
         self._span: Span | None = None
         self._span_ctx: otel_context.Context | None = None
@@ -411,14 +413,7 @@ class RemoteGroup:
 
     def _start_span(self) -> None:
         assert self._tracer is not None
-        self._span = self._tracer.start_span(
-            SPAN_GROUP.format(self.name), attributes={ATTR_GROUP_NAME: self.name}
-        )
-        if self._limit is not None:
-            self._span.set_attribute(ATTR_GROUP_LIMIT, self._limit)
-        if self._serial:
-            self._span.set_attribute(ATTR_GROUP_SERIAL, True)
-        self._span_ctx = trace.set_span_in_context(self._span)
+        self._span, self._span_ctx = start_group_span(self._tracer, self._settings)
 
     # -- completion (on the joining thread) ---------------------------------------------
 
@@ -621,14 +616,8 @@ class RemoteGroup:
     ) -> tuple[float, float, bool, bool]:
         if self._joined:
             raise RuntimeError(f"remote group {self.name!r} was already joined")
-        if timeout is not None:
-            own = check_timeout(timeout, "timeout")
-        elif self._timeout is not None:
-            own = self._timeout
-        else:
-            own = _config.join_timeout()
-        grace = _config.cancel_grace()
-        mode = return_exceptions if return_exceptions is not None else bool(self._return_exceptions)
+        own, grace = self._settings.join_budget(timeout)
+        mode = self._settings.collects(return_exceptions)
         left = remaining()
         self._joined = True
         self._cutoff = time.monotonic() + min(own, left)
@@ -760,12 +749,8 @@ class RemoteGroup:
         if self._pending == 0:
             self._finish(timed_out=False)
             return None
-        if by_deadline:
-            current = current_deadline()
-            bound = current.binding() if current is not None else None
-            self._cancel_all(CANCEL_DEADLINE, (bound.name if bound else None) or "")
-        else:
-            self._cancel_all(CANCEL_TIMEOUT, self.name)
+        cut = timeout_cut(self.name, math.inf, remaining(), by_deadline)
+        self._cancel_all(cut.reason, cut.cause)
         return "timeout"
 
     def _raise(self, outcome: str, own: float, by_deadline: bool) -> BaseException:
@@ -774,14 +759,8 @@ class RemoteGroup:
             error = self._failures[0].outcome
             assert isinstance(error, BaseException)
             return error
-        if by_deadline:
-            current = current_deadline()
-            bound = current.binding() if current is not None else None
-            dname = bound.name if bound is not None else None
-            budget = bound.budget if bound is not None else own
-        else:
-            dname, budget = f"join {self.name}", own
-        return self._join_timeout(dname, budget)
+        cut = timeout_cut(self.name, own, own, by_deadline)
+        return self._join_timeout(cut.deadline_name, cut.budget)
 
     def _abort(self, grace: float = 0.0) -> None:
         """The join or the ``with`` body failed: stop every task, waiting at most ``grace``."""
@@ -797,31 +776,24 @@ class RemoteGroup:
         return [s.outcome for s in self._slots]
 
     def _join_timeout(self, deadline_name: str | None, budget: float) -> JoinTimeout:
-        label = deadline_name or "(unnamed)"
         pending: list[str] = []
         results: list[Any] = []
         for slot in self._slots:
             if slot.cancel is not None and (slot.outcome is None or _was_cancelled(slot.outcome)):
                 pending.append(slot.name)
-                results.append(
-                    DeadlineExceeded(
-                        f"remote task {slot.name!r} did not finish before {label!r}",
-                        deadline_name=deadline_name,
-                        budget=budget,
-                    )
-                )
+                what = f"remote task {slot.name!r} did not finish before"
+                results.append(not_finished(what, deadline_name, budget))
             else:
                 results.append(slot.outcome)
         self._finish(timed_out=True)
-        shown = ", ".join(pending[:5]) + (", ..." if len(pending) > 5 else "")
-        budget_text = "no limit" if math.isinf(budget) else f"{budget:g}s"
-        return JoinTimeout(
-            f"group {self.name!r}: {len(pending)} of {len(self._slots)} remote task(s) did not "
-            f"finish before {label!r} ({budget_text}): {shown}",
-            deadline_name=deadline_name,
-            budget=budget,
+        return join_timeout(
+            self.name,
+            total=len(self._slots),
             results=results,
             pending=pending,
+            deadline_name=deadline_name,
+            budget=budget,
+            noun="remote task(s)",
         )
 
     def _finish(self, *, timed_out: bool) -> None:
@@ -844,25 +816,22 @@ class RemoteGroup:
                 slot.ref = slot.future = slot.args = slot.kwargs = None
                 if slot.span is not None:
                     slot.span.end()
-        for outcome, n in counts.items():
-            _metrics.record_task_outcome(outcome, n)
+        record_outcomes(counts)
         span = self._span
         if span is None:
             return
         self._span = None
-        cancelled = sum(1 for s in self._slots if s.cancel is not None and not s.failed)
-        span.set_attribute(ATTR_GROUP_SIZE, len(self._slots))
-        span.set_attribute(ATTR_GROUP_FAILED, len(self._failures))
-        span.set_attribute(ATTR_GROUP_CANCELLED, cancelled)
-        if timed_out:
-            span.set_attribute(ATTR_GROUP_TIMED_OUT, True)
-            span.set_attribute(_semconv.ATTR_ERROR_TYPE, "timeout")
-            span.set_status(trace.Status(trace.StatusCode.ERROR, "join timed out"))
-        elif self._failures and not self._return_exceptions:
-            first = self._failures[0].outcome
-            if isinstance(first, BaseException):
-                _spans.record_failure(span, first)
-        span.end()
+        first = (
+            self._failures[0].outcome if self._failures and not self._return_exceptions else None
+        )
+        end_group_span(
+            span,
+            size=len(self._slots),
+            failed=len(self._failures),
+            cancelled=sum(1 for s in self._slots if s.cancel is not None and not s.failed),
+            timed_out=timed_out,
+            first_failure=first if isinstance(first, BaseException) else None,
+        )
 
     # -- with / async with ---------------------------------------------------------------
 
@@ -878,7 +847,7 @@ class RemoteGroup:
         if exc is None:
             self.join()
             return
-        self._abort(_grace_or_default())
+        self._abort(grace_or_default())
 
     async def __aenter__(self) -> RemoteGroup:
         return self
@@ -904,11 +873,3 @@ def _driver_node() -> str:
 
 def _was_cancelled(outcome: object) -> bool:
     return isinstance(outcome, (TaskCancelled, WorkerLost))
-
-
-def _grace_or_default() -> float:
-    try:
-        return _config.cancel_grace()
-    except Exception:
-        logger.error("using the default cancel grace", exc_info=True)
-        return _config.DEFAULT_CANCEL_GRACE
