@@ -51,7 +51,7 @@ from ._deadline import (
 )
 from ._exceptions import JoinTimeout
 from ._group_core import (
-    GroupSettings,
+    GroupBase,
     child_state,
     end_group_span,
     grace_or_default,
@@ -59,7 +59,6 @@ from ._group_core import (
     not_finished,
     record_outcomes,
     register,
-    start_group_span,
     timeout_cut,
 )
 from ._limiter import Limiter
@@ -116,7 +115,7 @@ class _CancelInfo:
         self.cause = cause
 
 
-class TaskGroup:
+class TaskGroup(GroupBase):
     """Run coroutines concurrently and join them within a bounded time.
 
     ``submit`` starts a task at once; ``join`` waits for all of them and returns their
@@ -157,19 +156,9 @@ class TaskGroup:
         return_exceptions: bool | None = None,
         limit: int | None = None,
     ) -> None:
-        settings = self._settings = GroupSettings.check(
-            name, timeout=timeout, return_exceptions=return_exceptions, limit=limit
-        )
-        self.name = name
-        self._timeout = settings.timeout
-        self._return_exceptions = return_exceptions
-        self._serial = settings.serial
-        self._limit = settings.limit
-        self._limiter = Limiter(self._limit) if self._limit is not None else None
-        self._tracer = _spans.get_tracer()
+        super().__init__(name, timeout=timeout, return_exceptions=return_exceptions, limit=limit)
+        self._limiter = Limiter(self._settings.limit) if self._settings.limit is not None else None
         _watchdog.maybe_watch()
-        self._span: Span | None = None
-        self._span_ctx: otel_context.Context | None = None
 
         self._state = _State.OPEN
         self._fail_fast = False
@@ -363,7 +352,7 @@ class TaskGroup:
                 raise
             held.discard(task)
             try:
-                if not self._serial:
+                if not self._settings.serial:
                     return await work
                 return await self._run_logged(index, work)
             finally:
@@ -420,10 +409,6 @@ class TaskGroup:
             raise
         logger.info("serial: task %r succeeded in %.3fs", name, time.monotonic() - started)
         return result
-
-    def _start_span(self) -> None:
-        assert self._tracer is not None
-        self._span, self._span_ctx = start_group_span(self._tracer, self._settings)
 
     # -- completion -------------------------------------------------------------------
 

@@ -254,3 +254,32 @@ def grace_or_default() -> float:
     except ConfigError:
         logger.error("using the default cancel grace", exc_info=True)
         return _config.DEFAULT_CANCEL_GRACE
+
+
+class GroupBase:
+    """What every group holds from its construction: name, checked settings, tracer, span.
+
+    The backends subclass it and keep only their own unit of work's bookkeeping.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        timeout: float | None,
+        return_exceptions: bool | None,
+        limit: int | None,
+    ) -> None:
+        self._settings = GroupSettings.check(
+            name, timeout=timeout, return_exceptions=return_exceptions, limit=limit
+        )
+        self.name = name
+        self._return_exceptions = return_exceptions
+        self._tracer = _spans.get_tracer()
+        self._span: Span | None = None
+        self._span_ctx: otel_context.Context | None = None
+
+    def _start_span(self) -> None:
+        """Start the group span (at its first submit, or on entering its block)."""
+        assert self._tracer is not None
+        self._span, self._span_ctx = start_group_span(self._tracer, self._settings)

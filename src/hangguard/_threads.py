@@ -44,7 +44,7 @@ from . import _inflight, _metrics, _semconv, _spans, _watchdog
 from ._deadline import Deadline, current_deadline, now, remaining
 from ._exceptions import DeadlineExceeded, JoinTimeout, ThreadCancelled
 from ._group_core import (
-    GroupSettings,
+    GroupBase,
     budget_text,
     child_state,
     end_group_span,
@@ -52,7 +52,6 @@ from ._group_core import (
     not_finished,
     record_outcomes,
     register,
-    start_group_span,
     timeout_cut,
 )
 from ._semconv import (
@@ -307,7 +306,7 @@ def _release_worker(executor: Executor | None) -> None:
 # --- the thread group --------------------------------------------------------------------
 
 
-class ThreadGroup:
+class ThreadGroup(GroupBase):
     """Run blocking functions in threads and join them within a bounded time.
 
     The thread counterpart of :class:`~hangguard.TaskGroup`, with the same semantics as
@@ -343,20 +342,8 @@ class ThreadGroup:
         limit: int | None = None,
         executor: Executor | None = None,
     ) -> None:
-        settings = self._settings = GroupSettings.check(
-            name, timeout=timeout, return_exceptions=return_exceptions, limit=limit
-        )
-        if executor is not None and not callable(getattr(executor, "submit", None)):
-            raise TypeError(f"executor must have a submit() method, got {executor!r}")
-        self.name = name
-        self._timeout = settings.timeout
-        self._return_exceptions = return_exceptions
-        self._serial = settings.serial
-        self._limit = settings.limit
+        super().__init__(name, timeout=timeout, return_exceptions=return_exceptions, limit=limit)
         self._executor = executor
-        self._tracer = _spans.get_tracer()
-        self._span: Span | None = None
-        self._span_ctx: otel_context.Context | None = None
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._slots: list[_Slot] = []
@@ -417,7 +404,7 @@ class ThreadGroup:
         with self._lock:
             self._slots.append(slot)
             self._pending += 1
-            if self._limit is not None and self._running >= self._limit:
+            if self._settings.limit is not None and self._running >= self._settings.limit:
                 self._queued.append(slot)
                 return
             self._running += 1
@@ -459,10 +446,6 @@ class ThreadGroup:
         """The executor's future of each call handed to it, with its index."""
         return [(s.index, s.future) for s in self._slots if s.future is not None]
 
-    def _start_span(self) -> None:
-        assert self._tracer is not None
-        self._span, self._span_ctx = start_group_span(self._tracer, self._settings)
-
     def _task_span(self, slot: _Slot) -> Span:
         assert self._tracer is not None
         name = self.task_name(slot.index)
@@ -496,7 +479,11 @@ class ThreadGroup:
             span = slot.span = self._task_span(slot)
             token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            result = self._run_logged(slot) if self._serial else slot.fn(*slot.args, **slot.kwargs)
+            result = (
+                self._run_logged(slot)
+                if self._settings.serial
+                else slot.fn(*slot.args, **slot.kwargs)
+            )
         except BaseException as exc:
             if span is not None:
                 otel_context.detach(token)  # type: ignore[arg-type]

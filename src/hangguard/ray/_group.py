@@ -27,7 +27,6 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Final
 
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span
 
@@ -35,13 +34,12 @@ from .. import _metrics, _semconv, _spans
 from .._deadline import current_deadline, remaining
 from .._exceptions import JoinTimeout
 from .._group_core import (
-    GroupSettings,
+    GroupBase,
     end_group_span,
     grace_or_default,
     join_timeout,
     not_finished,
     record_outcomes,
-    start_group_span,
     timeout_cut,
 )
 from .._semconv import (
@@ -225,7 +223,7 @@ class TaskOptions:
         return self._group._submit(fn, args, kwargs, self._name, self._options)
 
 
-class RemoteGroup:
+class RemoteGroup(GroupBase):
     """Run functions as Ray tasks and join them within a bounded time.
 
     The Ray counterpart of :class:`hangguard.TaskGroup`, with the same semantics: results
@@ -256,17 +254,7 @@ class RemoteGroup:
         return_exceptions: bool | None = None,
         limit: int | None = None,
     ) -> None:
-        settings = self._settings = GroupSettings.check(
-            name, timeout=timeout, return_exceptions=return_exceptions, limit=limit
-        )
-        self.name = name
-        self._timeout = settings.timeout
-        self._return_exceptions = return_exceptions
-        self._serial = settings.serial
-        self._limit = settings.limit
-        self._tracer = _spans.get_tracer()
-        self._span: Span | None = None
-        self._span_ctx: otel_context.Context | None = None
+        super().__init__(name, timeout=timeout, return_exceptions=return_exceptions, limit=limit)
         self._slots: list[_Slot] = []
         self._queued: collections.deque[_Slot] = collections.deque()
         self._retry: list[_Slot] = []
@@ -330,7 +318,7 @@ class RemoteGroup:
         self._pending += 1
         if self._tracer is not None and self._span is None:
             self._start_span()
-        if self._limit is not None and self._running >= self._limit:
+        if self._settings.limit is not None and self._running >= self._settings.limit:
             self._queued.append(slot)
             return None
         self._start(slot, self._budget())
@@ -348,7 +336,7 @@ class RemoteGroup:
         left = remaining()
         if self._joined:
             return min(left, max(0.0, self._cutoff - time.monotonic()))
-        return left if self._timeout is None else min(left, self._timeout)
+        return left if self._settings.timeout is None else min(left, self._settings.timeout)
 
     def _deadline_name(self, budget: float) -> str | None:
         current = current_deadline()
@@ -373,7 +361,7 @@ class RemoteGroup:
         meta = make_meta(
             slot.name, self.name, budget, self._deadline_name(budget), carrier, self._node
         )
-        if self._serial:
+        if self._settings.serial:
             logger.info("serial: remote task %r started (group %r)", slot.name, self.name)
         try:
             remote = slot.remote.options(**slot.options) if slot.options else slot.remote
@@ -410,10 +398,6 @@ class RemoteGroup:
                 loop.call_soon_threadsafe(event.set)
             except RuntimeError:
                 pass  # the loop is closed: nobody is waiting any more
-
-    def _start_span(self) -> None:
-        assert self._tracer is not None
-        self._span, self._span_ctx = start_group_span(self._tracer, self._settings)
 
     # -- completion (on the joining thread) ---------------------------------------------
 
@@ -490,7 +474,9 @@ class RemoteGroup:
         while self._retry:
             slot = self._retry.pop(0)
             self._start(slot, self._budget())
-        while self._queued and (self._limit is None or self._running < self._limit):
+        while self._queued and (
+            self._settings.limit is None or self._running < self._settings.limit
+        ):
             if self._joined and self._cutoff <= time.monotonic():
                 return
             self._start(self._queued.popleft(), self._budget())
@@ -510,7 +496,7 @@ class RemoteGroup:
                 type(outcome).__name__,
                 exc_info=outcome,
             )
-        elif self._serial:
+        elif self._settings.serial:
             logger.info("serial: remote task %r ended (group %r)", slot.name, self.name)
         span = slot.span
         if span is not None:
