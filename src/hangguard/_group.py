@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 import inspect
 import logging
 import math
@@ -40,8 +41,10 @@ from typing import Any, Final, TypeVar
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
+from opentelemetry.util.types import AttributeValue
 
 from . import _config, _inflight, _late, _metrics, _semconv, _spans, _watchdog
+from ._cancel_record import CancelRecord, EventCap
 from ._deadline import (
     Deadline,
     current_deadline,
@@ -63,9 +66,7 @@ from ._group_core import (
 )
 from ._limiter import Limiter
 from ._semconv import (
-    ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_GRACE_S,
-    ATTR_CANCEL_REASON,
     ATTR_TASK_NAME,
     ATTR_TASK_STACK,
     ATTR_TIMEOUT_S,
@@ -74,7 +75,6 @@ from ._semconv import (
     CANCEL_SIBLING_FAILED,
     CANCEL_TIMEOUT,
     EVENT_CANCEL_IGNORED,
-    EVENT_CANCELLED,
     SPAN_TASK,
 )
 from ._task_info import fn_name, is_coroutine_function, outcome_of, stack_of
@@ -103,16 +103,6 @@ class _State(enum.Enum):
     JOINING = "joining"  # join (or the ``async with`` exit) is waiting for the tasks
     SHUTTING_DOWN = "shutting down"  # tasks cancelled, the grace running
     DONE = "done"  # outcomes counted, span ended
-
-
-class _CancelInfo:
-    """Why the group cancelled a task (one shared instance per cancelling call)."""
-
-    __slots__ = ("cause", "reason")
-
-    def __init__(self, reason: str, cause: str) -> None:
-        self.reason = reason
-        self.cause = cause
 
 
 class TaskGroup(GroupBase):
@@ -174,7 +164,7 @@ class TaskGroup(GroupBase):
         self._index: dict[asyncio.Task[Any], int] = {}
         self._pending = 0
         self._failures: list[asyncio.Task[Any]] = []  # in the order they failed
-        self._cancel_info: dict[asyncio.Task[Any], _CancelInfo] = {}
+        self._cancel_info: dict[asyncio.Task[Any], CancelRecord] = {}
         self._cancelled_at: float | None = None  # loop time of the first cancel: grace start
         self._task_spans: dict[asyncio.Task[Any], Span] = {}
         self._unstarted: dict[asyncio.Task[Any], Coroutine[Any, Any, Any]] = {}
@@ -183,7 +173,7 @@ class TaskGroup(GroupBase):
         self._stacks_taken = 0
         # hangguard.cancelled events this group may still record (read only when traced:
         # a bad HANGGUARD_CANCEL_EVENTS fails the constructor, not a cancel later).
-        self._events_left = _config.cancel_events() if self._tracer is not None else 0
+        self._events = EventCap(_config.cancel_events() if self._tracer is not None else 0)
         self._abandoned_count = 0
         self._waiter: asyncio.Future[None] | None = None
         # ``async with``: the body's task, and whether the group cancelled it (a failure).
@@ -357,15 +347,11 @@ class TaskGroup(GroupBase):
                 return await self._run_logged(index, work)
             finally:
                 self._limiter.release()
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             if span is not None and task not in self._cancel_info:
                 # Not cancelled by the group (that is recorded when it cancels).
                 with _spans.guard():
-                    attrs = {ATTR_CANCEL_REASON: CANCEL_PARENT, ATTR_CANCEL_CAUSE: ""}
-                    span.set_attributes(attrs)
-                    if self._events_left > 0:
-                        self._events_left -= 1
-                        span.add_event(EVENT_CANCELLED, attrs)
+                    CancelRecord.of(deadline_cancel_of(exc)).write(span, cap=self._events)
             raise
         except BaseException as exc:
             if span is not None:
@@ -473,7 +459,7 @@ class TaskGroup(GroupBase):
         nested group would stop waiting for its own children. A failure that triggers
         the cancel is announced with one WARNING naming it and the count.
         """
-        info = _CancelInfo(reason, cause)
+        info = CancelRecord(reason, cause)
         cancel_info = self._cancel_info
         # The reason travels in the message too: a nested op's span reads it as the cause.
         message = f"hangguard: {reason} ({cause})"
@@ -481,7 +467,7 @@ class TaskGroup(GroupBase):
         count = len(todo)
         if self._tracer is not None and todo:
             with _spans.guard():  # a failing span processor must not stop the cancel
-                self._record_cancels(todo, {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: cause})
+                self._record_cancels(todo, info)
         for task in todo:
             cancel_info[task] = info
             task.cancel(message)
@@ -498,7 +484,7 @@ class TaskGroup(GroupBase):
             )
         return count
 
-    def _record_cancels(self, tasks: list[asyncio.Task[Any]], attrs: dict[str, str]) -> None:
+    def _record_cancels(self, tasks: list[asyncio.Task[Any]], record: CancelRecord) -> None:
         """Put the reason and cause on each task's span; an event on the first few.
 
         The attributes are cheap and go on every span. The ``hangguard.cancelled`` event
@@ -508,25 +494,25 @@ class TaskGroup(GroupBase):
         step, which have nothing to show.
         """
         spans = self._task_spans
+        cap = self._events
         for task in tasks:
             span = spans.get(task)
             if span is None:
                 # Cancelled before its first step: its coroutine will never run, so its
                 # span is made (and ended) here, to carry the record.
-                span = self._task_span(self._index[task], attrs)
-                if self._events_left > 0:
-                    self._events_left -= 1
-                    span.add_event(EVENT_CANCELLED, attrs)
+                span = self._task_span(self._index[task], record.attrs())
+                record.write(span, cap=cap, on_span=False)
                 span.end()
                 continue
-            span.set_attributes(attrs)
-            if self._events_left > 0:
-                self._events_left -= 1
-                event = attrs
-                if self._stacks_taken < STACK_CAPTURES:
-                    self._stacks_taken += 1
-                    event = {**attrs, ATTR_TASK_STACK: stack_of(task)}
-                span.add_event(EVENT_CANCELLED, event)
+            stack = None
+            if self._stacks_taken < STACK_CAPTURES:
+                stack = functools.partial(self._stack_of, task)
+            record.write(span, cap=cap, extra=stack)
+
+    def _stack_of(self, task: asyncio.Task[Any]) -> dict[str, AttributeValue]:
+        """Where a cancelled task is stuck, for its event (the first few of a group)."""
+        self._stacks_taken += 1
+        return {ATTR_TASK_STACK: stack_of(task)}
 
     async def _wait_pending(self, timeout: float) -> None:
         """Wait until no task is pending (or, failing fast, one fails), or ``timeout`` passes."""
@@ -708,14 +694,9 @@ class TaskGroup(GroupBase):
         of the :class:`JoinTimeout` to raise after it, if the join timed out."""
         if fired is not None:  # this task's own deadline fired: answered with data
             return CANCEL_DEADLINE, fired.name or "", (fired.name, fired.budget)
-        if cancel is not None:
-            cause = deadline_cancel_of(cancel)
-            if cause is not None:  # an enclosing deadline, enforced in this task
-                return CANCEL_DEADLINE, cause.name or "", None
-            dl = current_deadline()
-            if dl is not None and remaining() <= 0:  # one enforced in a parent task
-                return CANCEL_DEADLINE, dl.binding().name or "", None
-            return CANCEL_PARENT, self.name, None
+        if cancel is not None:  # an enclosing deadline (here or in a parent), else the parent
+            record = CancelRecord.of_joiner(cancel, self.name)
+            return record.reason, record.cause, None
         if self._fail_fast and self._failures:
             return CANCEL_SIBLING_FAILED, self.task_name(self._index[self._failures[0]]), None
         cut = timeout_cut(self.name, own, left, by_deadline)
