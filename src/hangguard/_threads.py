@@ -41,6 +41,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from . import _inflight, _metrics, _semconv, _spans, _watchdog
+from ._cancel_record import CancelRecord
 from ._deadline import Deadline, current_deadline, now, remaining
 from ._exceptions import DeadlineExceeded, JoinTimeout, ThreadCancelled
 from ._group_core import (
@@ -55,8 +56,6 @@ from ._group_core import (
     timeout_cut,
 )
 from ._semconv import (
-    ATTR_CANCEL_CAUSE,
-    ATTR_CANCEL_REASON,
     ATTR_TASK_NAME,
     ATTR_TASK_STACK,
     ATTR_THREAD_ID,
@@ -67,7 +66,6 @@ from ._semconv import (
     CANCEL_PARENT,
     CANCEL_SIBLING_FAILED,
     CANCEL_TIMEOUT,
-    EVENT_CANCELLED,
     SPAN_TASK,
 )
 from ._task_info import fn_name, is_coroutine_function, thread_stacks
@@ -519,10 +517,7 @@ class ThreadGroup(GroupBase):
         bound = d.binding()
         if self._tracer is not None:
             span = self._task_span(slot)
-            span.add_event(
-                EVENT_CANCELLED,
-                {ATTR_CANCEL_REASON: CANCEL_DEADLINE, ATTR_CANCEL_CAUSE: bound.name or ""},
-            )
+            CancelRecord(CANCEL_DEADLINE, bound.name or "").write(span)
             span.end()
         return DeadlineExceeded(
             f"task {self.task_name(slot.index)!r} was cancelled before it started: held back "
@@ -538,10 +533,7 @@ class ThreadGroup(GroupBase):
         _metrics.record_threads_no_free_worker()
         if self._tracer is not None:
             span = self._task_span(slot)
-            span.add_event(
-                EVENT_CANCELLED,
-                {ATTR_CANCEL_REASON: CANCEL_NO_FREE_WORKER, ATTR_CANCEL_CAUSE: bound.name or ""},
-            )
+            CancelRecord(CANCEL_NO_FREE_WORKER, bound.name or "").write(span)
             span.end()
         return DeadlineExceeded(
             f"task {self.task_name(slot.index)!r} did not start before deadline {_label(bound)} "
@@ -647,11 +639,10 @@ class ThreadGroup(GroupBase):
             if self._pending == 0:
                 self._cond.notify_all()
         if self._tracer is not None:
+            record = CancelRecord(reason, cause)
             for slot in never_started[:STACK_CAPTURES]:
                 span = self._task_span(slot)
-                span.add_event(
-                    EVENT_CANCELLED, {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: cause}
-                )
+                record.write(span)
                 span.end()
         return running
 
@@ -675,8 +666,9 @@ class ThreadGroup(GroupBase):
         pool = self._executor if self._executor is not None else _pool
         if isinstance(pool, _DaemonPool):
             pool.abandoned(len(stuck))
+        record = CancelRecord(reason, cause)
         for i, slot in enumerate(stuck):
-            attrs: dict[str, str | int] = {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: cause}
+            attrs: dict[str, str | int] = {}
             stack = stacks.get(slot.thread_id) if (i < STACK_CAPTURES and slot.thread_id) else None
             if stack:
                 attrs[ATTR_TASK_STACK] = stack
@@ -693,7 +685,7 @@ class ThreadGroup(GroupBase):
             ):
                 span = self._task_span(slot)
             if span is not None:
-                span.add_event(EVENT_CANCELLED, attrs)
+                record.write(span, extra=lambda attrs=attrs: attrs)  # type: ignore[misc]
                 span.end()  # the trace is complete now; the thread may never return
         shown = []
         for slot in stuck[:_LOGGED_STACKS]:
@@ -1130,16 +1122,13 @@ def _give_up_alone(
     """Record a to_thread call given up on; returns what to say about it ('' if done)."""
     span = trace.get_current_span()
     name = fn_name(fn)
-    attrs: dict[str, str] = {
-        ATTR_CANCEL_REASON: reason,
-        ATTR_CANCEL_CAUSE: cause,
-        ATTR_TASK_NAME: name,
-    }
+    # On the awaiting op's span: the event only (its own cancel sets the attributes).
+    attrs: dict[str, str] = {ATTR_TASK_NAME: name}
     if not started:
         waited = time.monotonic() - slot.submitted_at
-        attrs[ATTR_CANCEL_REASON] = CANCEL_NO_FREE_WORKER if reason == CANCEL_DEADLINE else reason
+        record = CancelRecord(CANCEL_NO_FREE_WORKER if reason == CANCEL_DEADLINE else reason, cause)
         if span.is_recording():
-            span.add_event(EVENT_CANCELLED, attrs)
+            record.write(span, on_span=False, extra=lambda: attrs)
         if reason == CANCEL_DEADLINE:
             _metrics.record_threads_no_free_worker()
             return f"to_thread({name}) did not start: no free worker in the pool for {waited:.2f}s"
@@ -1150,7 +1139,7 @@ def _give_up_alone(
     if stack:
         attrs[ATTR_TASK_STACK] = stack
     if span.is_recording():
-        span.add_event(EVENT_CANCELLED, attrs)
+        CancelRecord(reason, cause).write(span, on_span=False, extra=lambda: attrs)
     _metrics.record_threads_abandoned()
     _shared_pool().abandoned()
     where = stack.split("\n", 1)[0] if stack else "(unknown)"
