@@ -20,14 +20,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from . import _config, _inflight, _ps, _spans, _watchdog
-from ._deadline import check_timeout, deadline, deadline_cancel_of, remaining
-from ._semconv import (
-    ATTR_CANCEL_CAUSE,
-    ATTR_CANCEL_REASON,
-    CANCEL_DEADLINE,
-    CANCEL_PARENT,
-    EVENT_CANCELLED,
-)
+from ._cancel_record import CancelRecord
+from ._deadline import check_timeout, deadline, remaining
 from ._validate import callable_name
 
 __all__ = ["check_budget", "check_name", "run_in_scope", "traced"]
@@ -48,13 +42,6 @@ def check_name(name: object) -> str | None:
 def check_budget(budget: float | None) -> float | None:
     """Validate a ``budget`` argument at decoration time; ``None`` defers to the env."""
     return None if budget is None else check_timeout(budget, "budget")
-
-
-def _cancel_attrs(exc: asyncio.CancelledError) -> dict[str, str]:
-    # An enclosing deadline that binds passes through this scope as a cancellation whose
-    # message is the deadline's DeadlineCancel.
-    reason = CANCEL_DEADLINE if deadline_cancel_of(exc) is not None else CANCEL_PARENT
-    return {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: _spans.safe_str(exc)}
 
 
 @_watchdog.holds_span
@@ -79,9 +66,9 @@ async def run_in_scope(name: str, budget: float | None, body: Callable[[], Await
     except asyncio.CancelledError as exc:
         # Cancellation is not an error: noted with its cause, and passed on.
         with _spans.guard():
-            attrs = _cancel_attrs(exc)
-            span.set_attributes(attrs)  # what sampling and search match, as on group tasks
-            span.add_event(EVENT_CANCELLED, attrs)
+            # An enclosing deadline that binds passes through this scope as a cancellation
+            # whose message is the deadline's DeadlineCancel; attributes as on group tasks.
+            CancelRecord.of_cancelled(exc).write(span)
         raise
     except BaseException as exc:
         _spans.record_failure(span, exc)

@@ -33,7 +33,8 @@ from opentelemetry.util.types import AttributeValue
 from pydantic import ValidationError
 
 from .. import _config, _inflight
-from .._deadline import check_timeout, deadline, deadline_cancel_of, remaining
+from .._cancel_record import CancelRecord
+from .._deadline import check_timeout, deadline, remaining
 from .._exceptions import (
     DeadlineExceeded,
     McpCircuitOpen,
@@ -44,8 +45,6 @@ from .._exceptions import (
 from .._metrics import record_mcp_duration
 from .._retry import RetryPolicy, retry_call
 from .._semconv import (
-    ATTR_CANCEL_CAUSE,
-    ATTR_CANCEL_REASON,
     ATTR_ERROR_TYPE,
     ATTR_EXCEPTION_MESSAGE,
     ATTR_EXCEPTION_TYPE,
@@ -62,10 +61,7 @@ from .._semconv import (
     ATTR_SERVER_PORT,
     ATTR_TIMEOUT_S,
     BREAKER_HALF_OPEN,
-    CANCEL_DEADLINE,
-    CANCEL_PARENT,
     ERROR_TYPE_TOOL_ERROR,
-    EVENT_CANCELLED,
     EVENT_MCP_RESEND,
     EVENT_MCP_RESEND_REFUSED,
     EVENT_MCP_SESSION_LOST,
@@ -79,7 +75,7 @@ from .._semconv import (
     RESEND_TOOL_LIST_UNKNOWN,
     SPAN_EXECUTE_TOOL,
 )
-from .._spans import error_type, get_tracer, guard, record_failure, safe_str
+from .._spans import error_type, get_tracer, guard, record_failure
 from ._breaker import breaker_for
 from ._capture import captured
 from ._errors import (
@@ -687,15 +683,7 @@ class McpClient:
             try:
                 result = await bounded()
             except asyncio.CancelledError as exc:
-                span.add_event(
-                    EVENT_CANCELLED,
-                    {
-                        ATTR_CANCEL_REASON: CANCEL_DEADLINE
-                        if deadline_cancel_of(exc) is not None
-                        else CANCEL_PARENT,
-                        ATTR_CANCEL_CAUSE: safe_str(exc),
-                    },
-                )
+                CancelRecord.of_cancelled(exc).write(span, on_span=False)
                 raise
             except BaseException as exc:
                 kind = span_error_type(exc)

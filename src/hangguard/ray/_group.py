@@ -31,6 +31,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Span
 
 from .. import _metrics, _semconv, _spans
+from .._cancel_record import CancelRecord
 from .._deadline import current_deadline, remaining
 from .._exceptions import JoinTimeout
 from .._group_core import (
@@ -43,10 +44,8 @@ from .._group_core import (
     timeout_cut,
 )
 from .._semconv import (
-    ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_FORCED,
     ATTR_CANCEL_GRACE_S,
-    ATTR_CANCEL_REASON,
     ATTR_RETRY_ATTEMPT,
     ATTR_RETRY_REMAINING_S,
     ATTR_TASK_NAME,
@@ -56,7 +55,6 @@ from .._semconv import (
     CANCEL_SIBLING_FAILED,
     CANCEL_TIMEOUT,
     EVENT_CANCEL_IGNORED,
-    EVENT_CANCELLED,
     EVENT_RAY_RETRY_SKIPPED,
     EVENT_RETRY,
     SPAN_TASK,
@@ -562,9 +560,7 @@ class RemoteGroup(GroupBase):
 
     def _record_cancel(self, slot: _Slot, reason: str, cause: str) -> None:
         if slot.span is not None:
-            slot.span.add_event(
-                EVENT_CANCELLED, {ATTR_CANCEL_REASON: reason, ATTR_CANCEL_CAUSE: cause}
-            )
+            CancelRecord(reason, cause).write(slot.span)
 
     def _force_stuck(self, grace: float) -> None:
         """Kill the workers of the tasks that ignored their cancellation for ``grace``."""
@@ -686,13 +682,10 @@ class RemoteGroup(GroupBase):
             if outcome is not None:
                 await self._wait_grace(grace)
                 self._force_stuck(grace)
-        except asyncio.CancelledError:
-            current = current_deadline()
-            if current is not None and remaining() <= 0:
-                # The enclosing deadline fired in this task: the cancel is its doing.
-                self._cancel_all(CANCEL_DEADLINE, current.binding().name or "")
-            else:
-                self._cancel_all(CANCEL_PARENT, self.name)
+        except asyncio.CancelledError as exc:
+            # An enclosing deadline that fired (here or in a parent), else the parent.
+            record = CancelRecord.of_joiner(exc, self.name)
+            self._cancel_all(record.reason, record.cause)
             try:
                 await self._wait_grace(grace)
             finally:

@@ -33,11 +33,10 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Span
 
 from .. import _inflight, _providers, _spans
+from .._cancel_record import CancelRecord
 from .._deadline import deadline, now
 from .._exceptions import ConfigError
 from .._semconv import (
-    ATTR_CANCEL_CAUSE,
-    ATTR_CANCEL_REASON,
     ATTR_DEADLINE_BUDGET_S,
     ATTR_GROUP_NAME,
     ATTR_RAY_NODE_ID,
@@ -47,7 +46,6 @@ from .._semconv import (
     ATTR_TASK_STACK,
     CANCEL_DEADLINE,
     CANCEL_RAY,
-    EVENT_CANCELLED,
     SPAN_RAY_TASK,
 )
 from .._task_info import fn_name, is_coroutine_function, stack_of
@@ -136,13 +134,8 @@ class _Watchdog:
                 return
             stack = _frames_stack(traceback.extract_stack(frame))
         self.fired = True
-        self._span.add_event(
-            EVENT_CANCELLED,
-            {
-                ATTR_CANCEL_REASON: CANCEL_DEADLINE,
-                ATTR_CANCEL_CAUSE: self._cause,
-                ATTR_TASK_STACK: stack,
-            },
+        CancelRecord(CANCEL_DEADLINE, self._cause).write(
+            self._span, extra=lambda: {ATTR_TASK_STACK: stack}
         )
 
     def stop(self) -> None:
@@ -192,14 +185,8 @@ def _call(
             return fn(*args, **kwargs)
     except KeyboardInterrupt as exc:
         if span is not None and (watch is None or not watch.fired):
-            span.add_event(
-                EVENT_CANCELLED,
-                {
-                    ATTR_CANCEL_REASON: CANCEL_RAY,
-                    ATTR_CANCEL_CAUSE: "",
-                    ATTR_TASK_STACK: _interrupted_at(exc.__traceback__),
-                },
-            )
+            where = _interrupted_at(exc.__traceback__)
+            CancelRecord(CANCEL_RAY, "").write(span, extra=lambda: {ATTR_TASK_STACK: where})
         raise
     except BaseException as exc:
         if span is not None:
