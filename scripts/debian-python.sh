@@ -12,7 +12,9 @@
 # The wrapper (<cache>/python) bind-mounts /proc, /dev and /sys, the checkout (at the same
 # path, so the editable install and pytest's paths hold), and the directories of
 # HANGGUARD_JAEGER_BIN / HANGGUARD_GATEWAY_BIN when set (the host's Go builds are static
-# binaries, shared rather than rebuilt), then runs `chroot <root> <venv>/bin/python "$@"`
+# binaries, shared rather than rebuilt), the flowllm venvs of HANGGUARD_FLOWLLM_PYTHON /
+# HANGGUARD_FLOWLLM3_PYTHON with their base interpreter, and server-everything's npm folder
+# (HANGGUARD_MCP_EVERYTHING) with the host's node, then runs `chroot <root> <venv>/bin/python "$@"`
 # in the current directory with the caller's environment. It needs root (chroot, mount).
 # The host's CA bundle is copied into the chroot so pip works behind a TLS-inspecting proxy.
 #
@@ -98,6 +100,20 @@ bind "$repo"
 for bin in "\${HANGGUARD_JAEGER_BIN:-}" "\${HANGGUARD_GATEWAY_BIN:-}"; do
 	[[ -n "\$bin" ]] && bind "\$(dirname "\$bin")"
 done
+# The flowllm venvs run their own (host) interpreter: the venv and that interpreter's prefix.
+for py in "\${HANGGUARD_FLOWLLM_PYTHON:-}" "\${HANGGUARD_FLOWLLM3_PYTHON:-}"; do
+	[[ -n "\$py" ]] || continue
+	venv_dir="\$(dirname "\$(dirname "\$py")")"
+	bind "\$venv_dir"
+	home="\$(sed -n 's/^home = //p' "\$venv_dir/pyvenv.cfg" 2>/dev/null || true)"
+	[[ -n "\$home" ]] && bind "\$(dirname "\$home")"
+done
+# server-everything: its npm folder, and the host's node (one binary) on the chroot's PATH.
+if [[ -n "\${HANGGUARD_MCP_EVERYTHING:-}" ]] && command -v node >/dev/null; then
+	bind "\${HANGGUARD_MCP_EVERYTHING%%/node_modules/*}"
+	[[ -e "\$root/usr/local/bin/node" ]] || touch "\$root/usr/local/bin/node"
+	mountpoint -q "\$root/usr/local/bin/node" || mount --bind "\$(command -v node)" "\$root/usr/local/bin/node"
+fi
 # The certificate settings point at host files: inside, the bundle built below.
 unset PIP_FIND_LINKS SSL_CERT_DIR CURL_CA_BUNDLE
 export PIP_CERT=$CA_FILE SSL_CERT_FILE=$CA_FILE REQUESTS_CA_BUNDLE=$CA_FILE
