@@ -3,7 +3,7 @@ a deadline whose cancellation the body swallowed.
 
 ``Step`` below has the shape of flowllm 0.3's ``BaseStep``: an abstract ``async def
 execute(self)`` that ``__call__`` awaits. The real class is checked in its own venv by
-``tests/on_flowllm3``.
+``tests/test_flowllm3.py``.
 """
 
 from __future__ import annotations
