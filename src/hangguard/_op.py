@@ -83,6 +83,12 @@ _INSTANCE_RUN: Final = "_hangguard_run"
 _guarded_tasks: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
 
 
+def failure_logged(task: object) -> bool:
+    """Whether ``task`` ran in a guarded op's group, which logs its failure (once, with the
+    task's name and traceback) as it ends: a join handed it must not log it again."""
+    return isinstance(task, asyncio.Task) and task in _guarded_tasks
+
+
 @dataclass(slots=True, eq=False)
 class _Run:
     """One run of a guarded op: its sub-tasks go to ``group``, created on first submit."""
