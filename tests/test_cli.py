@@ -39,6 +39,7 @@ from rich.console import Console
 import hangguard
 from hangguard import _config
 from hangguard._cli._tree import trace_tree
+from hangguard._hints import local_source, pip_install
 from hangguard._semconv import (
     ATTR_CANCEL_CAUSE,
     ATTR_CANCEL_REASON,
@@ -682,7 +683,7 @@ def test_without_rich_it_says_how_to_install_it() -> None:
         check=False,
     )
     assert proc.returncode == 1
-    assert "pip install 'hangguard[cli]'" in proc.stderr
+    assert pip_install("cli") in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -701,7 +702,7 @@ def test_demo_without_the_mcp_extra_says_how_to_install_it() -> None:
         check=False,
     )
     assert proc.returncode == 1
-    assert "pip install 'hangguard[all]'" in proc.stderr  # printed as is, not as markup
+    assert pip_install("all") in proc.stderr  # printed as is, not as markup
     assert "Traceback" not in proc.stderr
 
 
@@ -765,3 +766,108 @@ def test_the_tree_shows_the_budget_in_force_and_the_own_one_only_when_it_differs
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "CompanySegmentFactorOp  288ms  ok  [budget 3s]" in text
     assert "SearchOp  288ms  ok  [budget 2.7s, own 300s]" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "shows"),
+    [
+        ([], "usage: hangguard"),  # a usage error, exit 2
+        (["--help"], "COMMAND"),
+        (["config", "--help"], "usage: hangguard config"),
+        (["doctor", "--help"], "--jaeger-url"),
+        (["--version"], "hangguard "),
+    ],
+)
+def test_help_needs_no_cli_extra(argv: list[str], shows: str) -> None:
+    # rich is the cli extra's one package: blocked, importing any of it fails.
+    code = (
+        "import sys; sys.modules['rich'] = None\n"
+        "from hangguard._cli import main\n"
+        f"sys.exit(main({argv!r}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == (2 if not argv else 0), proc.stderr
+    assert shows in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "needs the 'cli' extra" not in proc.stderr
+
+
+def _dist_with(tmp_path: Path, direct_url: dict[str, Any] | None) -> Any:
+    from importlib import metadata
+
+    info = tmp_path / "hangguard-0.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hangguard\nVersion: 0.0\n")
+    if direct_url is not None:
+        (info / "direct_url.json").write_text(json.dumps(direct_url))
+    return metadata.PathDistribution(info)
+
+
+def test_the_pip_hint_follows_how_hangguard_was_installed(tmp_path: Path) -> None:
+    checkout = tmp_path / "my checkout"
+    editable = {"url": checkout.as_uri(), "dir_info": {"editable": True}}
+    assert local_source(_dist_with(tmp_path / "a", editable)) == (checkout, True)
+    plain_dir = {"url": checkout.as_uri(), "dir_info": {}}
+    assert local_source(_dist_with(tmp_path / "b", plain_dir)) == (checkout, False)
+    wheel = {"url": "https://files.example/hangguard-0.0.whl", "archive_info": {}}
+    assert local_source(_dist_with(tmp_path / "c", wheel)) is None
+    assert local_source(_dist_with(tmp_path / "d", None)) is None  # from an index
+
+
+def test_the_pip_hint_of_this_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from importlib import metadata
+
+    source = local_source(metadata.distribution("hangguard"))
+    if source is None:
+        assert pip_install("cli") == "pip install 'hangguard[cli]'"
+        return
+    path, editable = source
+    flag = "-e " if editable else ""
+    monkeypatch.chdir(path)
+    assert pip_install("cli") == f"pip install {flag}'.[cli]'"
+    monkeypatch.chdir(tmp_path)
+    assert pip_install("cli").startswith(f"pip install {flag}")
+    assert str(path) in pip_install("cli")
+
+
+def test_doctor_shows_what_records_work_in_flight() -> None:
+    default = hangguard_cmd("doctor", env=clean_env())
+    assert default.rc == 0, default.out + default.err
+    line = next(ln for ln in default.out.splitlines() if "in-flight:" in ln)
+    assert "HANGGUARD_PS=auto (on with setup_tracing()) (default)" in line
+    assert "HANGGUARD_SNAPSHOT_AFTER=10s (default)" in line
+    assert "HANGGUARD_RECORD_ON_SIGTERM=on (default)" in line
+    env = clean_env(
+        HANGGUARD_PS="1", HANGGUARD_SNAPSHOT_AFTER="none", HANGGUARD_RECORD_ON_SIGTERM="0"
+    )
+    run = hangguard_cmd("doctor", "--json", env=env)
+    (check,) = [c for c in json.loads(run.out)["checks"] if c["name"] == "in-flight"]
+    assert check["status"] == "info"
+    for shown in ("HANGGUARD_PS=on (env)", "HANGGUARD_SNAPSHOT_AFTER=never (env)",
+                  "HANGGUARD_RECORD_ON_SIGTERM=off (env)"):  # fmt: skip
+        assert shown in check["summary"]
+    bad = hangguard_cmd("doctor", env=clean_env(HANGGUARD_SNAPSHOT_AFTER="soon"))
+    assert bad.rc == 1
+    assert "[warn] in-flight:" in bad.out and "HANGGUARD_SNAPSHOT_AFTER=invalid" in bad.out
+
+
+def test_config_shows_what_records_work_in_flight() -> None:
+    run = hangguard_cmd("config", "--json", env=clean_env(HANGGUARD_SNAPSHOT_AFTER="30s"))
+    assert run.rc == 0, run.err
+    rows = {r["name"]: r for r in json.loads(run.out)["hangguard"]}
+    assert (
+        rows["HANGGUARD_SNAPSHOT_AFTER"]["value"],
+        rows["HANGGUARD_SNAPSHOT_AFTER"]["source"],
+    ) == (
+        30.0,
+        "env",
+    )
+    assert (rows["HANGGUARD_PS"]["value"], rows["HANGGUARD_PS"]["source"]) == (None, "default")
+    assert rows["HANGGUARD_RECORD_ON_SIGTERM"]["value"] is True

@@ -922,3 +922,22 @@ def test_guarded_op_on_a_function_points_to_traced() -> None:
 
     with pytest.raises(TypeError, match=r"fetch'.*use @hangguard\.traced"):
         hangguard.guarded_op(budget=3)(fetch)  # type: ignore[type-var]
+
+
+def test_a_class_with_no_entry_point_is_told_every_entry_point_accepted() -> None:
+    class NothingOp:
+        def run(self) -> None: ...
+
+    with pytest.raises(TypeError) as info:
+        hangguard.guarded_op(budget=3)(NothingOp)
+    message = str(info.value)
+    assert "NothingOp" in message
+    for accepted in (
+        "async def async_call()",
+        "async def async_execute()",
+        "async def execute() (flowllm 0.3's BaseStep)",
+        "def call()",
+        "def execute()",
+        "submit_ray_task()",
+    ):
+        assert accepted in message, accepted

@@ -52,6 +52,7 @@ from ._op_spec import (
     spec_of,
     submit_label,
 )
+from ._op_sync import _ENTRY_NAMES as SYNC_ENTRY_NAMES
 from ._op_sync import guard_sync
 from ._semconv import ATTR_CANCEL_SWALLOWED
 from ._spans import guard as _span_guard
@@ -81,6 +82,12 @@ _INSTANCE_RUN: Final = "_hangguard_run"
 # kept by id, not by reference: a value holding its key alive would never be dropped, and
 # a live task keeps its run alive (its context holds it), so the id cannot be reused.
 _guarded_tasks: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
+
+
+def failure_logged(task: object) -> bool:
+    """Whether ``task`` ran in a guarded op's group, which logs its failure (once, with the
+    task's name and traceback) as it ends: a join handed it must not log it again."""
+    return isinstance(task, asyncio.Task) and task in _guarded_tasks
 
 
 @dataclass(slots=True, eq=False)
@@ -378,6 +385,19 @@ def _async_entry(cls: type) -> str | None:
     return None
 
 
+def _no_entry_point(cls: type) -> str:
+    """The refusal of a class with no entry point, naming every one that is accepted."""
+    async_names = [f"async def {n}()" for n in _ENTRY_NAMES if n not in _ASYNC_ONLY_ENTRIES]
+    async_only = [f"async def {n}() (flowllm 0.3's BaseStep)" for n in _ASYNC_ONLY_ENTRIES]
+    sync_names = " or ".join(f"def {n}()" for n in SYNC_ENTRY_NAMES)
+    accepted = [*async_names, *async_only, f"a sync {sync_names} (flowllm 0.2's BaseOp)"]
+    return (
+        f"guarded_op: {cls.__qualname__} has neither an async nor a sync entry point; "
+        f"define one of: {', '.join(accepted)}; a Ray op (flowllm's BaseRayOp) is "
+        f"recognised by its {_RAY_SUBMIT}()"
+    )
+
+
 def _guard_class(cls: type, spec: OpSpec, *, strict: bool) -> None:
     # For the HANGGUARD_BUDGETS typo check: the name this class's runs take.
     _config.note_op_name(spec.name or cls.__name__, cls)
@@ -393,10 +413,7 @@ def _guard_class(cls: type, spec: OpSpec, *, strict: bool) -> None:
     has_sync_entry = guard_sync(cls, spec)
     if entry_attr is None:
         if strict and not has_sync_entry:
-            raise TypeError(
-                f"guarded_op: {cls.__qualname__} has neither async_call(), async_execute() "
-                "nor async def execute()"
-            )
+            raise TypeError(_no_entry_point(cls))
     else:
         original = find_original(cls, entry_attr)
         assert original is not None

@@ -19,6 +19,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from ._op import failure_logged
+
 __all__ = ["BaseAsyncOp", "OpContext"]
 
 logger = logging.getLogger("hangguard.testing")
@@ -95,16 +97,19 @@ class BaseAsyncOp:
     ) -> list[Any]:
         """Gather the submitted tasks: list results flattened, falsy ones dropped.
 
-        With ``return_exceptions=True`` failures are logged and left out. Without
-        :func:`hangguard.guarded_op` this waits as long as the slowest task.
+        With ``return_exceptions=True`` failures are left out, each logged once with its
+        traceback: here, unless the task ran in a guarded op's group, which has logged it
+        already (by task name). Without :func:`hangguard.guarded_op` this waits as long
+        as the slowest task.
         """
         tasks, self.task_list = self.task_list, []
         gathered = asyncio.gather(*tasks, return_exceptions=return_exceptions)
         results = await asyncio.wait_for(gathered, timeout)
         out: list[Any] = []
-        for result in results:
+        for task, result in zip(tasks, results, strict=True):
             if return_exceptions and isinstance(result, Exception):
-                logger.error("task failed", exc_info=result)
+                if not failure_logged(task):
+                    logger.error("task failed", exc_info=result)
                 continue
             if isinstance(result, list):
                 out.extend(result)

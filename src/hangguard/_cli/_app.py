@@ -10,22 +10,21 @@ import argparse
 import sys
 from typing import Final
 
-from rich.console import Console
-
 from .. import _config
 from .._config import ENV_JAEGER_UI
 from .._exceptions import ConfigError
+from .._hints import pip_install
 from .._version import __version__
-from ._config_cmd import DEFAULT_JAEGER_UI
+from ._defaults import DEFAULT_JAEGER_UI
 from ._ps_cmd import add_parser as add_ps_parser
-from ._tree import MCP_SDK_SCOPE
 
-__all__ = ["build_parser", "run"]
+__all__ = ["CHAOS", "build_parser", "run"]
 
 #: Exit status for bad usage or configuration (argparse uses it too).
 EXIT_USAGE: Final = 2
 
-_CHAOS = "chaos-mcp"
+#: The subcommand whose own parser owns its flags (and which needs the mcp extra, not rich).
+CHAOS: Final = "chaos-mcp"
 
 _EPILOG = """\
 environment: every HANGGUARD_* variable is listed by 'hangguard config' and in docs/env.md.
@@ -187,14 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser(
         "doctor",
-        help="check the configuration, packages, OTLP endpoint and Jaeger",
+        help="check the configuration, packages, OTLP endpoint and (given its URL) Jaeger",
         description=(
             "Check that the configuration parses, the installed versions of mcp, "
             "opentelemetry-api/-sdk and tenacity (API and SDK must match), that the OTLP "
             "endpoint answers an empty OTLP export (http/protobuf: POST /v1/traces expects "
-            "200; grpc: connect, then Export), and, when given, that Jaeger's query API "
-            "answers GET /api/services. Prints what is wrong and how to fix it; exits 1 on "
-            "a problem. Network checks connect directly (no proxy) with a short timeout."
+            "200; grpc: connect, then Export), and what records work still in flight "
+            "(HANGGUARD_PS, HANGGUARD_SNAPSHOT_AFTER, HANGGUARD_RECORD_ON_SIGTERM). Jaeger is "
+            "checked only when --jaeger-url or HANGGUARD_JAEGER_UI gives its address: then "
+            "its query API must answer GET /api/services, and doctor says whether it serves "
+            "the UI. Prints what is wrong and how to fix it; exits 1 on a problem. Network "
+            "checks connect directly (no proxy) with a short timeout."
         ),
         epilog=_EPILOG,
     )
@@ -217,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="URL",
         help=f"Jaeger query/UI base, e.g. {DEFAULT_JAEGER_UI} (default: {ENV_JAEGER_UI}; "
-        "unset: not checked)",
+        "neither given: Jaeger is not checked)",
     )
     doctor.add_argument(
         "--timeout",
@@ -309,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ps_parser(sub)
 
     sub.add_parser(
-        _CHAOS,
+        CHAOS,
         help="run the chaos MCP server (HTTP or stdio) to test your own ops against",
         description="Run the chaos MCP server; see 'hangguard chaos-mcp --help'.",
         add_help=False,
@@ -322,19 +324,24 @@ def _chaos(argv: list[str]) -> int:
         from ..mcp._chaos._server import main as chaos_main
     except ImportError as exc:
         print(
-            f"hangguard chaos-mcp needs the 'mcp' extra ({exc}): pip install 'hangguard[mcp]'",
+            f"hangguard chaos-mcp needs the 'mcp' extra ({exc}): {pip_install('mcp')}",
             file=sys.stderr,
         )
         return 1
-    return chaos_main(argv, prog=f"hangguard {_CHAOS}")
+    return chaos_main(argv, prog=f"hangguard {CHAOS}")
 
 
 def run(argv: list[str]) -> int:
     """Parse ``argv`` and run the subcommand; returns the exit status."""
-    if argv and argv[0] == _CHAOS:
+    if argv and argv[0] == CHAOS:
         # Its own parser owns every flag, --help included.
         return _chaos(argv[1:])
     args = build_parser().parse_args(argv)
+    # Imported here, not at the top: the parser (and so every --help) needs no rich.
+    from rich.console import Console
+
+    from ._tree import MCP_SDK_SCOPE
+
     # No markup or emoji codes: tool results, errors and paths are shown as they are.
     out = Console(highlight=False, markup=False, emoji=False)
     err = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
@@ -395,7 +402,7 @@ def run(argv: list[str]) -> int:
     except ImportError as exc:
         err.print(
             f"hangguard demo needs the MCP client and the OpenTelemetry SDK ({exc}); "
-            "install them with: pip install 'hangguard[all]'"
+            f"install them with: {pip_install('all')}"
         )
         return 1
     return run_demo(args, out, err)

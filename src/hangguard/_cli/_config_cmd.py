@@ -27,6 +27,7 @@ from .._config import ENV_JAEGER_UI, ENV_TRACE_FILE
 from .._exceptions import ConfigError
 from ..tracing._settings import OTEL_VARS, check_otel_env
 from ..tracing._setup import TracingSettings, resolve_settings
+from ._defaults import DEFAULT_JAEGER_UI
 
 __all__ = [
     "CLI_ENV_VARS",
@@ -38,7 +39,6 @@ __all__ = [
     "print_config",
 ]
 
-DEFAULT_JAEGER_UI: Final = "http://localhost:16686"
 
 #: Variables only the command reads, with their default and meaning.
 CLI_ENV_VARS: Final[Mapping[str, tuple[str, str]]] = {

@@ -14,6 +14,7 @@ import errno
 import http.client
 import importlib
 import json
+import math
 import os
 import socket
 import sys
@@ -29,6 +30,7 @@ from rich.text import Text
 from .. import _config
 from .._config import ENV_JAEGER_UI
 from .._exceptions import ConfigError
+from .._hints import pip_install
 from ..tracing._setup import resolve_settings
 from ._config_cmd import collect
 from ._jaeger import has_ui, request
@@ -214,7 +216,7 @@ def _check_otlp_grpc(name: str, endpoint: Endpoint, *, timeout: float, fix: str)
             name,
             "warn",
             f"{target} accepts connections; cannot test OTLP/gRPC without the exporter",
-            "pip install 'hangguard[otlp]'",
+            pip_install("otlp"),
         )
     channel = (
         grpc.secure_channel(target, grpc.ssl_channel_credentials())
@@ -367,6 +369,49 @@ def check_config() -> list[Check]:
     return checks
 
 
+#: What records work still in flight, in the order doctor shows them.
+_INFLIGHT_VARS: Final = (_config.ENV_PS, _config.ENV_SNAPSHOT_AFTER, _config.ENV_RECORD_ON_SIGTERM)
+
+
+def check_inflight() -> Check:
+    """What will show work still in flight: ``hangguard ps``, live snapshots, SIGTERM.
+
+    Each is what the library will do with the environment as it is (a bad value is the
+    config check's failure; here it is named as not in force).
+    """
+    shown: list[str] = []
+    bad: list[str] = []
+    table = {v.name: v for v in _config.TABLE}
+    for name in _INFLIGHT_VARS:
+        var = table[name]
+        try:
+            value = var.read()
+        except ConfigError:
+            bad.append(name)
+            shown.append(f"{name}=invalid")
+            continue
+        raw = os.environ.get(name)
+        source = "env" if raw is not None else "default"
+        shown.append(f"{name}={_inflight_text(name, value)} ({source})")
+    summary = (
+        "hangguard ps watcher, live snapshots of open work, spans ended on SIGTERM: "
+        + "; ".join(shown)
+    )
+    if bad:
+        return Check(
+            "in-flight", "warn", summary, f"fix {', '.join(bad)} (see the config check above)"
+        )
+    return Check("in-flight", "info", summary)
+
+
+def _inflight_text(name: str, value: object) -> str:
+    if name == _config.ENV_PS and value is None:
+        return "auto (on with setup_tracing())"
+    if name == _config.ENV_SNAPSHOT_AFTER:
+        return "never" if isinstance(value, float) and math.isinf(value) else f"{value:g}s"
+    return "on" if value else "off"
+
+
 def check_packages(version: Callable[[str], str] = metadata.version) -> list[Check]:
     """Installed versions; the OpenTelemetry API and SDK must be the same release."""
     found: dict[str, str] = {}
@@ -384,7 +429,7 @@ def check_packages(version: Callable[[str], str] = metadata.version) -> list[Che
                 "packages",
                 "warn",
                 f"{dist} is not installed",
-                f"pip install 'hangguard[{extra}]'" if extra else f"pip install {dist}",
+                pip_install(extra) if extra else f"pip install {dist}",
             )
         )
     api, sdk = found.get("opentelemetry-api"), found.get("opentelemetry-sdk")
@@ -465,7 +510,12 @@ def run_doctor(
     imports: Sequence[str] = (),
 ) -> int:
     """Run every check; returns 1 when one failed, else 0."""
-    checks = [*check_config(), *check_budget_names(imports), *check_packages()]
+    checks = [
+        *check_config(),
+        *check_budget_names(imports),
+        check_inflight(),
+        *check_packages(),
+    ]
     try:
         resolved = resolve_endpoint(endpoint, protocol)
     except ConfigError as exc:
