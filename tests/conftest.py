@@ -7,8 +7,10 @@ asks for ``spans``; tests that must run with no SDK at all run in a subprocess.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry import metrics, trace
@@ -22,9 +24,34 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 pytest_plugins = ["mcp_helpers"]
 
 
+def _xdist_group(item: pytest.Item) -> str:
+    path = item.path.resolve()
+    here = Path(__file__).resolve().parent
+    # One Jaeger stack and one Ray per session: all of e2e/ runs in one worker, all of
+    # on_ray/ in one worker; any other file is a unit of its own (its module fixtures).
+    for shared in ("e2e", "on_ray"):
+        if path.is_relative_to(here / shared):
+            return shared
+    return path.relative_to(here).as_posix()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Under `-n 2 --dist loadgroup`, the unit xdist hands a worker is a group.
+    # tryfirst: xdist reads the marks in its own hook of the same name.
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            if item.get_closest_marker("xdist_group") is None:
+                item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     # The docs examples mostly wait (timeouts firing, servers starting): started now, they
     # run while the rest of the suite does, and test_docs only collects their outcomes.
+    # Under xdist every worker collects every test but only one runs test_docs: there its
+    # module fixture starts them.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     if any(item.nodeid.startswith("tests/test_docs.py::test_example_") for item in session.items):
         import test_docs
 
