@@ -15,6 +15,11 @@ Three things bound the retrying, checked in this order after each failure:
   gets ``hangguard.retry.budget_refused``.
 
 Either way the last real exception is raised, never a ``tenacity.RetryError``.
+The library's own callers (the MCP client, the HTTP transports) use the same engine
+through :func:`run_retrying` and its blocking twin :func:`run_retrying_sync`, which also
+take ``by_time``: failures that never reached the peer (a refused connection) are retried
+until the deadline rather than counted, so a peer that comes back within the budget
+serves the call.
 Cancellation is never retried. Each attempt runs under its own deadline named
 ``"<name> attempt <n>"`` when ``attempt_timeout`` is given; that attempt timing out is
 retried, the enclosing deadline firing is not.
@@ -23,17 +28,19 @@ retried, the enclosing deadline firing is not.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeAlias, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
 from tenacity.wait import wait_base, wait_exponential, wait_random
 
 from . import _config
@@ -65,6 +72,9 @@ __all__ = [
     "retry_call",
     "set_backoff_enabled",
 ]
+
+#: Failures retried until the deadline instead of being counted (see ``run_retrying``).
+ByTime: TypeAlias = Callable[[Exception], bool]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -254,6 +264,7 @@ class _Call(Generic[T]):
     __slots__ = (
         "attempts",
         "budget",
+        "by_time",
         "fn",
         "granted",
         "last",
@@ -266,13 +277,15 @@ class _Call(Generic[T]):
 
     def __init__(
         self,
-        fn: Callable[[], Awaitable[T]],
+        fn: Callable[[], Any],
         policy: RetryPolicy,
         name: str,
         attempts: int,
         budget: RetryBudget | None,
+        by_time: ByTime | None = None,
     ) -> None:
         self.fn = fn
+        self.by_time = by_time
         self.policy = policy
         self.name = name
         self.attempts = attempts
@@ -291,11 +304,13 @@ class _Call(Generic[T]):
     async def attempt(self, n: int) -> T:
         timeout = self.policy._timeout
         if timeout == math.inf:
-            return await self.fn()
+            result: T = await self.fn()
+            return result
         scope = DeadlineScope(timeout, name=f"{self.name} attempt {n}")
         try:
             with scope:
-                return await self.fn()
+                result = await self.fn()
+                return result
         except DeadlineExceeded as exc:
             own = scope.deadline
             # binding() tells this attempt's limit from an enclosing deadline that is
@@ -319,9 +334,9 @@ class _Call(Generic[T]):
     def _stop(self, state: RetryCallState) -> bool:
         # Runs after _wait, so the backoff before the next attempt is known.
         n = state.attempt_number
-        if n >= self.attempts:
-            return True
         exc = state.outcome.exception() if state.outcome is not None else None
+        if n >= self.attempts and not self._bounded_by_time(exc):
+            return True
         self.last = exc
         self.granted = False
         self.sleep = state.upcoming_sleep
@@ -337,6 +352,17 @@ class _Call(Generic[T]):
                 return True
             self.granted = True
         return False
+
+    def _bounded_by_time(self, exc: BaseException | None) -> bool:
+        # With no deadline there is no time bound, and with the waits turned off (tests)
+        # the loop would spin: then ``attempts`` counts these too.
+        return (
+            self.by_time is not None
+            and _backoff_enabled
+            and isinstance(exc, Exception)
+            and not math.isinf(self.remaining())
+            and self.by_time(exc)
+        )
 
     def expired_after_sleep(self, n: int) -> BaseException | None:
         """The failure to raise when the deadline passed during the backoff, else ``None``.
@@ -380,37 +406,147 @@ class _Call(Generic[T]):
                 return await self.attempt(attempt.retry_state.attempt_number)
         raise AssertionError("unreachable: with reraise=True tenacity returns or raises")
 
+    def attempt_sync(self, n: int) -> T:
+        timeout = self.policy._timeout
+        if timeout == math.inf:
+            result: T = self.fn()
+            return result
+        scope = DeadlineScope(timeout, name=f"{self.name} attempt {n}")
+        try:
+            with scope:
+                result = self.fn()
+                return result
+        except DeadlineExceeded as exc:
+            own = scope.deadline
+            if scope.expired and own is not None and own.binding() is own:
+                self.timed_out = exc
+            raise
 
-async def _run(fn: Callable[[], Awaitable[T]], policy: RetryPolicy, name: str) -> T:
-    attempts = policy.attempts if policy.attempts is not None else _config.retry_attempts()
+    def retry_after_sync(self, first: Exception) -> T:
+        """The blocking twin of :meth:`retry_after`: the same rules, ``time.sleep`` waits."""
+        retrying = Retrying(
+            sleep=time.sleep,
+            stop=self._stop,
+            wait=self._wait,
+            retry=retry_if_exception(self.retryable),
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        replay: Exception | None = first
+        for attempt in retrying:
+            if replay is None:
+                late = self.expired_after_sleep(attempt.retry_state.attempt_number)
+                if late is not None:
+                    raise late
+            with attempt:
+                if replay is not None:
+                    exc, replay = replay, None
+                    raise exc
+                return self.attempt_sync(attempt.retry_state.attempt_number)
+        raise AssertionError("unreachable: with reraise=True tenacity returns or raises")
+
+
+def _enter_budget() -> tuple[RetryBudget | None, Any]:
     budget = budget_var.get()
-    token = None
     if budget is None:
         # The outermost retry: its own retries are bounded by ``attempts``; the calls
         # nested in its attempts share a fresh budget, so they cannot multiply.
-        token = budget_var.set(RetryBudget.default())
-    else:
-        budget.record_call()
+        return None, budget_var.set(RetryBudget.default())
+    budget.record_call()
+    return budget, None
+
+
+async def _run(
+    fn: Callable[[], Awaitable[T]], policy: RetryPolicy, name: str, by_time: ByTime | None = None
+) -> T:
+    attempts = policy.attempts if policy.attempts is not None else _config.retry_attempts()
+    budget, token = _enter_budget()
     try:
         # The bookkeeping object is made only when needed, to keep success cheap.
         call: _Call[T] | None = None
         try:
             if policy._timeout == math.inf:
                 return await fn()
-            call = _Call(fn, policy, name, attempts, budget)
+            call = _Call(fn, policy, name, attempts, budget, by_time)
             return await call.attempt(1)
         except Exception as exc:
-            if attempts == 1:
-                raise
             if call is None:
-                call = _Call(fn, policy, name, attempts, budget)
-            if not call.retryable(exc):
+                call = _Call(fn, policy, name, attempts, budget, by_time)
+            if (attempts == 1 and not call._bounded_by_time(exc)) or not call.retryable(exc):
                 raise
             first = exc
         return await call.retry_after(first)
     finally:
         if token is not None:
             budget_var.reset(token)
+
+
+def _run_sync(
+    fn: Callable[[], T], policy: RetryPolicy, name: str, by_time: ByTime | None = None
+) -> T:
+    attempts = policy.attempts if policy.attempts is not None else _config.retry_attempts()
+    budget, token = _enter_budget()
+    try:
+        call: _Call[T] | None = None
+        try:
+            if policy._timeout == math.inf:
+                return fn()
+            call = _Call(fn, policy, name, attempts, budget, by_time)
+            return call.attempt_sync(1)
+        except Exception as exc:
+            if call is None:
+                call = _Call(fn, policy, name, attempts, budget, by_time)
+            if (attempts == 1 and not call._bounded_by_time(exc)) or not call.retryable(exc):
+                raise
+            first = exc
+        return call.retry_after_sync(first)
+    finally:
+        if token is not None:
+            budget_var.reset(token)
+
+
+async def run_retrying(
+    fn: Callable[[], Awaitable[T]], policy: RetryPolicy, name: str, *, by_time: ByTime | None = None
+) -> T:
+    """The engine behind :func:`retry_call`, for the library's own callers.
+
+    ``by_time`` picks failures that never reached the peer: under a finite deadline they
+    are retried (with the policy's backoff, within the retry budget) until the time left
+    no longer fits an attempt, however many ``attempts`` says; with no deadline, or with
+    the waits turned off (:func:`set_backoff_enabled`), they are counted like any other
+    failure.
+    """
+    return await _run(fn, policy, name, by_time)
+
+
+def run_retrying_sync(
+    fn: Callable[[], T], policy: RetryPolicy, name: str, *, by_time: ByTime | None = None
+) -> T:
+    """The blocking twin of :func:`run_retrying`: same rules, same budget, ``time.sleep``."""
+    return _run_sync(fn, policy, name, by_time)
+
+
+def as_policy(
+    retry: RetryPolicy | int | None, *, on: RetryOn, replace_on: bool = False
+) -> RetryPolicy:
+    """Turn a ``retry=`` argument (a policy, a number of attempts or ``None``) into a policy.
+
+    ``on`` is what the caller of this function knows to be safe to retry; it replaces the
+    policy's default "retry every exception", and with ``replace_on`` any ``on`` given
+    (the transports decide what is safe to repeat, the policy only how often and how long).
+    Shared by the MCP client and the HTTP transports, so ``retry=`` means one thing.
+    """
+    if retry is None:
+        return RetryPolicy(on=on)
+    if isinstance(retry, bool) or not isinstance(retry, (int, RetryPolicy)):
+        raise TypeError(
+            f"retry must be a hangguard.RetryPolicy, a number of attempts or None, got {retry!r}"
+        )
+    if isinstance(retry, int):
+        return RetryPolicy(attempts=retry, on=on)
+    if replace_on or retry.on is Exception:
+        return dataclasses.replace(retry, on=on)
+    return retry
 
 
 async def retry_call(

@@ -12,7 +12,14 @@ For each request they
 * retry within the budget what is safe to repeat: a request that never left (refused
   connection, connect timeout), one the server says it did not process (503, 429), and
   for idempotent methods also a lost connection or a gateway's 502/504; ``Retry-After``
-  is honoured when it fits in the time left (else the response is returned as it is);
+  is honoured when it fits in the time left (else the response is returned, its
+  ``Retry-After``/``retry-after-ms`` cut to the time left, so that an SDK that sleeps on
+  it cannot wait past the deadline); a refused connection is retried with backoff until
+  the deadline, not only ``attempts`` times, as a server that restarts within the budget
+  can still serve the call;
+* leave the retrying of answers to the SDK above when it retries itself (openai and
+  anthropic mark each try with ``x-stainless-retry-count``): one try of theirs is one
+  request, so retries do not multiply;
 * record an HTTP client span, unless OpenTelemetry's httpx instrumentation already does.
 """
 
@@ -21,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import math
-import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -34,27 +40,19 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from .. import _inflight
 from .._deadline import now, remaining
 from .._exceptions import DeadlineExceeded
-from .._metrics import record_retry
-from .._retry import RetryPolicy, backoff_enabled, retry_call
+from .._retry import RetryPolicy, as_policy, run_retrying, run_retrying_sync
 from .._semconv import (
     ATTR_ERROR_TYPE,
-    ATTR_EXCEPTION_MESSAGE,
-    ATTR_EXCEPTION_TYPE,
     ATTR_HTTP_REQUEST_METHOD,
     ATTR_HTTP_REQUEST_RESEND_COUNT,
     ATTR_HTTP_RESPONSE_STATUS_CODE,
-    ATTR_RETRY_ATTEMPT,
-    ATTR_RETRY_ATTEMPTS,
-    ATTR_RETRY_NAME,
-    ATTR_RETRY_SLEEP_S,
     ATTR_SERVER_ADDRESS,
     ATTR_SERVER_PORT,
     ATTR_TIMEOUT_S,
     ATTR_URL_FULL,
-    EVENT_RETRY,
     SPAN_HTTP_CLIENT,
 )
-from .._spans import error_type, get_tracer, record_failure
+from .._spans import get_tracer, record_failure
 from ._header import TIMEOUT_HEADER, encode_timeout
 
 __all__ = ["IDEMPOTENT_METHODS", "AsyncDeadlineTransport", "DeadlineTransport"]
@@ -66,6 +64,8 @@ _NOT_PROCESSED: Final = frozenset({429, 503})
 # A gateway's failure: the upstream may or may not have run the request.
 _GATEWAY: Final = frozenset({502, 504})
 _TIMEOUT_KEYS: Final = ("connect", "read", "write", "pool")
+# Sent by the Stainless-generated SDKs (openai, anthropic) on each of their own tries.
+SDK_RETRY_HEADER: Final = "x-stainless-retry-count"
 
 
 class _RetryableResponse(Exception):
@@ -78,14 +78,17 @@ class _RetryableResponse(Exception):
         self.at = time.monotonic()
 
 
-def _policy(retry: RetryPolicy | int | None) -> RetryPolicy:
-    if retry is None:
-        return RetryPolicy()
-    if isinstance(retry, bool) or not isinstance(retry, (int, RetryPolicy)):
-        raise TypeError(
-            f"retry must be a hangguard.RetryPolicy, a number of attempts or None, got {retry!r}"
-        )
-    return RetryPolicy(attempts=retry) if isinstance(retry, int) else retry
+def _never(exc: Exception) -> bool:
+    return False  # replaced per request by what that request may repeat
+
+
+def _never_sent(exc: Exception) -> bool:
+    # The connection was never made: the server saw nothing, so time, not a count, bounds it.
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+
+
+def _sdk_retries(request: httpx.Request) -> bool:
+    return SDK_RETRY_HEADER in request.headers
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -116,7 +119,7 @@ class _Rules:
         span: bool | None,
         max_retry_after: float,
     ) -> None:
-        self.policy = _policy(retry)
+        self.policy = as_policy(retry, on=_never, replace_on=True)
         self.send_header = bool(send_header)
         if span is not None and not isinstance(span, bool):
             raise TypeError(f"span must be True, False or None (auto), got {span!r}")
@@ -152,15 +155,20 @@ class _Rules:
             request.headers[TIMEOUT_HEADER] = encode_timeout(left)
         return left
 
-    def retryable_error(self, exc: BaseException, request: httpx.Request) -> bool:
+    def retryable_error(self, exc: BaseException, request: httpx.Request, sdk: bool) -> bool:
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
             return True  # nothing was sent
-        if request.method not in IDEMPOTENT_METHODS or not _replayable(request):
+        if sdk or request.method not in IDEMPOTENT_METHODS or not _replayable(request):
             return False
         return isinstance(exc, (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError))
 
-    def retry_response(self, response: httpx.Response, request: httpx.Request) -> bool:
-        """Whether ``response`` asks for another attempt that fits in the time left."""
+    def retry_response(self, response: httpx.Response, request: httpx.Request, sdk: bool) -> bool:
+        """Whether ``response`` asks for another attempt that fits in the time left.
+
+        Never when the SDK above retries itself: its next try is the retry.
+        """
+        if sdk:
+            return False
         status = response.status_code
         if status not in _NOT_PROCESSED and not (
             status in _GATEWAY and request.method in IDEMPOTENT_METHODS
@@ -172,6 +180,19 @@ class _Rules:
         if delay is None:
             return status != 429  # 429 without Retry-After: no hint when to come back
         return delay <= self.max_retry_after and delay + self.policy.min_attempt <= remaining()
+
+    def policy_for(self, request: httpx.Request, sdk: bool) -> RetryPolicy:
+        # The caller's policy says how often and how long; what is safe to retry is ours.
+        def on(exc: Exception) -> bool:
+            return isinstance(exc, _RetryableResponse) or self.retryable_error(exc, request, sdk)
+
+        return RetryPolicy(
+            attempts=self.policy.attempts,
+            on=on,
+            backoff=self.policy.backoff,
+            attempt_timeout=self.policy.attempt_timeout,
+            min_attempt=self.policy.min_attempt,
+        )
 
     def start_span(self, request: httpx.Request, left: float) -> Span | None:
         if self.span is False or (self.span is None and self.instrumented):
@@ -206,6 +227,32 @@ def _name(request: httpx.Request) -> str:
 def _replayable(request: httpx.Request) -> bool:
     # A body given as bytes can be sent again; a generator is consumed by the first try.
     return isinstance(request.stream, httpx.ByteStream)
+
+
+def _cap_retry_after(response: httpx.Response) -> None:
+    """Cut the response's ``Retry-After``/``retry-after-ms`` to the deadline's time left.
+
+    The response is handed back because its wait did not fit (or an SDK above retries
+    it itself); a caller that sleeps on the header then wakes at the deadline, where its
+    next try fails at once with ``DeadlineExceeded`` instead of sleeping past it.
+    """
+    left = remaining()
+    if math.isinf(left):
+        return
+    headers = response.headers
+    wait = _retry_after(response)
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            wait = max(wait or 0.0, float(raw_ms) / 1000)
+        except ValueError:
+            pass
+    if wait is None or wait <= left:
+        return
+    # At least 1 ms: SDKs read 0 as "no hint" and fall back to their own backoff.
+    headers["retry-after-ms"] = str(max(1, int(left * 1000)))
+    if "retry-after" in headers:
+        headers["retry-after"] = str(max(0, int(left)))
 
 
 def _end(span: Span | None, response: httpx.Response | None, exc: BaseException | None) -> None:
@@ -307,6 +354,7 @@ class AsyncDeadlineTransport(httpx.AsyncBaseTransport):
         rules = self._rules
         left = rules.prepare(request)
         what = _name(request)
+        sdk = _sdk_retries(request)
         span = rules.start_span(request, left)
         attempts = 0
         pending: list[_RetryableResponse] = []
@@ -321,18 +369,17 @@ class AsyncDeadlineTransport(httpx.AsyncBaseTransport):
                     if previous.delay > waited:
                         await asyncio.sleep(previous.delay - waited)
                 rules.prepare(request)
+            elif attempts:
+                rules.prepare(request)
             attempts += 1
             response = await self._inner.handle_async_request(request)
-            if rules.retry_response(response, request):
+            if rules.retry_response(response, request, sdk):
                 failed = _RetryableResponse(response, _retry_after(response))
                 pending.append(failed)
                 raise failed
             return response
 
-        def on(exc: Exception) -> bool:
-            return isinstance(exc, _RetryableResponse) or rules.retryable_error(exc, request)
-
-        policy = _with_predicate(rules.policy, on)
+        policy = rules.policy_for(request, sdk)
         response: httpx.Response | None = None
         try:
             if span is not None:
@@ -344,9 +391,11 @@ class AsyncDeadlineTransport(httpx.AsyncBaseTransport):
                     record_exception=False,
                     set_status_on_exception=False,
                 ):
-                    response = await _gave_up(retry_call(attempt, policy, name=what))
+                    response = await _gave_up(
+                        run_retrying(attempt, policy, what, by_time=_never_sent)
+                    )
             else:
-                response = await _gave_up(retry_call(attempt, policy, name=what))
+                response = await _gave_up(run_retrying(attempt, policy, what, by_time=_never_sent))
         except BaseException as exc:
             _end(span, None, exc)
             raise
@@ -355,6 +404,7 @@ class AsyncDeadlineTransport(httpx.AsyncBaseTransport):
         _end(span, response, None)
         left = remaining()
         if not math.isinf(left):
+            _cap_retry_after(response)
             assert isinstance(response.stream, httpx.AsyncByteStream)
             response.stream = _AsyncBoundedStream(response.stream, left, what)
         return response
@@ -370,17 +420,6 @@ async def _gave_up(call: Any) -> httpx.Response:
     except _RetryableResponse as last:
         return last.response
     return response
-
-
-def _with_predicate(policy: RetryPolicy, on: Any) -> RetryPolicy:
-    # The caller's policy says how often and how long; what is safe to retry is ours.
-    return RetryPolicy(
-        attempts=policy.attempts,
-        on=on,
-        backoff=policy.backoff,
-        attempt_timeout=policy.attempt_timeout,
-        min_attempt=policy.min_attempt,
-    )
 
 
 class DeadlineTransport(httpx.BaseTransport):
@@ -408,12 +447,6 @@ class DeadlineTransport(httpx.BaseTransport):
             raise TypeError(f"transport must be an httpx.BaseTransport, got {transport!r}")
         self._rules = _Rules(self._inner, retry, send_header, span, max_retry_after)
 
-    def _attempts(self) -> int:
-        from .. import _config
-
-        attempts = self._rules.policy.attempts
-        return attempts if attempts is not None else _config.retry_attempts()
-
     @_inflight.registered_method(_inflight.HTTP, lambda request: _name(request))
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         rules = self._rules
@@ -430,9 +463,9 @@ class DeadlineTransport(httpx.BaseTransport):
                     record_exception=False,
                     set_status_on_exception=False,
                 ):
-                    response, sent = self._send(request, what, span)
+                    response, sent = self._send(request, what)
             else:
-                response, sent = self._send(request, what, None)
+                response, sent = self._send(request, what)
         except BaseException as exc:
             _end(span, None, exc)
             raise
@@ -441,69 +474,41 @@ class DeadlineTransport(httpx.BaseTransport):
         _end(span, response, None)
         left = remaining()
         if not math.isinf(left):
+            _cap_retry_after(response)
             assert isinstance(response.stream, httpx.SyncByteStream)
             response.stream = _BoundedStream(response.stream, left, what)
         return response
 
-    def _send(
-        self, request: httpx.Request, what: str, span: Span | None
-    ) -> tuple[httpx.Response, int]:
+    def _send(self, request: httpx.Request, what: str) -> tuple[httpx.Response, int]:
+        # The same engine as the async transport (run_retrying_sync), blocking waits.
         rules = self._rules
-        attempts = self._attempts()
-        n = 0
-        while True:
-            n += 1
-            try:
-                response = self._inner.handle_request(request)
-            except Exception as exc:
-                if n >= attempts or not rules.retryable_error(exc, request):
-                    raise
-                if not self._pause(n, attempts, what, None, exc):
-                    raise
-                rules.prepare(request)
-                continue
-            if n >= attempts or not rules.retry_response(response, request):
-                return response, n
-            delay = _retry_after(response)
-            if not self._pause(n, attempts, what, delay, None, status=response.status_code):
-                return response, n
-            response.close()
-            rules.prepare(request)
+        sdk = _sdk_retries(request)
+        sent = 0
+        pending: list[_RetryableResponse] = []
 
-    def _pause(
-        self,
-        n: int,
-        attempts: int,
-        what: str,
-        delay: float | None,
-        exc: BaseException | None,
-        *,
-        status: int | None = None,
-    ) -> bool:
-        """Wait before attempt ``n + 1``; ``False`` when that would not fit in the time left."""
-        policy = self._rules.policy
-        backoff = policy.backoff
-        if delay is None:
-            delay = 0.0
-            if backoff_enabled():
-                delay = min(backoff.initial * backoff.multiplier ** (n - 1), backoff.maximum)
-                delay += random.uniform(0, backoff.jitter)
-        if delay + policy.min_attempt > remaining():
-            return False
-        span = trace.get_current_span()
-        if span.is_recording():
-            span.add_event(
-                EVENT_RETRY,
-                {
-                    ATTR_RETRY_NAME: what,
-                    ATTR_RETRY_ATTEMPT: n,
-                    ATTR_RETRY_ATTEMPTS: attempts,
-                    ATTR_RETRY_SLEEP_S: delay,
-                    ATTR_EXCEPTION_TYPE: error_type(exc) if exc is not None else "http",
-                    ATTR_EXCEPTION_MESSAGE: str(exc) if exc is not None else f"HTTP {status}",
-                },
-            )
-        record_retry(what)
-        if delay > 0:
-            time.sleep(delay)
-        return True
+        def attempt() -> httpx.Response:
+            nonlocal sent
+            if pending:
+                previous = pending.pop()
+                previous.response.close()
+                if previous.delay is not None:
+                    waited = time.monotonic() - previous.at
+                    if previous.delay > waited:
+                        time.sleep(previous.delay - waited)
+                rules.prepare(request)
+            elif sent:
+                rules.prepare(request)
+            sent += 1
+            response = self._inner.handle_request(request)
+            if rules.retry_response(response, request, sdk):
+                failed = _RetryableResponse(response, _retry_after(response))
+                pending.append(failed)
+                raise failed
+            return response
+
+        policy = rules.policy_for(request, sdk)
+        try:
+            response = run_retrying_sync(attempt, policy, what, by_time=_never_sent)
+        except _RetryableResponse as last:
+            response = last.response
+        return response, sent

@@ -13,7 +13,6 @@ never cancels the caller: the call fails with a typed error and the next one rec
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 import os
@@ -43,7 +42,7 @@ from .._exceptions import (
     McpUnknownToolError,
 )
 from .._metrics import record_mcp_duration
-from .._retry import RetryPolicy, retry_call
+from .._retry import RetryPolicy, as_policy, retry_call
 from .._semconv import (
     ATTR_ERROR_TYPE,
     ATTR_EXCEPTION_MESSAGE,
@@ -136,18 +135,8 @@ def _note(event: str, rule: str, exc: BaseException) -> None:
 
 
 def _retry_policy(retry: RetryPolicy | int | None) -> RetryPolicy:
-    if retry is None:
-        return RetryPolicy(on=is_transient)
-    if isinstance(retry, bool) or not isinstance(retry, (int, RetryPolicy)):
-        raise TypeError(
-            f"retry must be a hangguard.RetryPolicy, a number of attempts or None, got {retry!r}"
-        )
-    if isinstance(retry, int):
-        return RetryPolicy(attempts=retry, on=is_transient)
-    if retry.on is Exception:
-        # The policy's default "retry everything" would retry tool errors and 404s.
-        return dataclasses.replace(retry, on=is_transient)
-    return retry
+    # The policy's default "retry everything" would retry tool errors and 404s.
+    return as_policy(retry, on=is_transient)
 
 
 def _timeout_arg(value: float | None, param: str) -> float | None:
