@@ -62,6 +62,7 @@ __all__ = [
     "THREAD",
     "Entry",
     "Frame",
+    "Node",
     "Record",
     "add",
     "adopt_span",
@@ -118,6 +119,7 @@ class Entry:
     ``where`` returns the frames where the work is now (innermost first) and ``children``
     the entries below it that are not registered themselves (a group's tasks); both are
     called by readers, on another thread, and must not raise for work that has finished.
+    ``node`` says where work running elsewhere runs (a Ray task: its node and worker).
     """
 
     __slots__ = (
@@ -126,6 +128,7 @@ class Entry:
         "id",
         "kind",
         "name",
+        "node",
         "parent",
         "span",
         "span_id",
@@ -167,6 +170,7 @@ class Entry:
         self.started_at = time.time()  # wall clock, for display only
         self.state = RUNNING
         self.thread_id = threading.get_ident()
+        self.node: Node | None = None
 
 
 def _held_weakly(
@@ -197,6 +201,15 @@ def _held_weakly(
 
 
 @dataclass(frozen=True, slots=True)
+class Node:
+    """Where work that runs in another process runs (a Ray task: as its worker reported)."""
+
+    node_id: str  # the Ray node id (hex)
+    ip: str
+    pid: int  # the worker process (``hangguard ps`` it on that node)
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
     """What a reader sees of one entry at one moment (a value; safe to keep and send)."""
 
@@ -212,6 +225,7 @@ class Record:
     budget_left_s: float  # math.inf: no deadline; negative: overdue
     thread_id: int
     stack: tuple[Frame, ...]
+    node: Node | None = None  # runs in another process, there (``None``: here)
 
 
 #: Frames kept of a stuck stack, innermost first.
@@ -326,6 +340,7 @@ def _record(entry: Entry, parent_id: int | None, now: float, stacks: bool) -> Re
         budget_left_s=entry.deadline - now,
         thread_id=entry.thread_id,
         stack=stack,
+        node=entry.node,
     )
 
 

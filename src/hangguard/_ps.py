@@ -116,6 +116,7 @@ def record_json(record: _inflight.Record) -> dict[str, Any]:
     data["elapsed_s"] = round(record.elapsed_s, 6)
     data["budget_left_s"] = _number(record.budget_left_s)
     data["stack"] = [asdict(f) for f in record.stack]
+    data["node"] = asdict(record.node) if record.node is not None else None
     return data
 
 

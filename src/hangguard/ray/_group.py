@@ -31,7 +31,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span
 
-from .. import _config, _metrics, _semconv, _spans
+from .. import _config, _inflight, _metrics, _semconv, _spans
 from .._deadline import check_timeout, current_deadline, remaining
 from .._exceptions import DeadlineExceeded, JoinTimeout
 from .._semconv import (
@@ -63,6 +63,7 @@ from .._semconv import (
 )
 from .._task_info import fn_name
 from .._validate import check_whole
+from . import _driver_inflight
 from ._compat import is_remote_function, unwrap_remote_function
 from ._errors import ObjectLost, TaskCancelled, WorkerLost, translate
 from ._wire import make_meta
@@ -284,6 +285,7 @@ class RemoteGroup:
         self._node = ""
         self._joined = False
         self._finished = False
+        self._entry: _inflight.Entry | None = None  # in the driver's `hangguard ps`
 
     # -- submitting -------------------------------------------------------------------
 
@@ -328,6 +330,8 @@ class RemoteGroup:
         self._pending += 1
         if self._tracer is not None and self._span is None:
             self._start_span()
+        if self._entry is None:
+            self._entry = _driver_inflight.register(self)
         if self._limit is not None and self._running >= self._limit:
             self._queued.append(slot)
             return None
@@ -371,6 +375,9 @@ class RemoteGroup:
         meta = make_meta(
             slot.name, self.name, budget, self._deadline_name(budget), carrier, self._node
         )
+        nodes = _driver_inflight.book()  # where the worker says the task runs, for ps
+        if nodes is not None:
+            meta[_driver_inflight.NODES_KEY] = nodes
         if self._serial:
             logger.info("serial: remote task %r started (group %r)", slot.name, self.name)
         try:
@@ -610,6 +617,7 @@ class RemoteGroup:
                 ray.cancel(slot.ref, force=True, recursive=True)
             except Exception:
                 logger.warning("ray.cancel(force=True) of %r failed", slot.name, exc_info=True)
+            _driver_inflight.abandon(slot)  # in ps until Ray says it ended
             # Abandoned: its outcome is decided (cancelled); the refs go now.
             self._running -= 1
             self._finalize(slot, None, failed=False)
@@ -829,6 +837,7 @@ class RemoteGroup:
         if self._finished:
             return
         self._finished = True
+        _driver_inflight.leave(self._entry)
         counts: collections.Counter[str] = collections.Counter()
         for slot in self._slots:
             if slot.failed:
