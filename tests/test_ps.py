@@ -158,7 +158,9 @@ def test_the_cli_prints_the_tree_and_json(target: Callable[..., Target]) -> None
         "budget_left_s",
         "thread_id",
         "stack",
+        "node",
     }
+    assert doc["entries"][0]["node"] is None  # runs here (a Ray task's names its node)
 
 
 def test_a_pid_without_hangguard_gets_one_line_and_exit_1() -> None:

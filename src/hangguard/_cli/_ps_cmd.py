@@ -77,8 +77,7 @@ def format_entries(doc: dict[str, Any]) -> list[str]:
         lines.append(
             f"{pad}{entry['kind']} {entry['name']}  [{entry['state']}]  "
             f"elapsed {_seconds(entry['elapsed_s'])}  budget left "
-            f"{_seconds(entry['budget_left_s'])}  trace {trace}"
-            + _where(entry.get("node"))
+            f"{_seconds(entry['budget_left_s'])}  trace {trace}" + _where(entry.get("node"))
         )
         for frame in entry.get("stack", []):
             lines.append(f"{pad}    at {frame['function']} ({frame['file']}:{frame['line']})")

@@ -37,10 +37,25 @@ from .._semconv import (
 from .._validate import is_number
 from ..tracing._records import SpanRecord
 
-__all__ = ["SNAPSHOT_STACK_LINES", "is_snapshot", "missing_parent_line", "snapshot_line"]
+__all__ = [
+    "SNAPSHOT_STACK_LINES",
+    "is_snapshot",
+    "missing_parent_line",
+    "short_frame",
+    "snapshot_line",
+]
 
 #: Frames of a snapshot's stack the tree shows, innermost first (the rest are in the span).
 SNAPSHOT_STACK_LINES: Final = 3
+
+
+def short_frame(line: str) -> str:
+    """Trim a stack line's file path to its last two parts, so output is machine-free."""
+    path, sep, rest = line.partition(":")
+    if not sep:
+        return line
+    parts = path.replace("\\", "/").split("/")
+    return "/".join(parts[-2:]) + sep + rest
 
 
 def is_snapshot(span: SpanRecord) -> bool:
@@ -68,8 +83,6 @@ def _budget(span: SpanRecord) -> str:
 def snapshot_line(span: SpanRecord) -> RenderableType:
     """One snapshot: ``snapshot #2  ignoring_cancel for 20.0s, overdue by 19.8s`` and its
     innermost frames (``stuck at file:line in function: source``)."""
-    from ._tree import short_frame  # _tree imports this module: import at call time
-
     attrs = span.attributes
     seq = attrs.get(ATTR_SNAPSHOT_SEQ)
     elapsed = _seconds(attrs.get(ATTR_SNAPSHOT_ELAPSED_S))

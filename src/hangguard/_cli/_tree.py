@@ -56,7 +56,7 @@ from .._semconv import (
 )
 from .._validate import is_number
 from ..tracing._records import AttrValue, SpanEventRecord, SpanRecord
-from ._trace_snapshots import is_snapshot, missing_parent_line, snapshot_line
+from ._trace_snapshots import is_snapshot, missing_parent_line, short_frame, snapshot_line
 
 __all__ = [
     "MCP_SDK_SCOPE",
@@ -92,15 +92,6 @@ def format_duration(seconds: float) -> str:
 def format_budget(seconds: float) -> str:
     """A budget as given: ``3`` -> ``3s``, ``2.7812`` -> ``2.78s``, ``inf`` -> ``none``."""
     return "none" if math.isinf(seconds) else f"{seconds:.3g}s"
-
-
-def short_frame(line: str) -> str:
-    """Trim a stack line's file path to its last two parts, so output is machine-free."""
-    path, sep, rest = line.partition(":")
-    if not sep:
-        return line
-    parts = path.replace("\\", "/").split("/")
-    return "/".join(parts[-2:]) + sep + rest
 
 
 def tree_roots(spans: Iterable[SpanRecord]) -> list[SpanRecord]:
