@@ -7,8 +7,10 @@ difference is the registry's own cost per task. It has no target here, against b
 ratio means little; the fan-out benchmark's targets (hangguard.TaskGroup within 1.25x raw)
 judge it once the groups register their tasks. Snapshot: ``_inflight.snapshot()`` with N
 entries open, without stacks (what the snapshot thread reads every tick) and with them
-(what ``ps`` reads). ps: one ``_ps.query`` of this process's own watcher, with N entries
-open; the issue's bound is 2 s.
+(what ``ps`` reads). Group entry: what registering a group costs once per group, its
+listing a function against its own method held weakly (with the finalizer that drops
+the entry of a group collected without a join). ps: one ``_ps.query`` of this process's
+own watcher, with N entries open; the issue's bound is 2 s.
 """
 
 from __future__ import annotations
@@ -61,6 +63,27 @@ def measure(params: dict[str, Any]) -> dict[str, list[float]]:
 
     samples = asyncio.run(fanout())
 
+    # A group's entry: its listing is its own method, held weakly (with a finalizer that
+    # drops the entry if the group is collected unjoined), against a plain function.
+    class Group:
+        def children(self) -> list[Any]:
+            return []
+
+    def listing() -> list[Any]:
+        return []
+
+    groups = [Group() for _ in range(n)]
+    for key, of in (("group-plain", lambda g: listing), ("group-weak", lambda g: g.children)):
+        samples[key] = []
+        for _ in range(rounds):
+            gc.collect()
+            t0 = time.perf_counter()
+            for g in groups:
+                _inflight.discard(
+                    _inflight.add(_inflight.open_entry(_inflight.GROUP, "G", children=of(g)))
+                )
+            samples[key].append(time.perf_counter() - t0)
+
     # N entries held open, registered directly (as the groups register their children).
     entries = [_inflight.add(_inflight.open_entry(_inflight.OP, f"Open{i}")) for i in range(n)]
     try:
@@ -109,6 +132,25 @@ def run(cfg: Config) -> list[Row]:
                 "us/task",
                 _us_per(got["tracked"], n),
                 baseline=raw,
+                note="reference",
+            )
+        )
+        plain = Row(
+            "inflight",
+            size,
+            "group entry, listing a function: add + discard",
+            "us/group",
+            _us_per(got["group-plain"], n),
+        )
+        rows.append(plain)
+        rows.append(
+            Row(
+                "inflight",
+                size,
+                "group entry, listing its own method (held weakly)",
+                "us/group",
+                _us_per(got["group-weak"], n),
+                baseline=plain,
                 note="reference",
             )
         )

@@ -6,8 +6,9 @@ Scenarios: ``sleep`` (the event loop blocked in ``time.sleep`` inside an op), ``
 (an op's task that ignores its deadline's cancellation), ``recv`` (a guarded sync op on a
 thread, in a loopback ``recv`` that never answers, while the loop waits for it),
 ``daemon-exit`` (that thread as a daemon, and the main thread returns: a normal exit past
-it), ``own-handler`` (``sleep`` with a SIGTERM handler the application installed first).
-Tracing is set up from the environment (``OTEL_*``, ``HANGGUARD_*``). It prints ``READY``
+it), ``own-handler`` (``sleep`` with a SIGTERM handler the application installed first),
+``untraced`` (``sleep`` with no ``setup_tracing()`` at all). Tracing is set up from the
+environment (``OTEL_*``, ``HANGGUARD_*``), except in ``untraced``. It prints ``READY``
 once the hang is about to start.
 """
 
@@ -33,7 +34,8 @@ if SCENARIO == "own-handler":
 
     signal.signal(signal.SIGTERM, _own)
 
-tracing = hangguard.setup_tracing(service_name=sys.argv[2] if len(sys.argv) > 2 else None)
+if SCENARIO != "untraced":
+    hangguard.setup_tracing(service_name=sys.argv[2] if len(sys.argv) > 2 else None)
 
 
 def _blackhole() -> socket.socket:
@@ -92,7 +94,7 @@ async def stubborn() -> None:
 
 
 async def main() -> None:
-    if SCENARIO in ("sleep", "own-handler"):
+    if SCENARIO in ("sleep", "own-handler", "untraced"):
         await blocked()
     elif SCENARIO == "ignore":
         await stubborn()

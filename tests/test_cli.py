@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -52,6 +53,7 @@ from hangguard._semconv import (
     EVENT_RETRY,
 )
 from hangguard.tracing._local import to_record
+from hangguard.tracing._records import SpanRecord
 
 OP = "CompanySegmentFactorOp"
 # The demo's default budget is 3 s (join timeout 1.5 s), which its slow searches meet
@@ -871,3 +873,127 @@ def test_config_shows_what_records_work_in_flight() -> None:
     )
     assert (rows["HANGGUARD_PS"]["value"], rows["HANGGUARD_PS"]["source"]) == (None, "default")
     assert rows["HANGGUARD_RECORD_ON_SIGTERM"]["value"] is True
+
+
+# --- trace: live snapshots -----------------------------------------------------------------
+
+HANG_APP = Path(__file__).with_name("hang_app.py")
+
+
+def _hang_until_snapshot(trace_file: Path) -> subprocess.Popen[str]:
+    """hang_app's loop blocked in time.sleep inside BlockedOp, snapshotting every 0.3 s, once
+    its first snapshot is in ``trace_file`` (written by the real exporter)."""
+    env = clean_env(HANGGUARD_TRACE_FILE=str(trace_file), HANGGUARD_SNAPSHOT_AFTER="0.3s")
+    proc = subprocess.Popen(
+        [sys.executable, str(HANG_APP), "sleep"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "READY"
+    deadline = time.monotonic() + 60
+    while '"snapshot BlockedOp"' not in (trace_file.read_text() if trace_file.exists() else ""):
+        assert proc.poll() is None and time.monotonic() < deadline, "no snapshot was written"
+        threading.Event().wait(0.05)  # polling the file the process appends to
+    return proc
+
+
+def _stop(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
+    try:
+        proc.send_signal(sig)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_trace_shows_the_snapshots_of_a_span_its_killed_process_never_ended(
+    tmp_path: Path,
+) -> None:
+    trace_file = tmp_path / "trace.jsonl"
+    proc = _hang_until_snapshot(trace_file)
+    _stop(proc, signal.SIGKILL)  # BlockedOp never ends: only its snapshots are in the file
+    names = [json.loads(line)["name"] for line in trace_file.read_text().splitlines()]
+    assert "BlockedOp" not in names and "snapshot BlockedOp" in names
+
+    run = hangguard_cmd("trace", str(trace_file))
+    assert run.rc == 0, run.err
+    lines = run.out.splitlines()
+    (open_line,) = [x for x in lines if "still open when last seen" in x]
+    assert "op BlockedOp" in open_line  # the placeholder names the open span
+    snaps = [i for i, x in enumerate(lines) if re.search(r"snapshot #\d+  running for ", x)]
+    assert snaps and all(i > lines.index(open_line) for i in snaps)
+    assert re.search(r"running for \d+\.\ds, budget left \d+(\.\d)?s", lines[snaps[0]])
+    # The innermost frame, with the source line the loop is blocked on.
+    stuck = lines[snaps[0] + 1]
+    assert "stuck at tests/hang_app.py:" in stuck and "in blocked: time.sleep(600)" in stuck
+    assert "snapshot BlockedOp" not in run.out  # drawn as snapshots, not as finished spans
+
+
+def test_trace_shows_snapshots_under_the_span_sigterm_ended(tmp_path: Path) -> None:
+    trace_file = tmp_path / "trace.jsonl"
+    _stop(_hang_until_snapshot(trace_file), signal.SIGTERM)
+
+    run = hangguard_cmd("trace", str(trace_file))
+    assert run.rc == 0, run.err
+    lines = run.out.splitlines()
+    (op_line,) = [x for x in lines if re.search(r"BlockedOp  \S+  cancelled \(terminated\)", x)]
+    assert "still open" not in run.out  # the parent is in the trace: no placeholder
+    snaps = [i for i, x in enumerate(lines) if "snapshot #1  running for" in x]
+    assert len(snaps) == 1 and snaps[0] > lines.index(op_line)
+    # Drawn one level below the op.
+    indent = len(op_line) - len(op_line.lstrip("│ └├─"))
+    assert len(lines[snaps[0]]) - len(lines[snaps[0]].lstrip("│ └├─")) > indent
+    assert "in blocked: time.sleep(600)" in lines[snaps[0] + 1]
+
+
+def test_trace_tree_puts_orphans_under_one_line_for_their_missing_parent() -> None:
+    def rec(span_id: str, parent: str | None, name: str, **attrs: Any) -> SpanRecord:
+        return SpanRecord(
+            trace_id="ab" * 16,
+            span_id=span_id,
+            parent_span_id=parent,
+            name=name,
+            kind="INTERNAL",
+            start_ns=int(span_id, 16),
+            end_ns=int(span_id, 16) + 1,
+            status="UNSET",
+            status_description=None,
+            attributes=attrs,
+            events=(),
+            resource={},
+            scope="hangguard",
+        )
+
+    spans = [
+        rec("01", None, "root"),
+        rec("02", "ff", "child of a lost span"),
+        rec("03", "ff", "its sibling"),
+        rec(
+            "04",
+            "ee",
+            "snapshot stuck",
+            **{
+                "hangguard.snapshot.kind": "task",
+                "hangguard.snapshot.name": "stuck",
+                "hangguard.snapshot.state": "ignoring_cancel",
+                "hangguard.snapshot.elapsed_s": 20.0,
+                "hangguard.snapshot.budget_left_s": -19.5,
+                "hangguard.snapshot.seq": 2,
+                "hangguard.snapshot.stack": "",
+            },
+        ),
+    ]
+    buf = io.StringIO()
+    Console(file=buf, width=200).print(trace_tree(spans))
+    lines = buf.getvalue().splitlines()
+    (lost,) = [i for i, x in enumerate(lines) if "span ff  not in this trace" in x]
+    assert "child of a lost span" in lines[lost + 1] and "its sibling" in lines[lost + 2]
+    (open_line,) = [i for i, x in enumerate(lines) if "task stuck  still open" in x]
+    assert "snapshot #2  ignoring_cancel for 20.0s, overdue by 19.5s" in lines[open_line + 1]
+    assert "no stack" in lines[open_line + 2]

@@ -4,17 +4,20 @@ requests; and the live snapshots a reader sends from it (on the injectable clock
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import hangguard
-from hangguard import _inflight, _snapshots
+from hangguard import _inflight, _ps, _snapshots
 from hangguard.http import AsyncDeadlineTransport, DeadlineTransport
 from hangguard.testing import FakeClock, use_clock
 from hangguard.testing.chaos import ChaosServer
@@ -248,6 +251,11 @@ def test_the_per_minute_cap_holds_back_the_rest(
 ) -> None:
     # Only this test's entries: work an earlier test left running would take a share.
     monkeypatch.setattr(_inflight, "_entries", {})
+    # And only this test's snapshotter: a watcher an earlier test started would tick too,
+    # on the same entries and the same clock.
+    watcher = _ps.watcher()
+    if watcher is not None:
+        monkeypatch.setattr(watcher, "_tick", None)
     tracer = hangguard._spans.get_tracer()
     assert tracer is not None
     with use_clock(FakeClock()) as clock:
@@ -279,3 +287,55 @@ def test_the_per_minute_cap_holds_back_the_rest(
 def test_snapshots_off() -> None:
     assert _snapshots.ticker(math.inf, None) is None
     assert _snapshots.Snapshotter(math.inf).tick() is None
+
+
+def _group_entries(name: str) -> list[_inflight.Entry]:
+    return [e for e in _inflight.entries() if e.kind == _inflight.GROUP and e.name == name]
+
+
+async def test_a_task_group_dropped_without_join_loses_its_entry() -> None:
+    finished = asyncio.get_running_loop().create_future()
+
+    async def quick() -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        # Runs after the group's own done callbacks (added at submit, run in order).
+        task.add_done_callback(lambda _: finished.set_result(None))
+        return "done"
+
+    group = hangguard.TaskGroup("dropped-unjoined")
+    group.submit_named("quick", quick)
+    assert len(_group_entries("dropped-unjoined")) == 1
+    await finished
+    del group  # never joined
+    gc.collect()
+    assert _group_entries("dropped-unjoined") == []
+
+
+def test_a_thread_group_dropped_without_join_loses_its_entry() -> None:
+    pool = ThreadPoolExecutor(1)
+    group = hangguard.ThreadGroup("dropped-threads", executor=pool)
+    group.submit(time.perf_counter)
+    assert len(_group_entries("dropped-threads")) == 1
+    pool.shutdown(wait=True)  # its worker has ended: nothing of the group runs
+    del group
+    gc.collect()
+    assert _group_entries("dropped-threads") == []
+
+
+async def test_a_live_group_keeps_its_entry_and_lists_its_tasks() -> None:
+    # Held weakly, the group's listing still works while the group lives.
+    release = asyncio.Event()
+
+    async def waits() -> None:
+        await release.wait()
+
+    group = hangguard.TaskGroup("kept")
+    group.submit_named("waits", waits)
+    gc.collect()
+    (entry,) = _group_entries("kept")
+    assert entry.children is not None
+    assert [kid.name for kid in entry.children()] == ["waits"]
+    release.set()
+    await group.join()
+    assert _group_entries("kept") == []

@@ -158,7 +158,9 @@ def test_the_cli_prints_the_tree_and_json(target: Callable[..., Target]) -> None
         "budget_left_s",
         "thread_id",
         "stack",
+        "node",
     }
+    assert doc["entries"][0]["node"] is None  # runs here (a Ray task's names its node)
 
 
 def test_a_pid_without_hangguard_gets_one_line_and_exit_1() -> None:
@@ -198,3 +200,33 @@ def test_ps_off_means_no_watcher(target: Callable[..., Target]) -> None:
 def test_the_socket_directory_is_private() -> None:
     mode = _ps.socket_dir().stat().st_mode & 0o777
     assert mode == 0o700
+
+
+def test_hangguard_ps_1_without_tracing_starts_the_watcher_at_the_first_op(
+    target: Callable[..., Target],
+) -> None:
+    # No setup_tracing() in the process: HANGGUARD_PS=1 alone starts the watcher.
+    app = target("untraced", {"HANGGUARD_PS": "1"})
+    doc = ps_until(app.pid, lambda d: leaf_with(d, "time.sleep(600)") is not None)
+    entry = leaf_with(doc, "time.sleep(600)")
+    assert entry is not None
+    assert (entry["kind"], entry["name"], entry["state"]) == ("op", "BlockedOp", "running")
+    assert entry["trace_id"] == "" and entry["span_id"] == ""  # untraced: no span ids
+    assert 0 < entry["budget_left_s"] <= 120
+    assert doc["snapshots"] == {"sent": 0, "capped": 0}  # no tracer: nothing to send
+    out = subprocess.run(
+        [sys.executable, "-m", "hangguard", "ps", str(app.pid)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "BlockedOp" in out.stdout and "time.sleep(600)" in out.stdout
+
+
+def test_without_tracing_or_hangguard_ps_there_is_no_watcher(
+    target: Callable[..., Target],
+) -> None:
+    app = target("untraced")
+    with pytest.raises(_ps.PsError, match="runs no hangguard watcher"):
+        _ps.query(app.pid)

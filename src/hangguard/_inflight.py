@@ -9,8 +9,9 @@ It costs nothing per task when nobody reads it: a scope adds its entry when it s
 removes it when it ends (one dict insert and one pop). A group's tasks are not entries of
 their own: the group lists them through ``children`` only when a reader asks, so fan-out
 pays nothing per task. Entries are removed explicitly, and an entry refers to its work only
-through callables the owner gives (``where`` and ``children``), so a finished task or
-thread is never kept alive by the registry.
+through callables the owner gives (``where`` and ``children``, the latter held weakly
+when it is the owner's method), so a finished task or thread is never kept alive by the
+registry, and a group dropped without a join loses its entry when it is collected.
 
 Readers run on another thread (the ``ps`` watcher, the snapshot timer, a signal handler):
 :func:`snapshot` copies the table, never mutates an entry, and turns each into a frozen
@@ -61,6 +62,7 @@ __all__ = [
     "THREAD",
     "Entry",
     "Frame",
+    "Node",
     "Record",
     "add",
     "adopt_span",
@@ -117,6 +119,7 @@ class Entry:
     ``where`` returns the frames where the work is now (innermost first) and ``children``
     the entries below it that are not registered themselves (a group's tasks); both are
     called by readers, on another thread, and must not raise for work that has finished.
+    ``node`` says where work running elsewhere runs (a Ray task: its node and worker).
     """
 
     __slots__ = (
@@ -125,6 +128,7 @@ class Entry:
         "id",
         "kind",
         "name",
+        "node",
         "parent",
         "span",
         "span_id",
@@ -161,11 +165,48 @@ class Entry:
         # termination can end it; dropped with the entry.
         self.span = span
         self.where = where
-        self.children = children
+        self.children = _held_weakly(self.id, children) if children is not None else None
         self.start = _deadline.now() if start is None else start
         self.started_at = time.time()  # wall clock, for display only
         self.state = RUNNING
         self.thread_id = threading.get_ident()
+        self.node: Node | None = None
+
+
+def _held_weakly(
+    entry_id: int, children: Callable[[], Iterable[Entry]]
+) -> Callable[[], Iterable[Entry]]:
+    """``children`` without keeping its owner alive, when it is an owner's bound method.
+
+    A group lists its tasks through a method of its own (``group._children``): held
+    strongly, the registry would keep a group that is dropped without a join alive, and
+    its entry listed, forever. Held through a weak method instead, with a finalizer on
+    the group that drops the entry when the group is collected.
+    """
+    owner = getattr(children, "__self__", None)
+    if owner is None or not inspect.ismethod(children):
+        return children
+    try:
+        method = weakref.WeakMethod(children)
+        finalizer = weakref.finalize(owner, _entries.pop, entry_id, None)
+    except TypeError:  # an owner without weak references: held as given
+        return children
+    finalizer.atexit = False  # at exit the table goes with the process
+
+    def listed() -> Iterable[Entry]:
+        bound = method()
+        return () if bound is None else bound()
+
+    return listed
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """Where work that runs in another process runs (a Ray task: as its worker reported)."""
+
+    node_id: str  # the Ray node id (hex)
+    ip: str
+    pid: int  # the worker process (``hangguard ps`` it on that node)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +225,7 @@ class Record:
     budget_left_s: float  # math.inf: no deadline; negative: overdue
     thread_id: int
     stack: tuple[Frame, ...]
+    node: Node | None = None  # runs in another process, there (``None``: here)
 
 
 #: Frames kept of a stuck stack, innermost first.
@@ -298,6 +340,7 @@ def _record(entry: Entry, parent_id: int | None, now: float, stacks: bool) -> Re
         budget_left_s=entry.deadline - now,
         thread_id=entry.thread_id,
         stack=stack,
+        node=entry.node,
     )
 
 

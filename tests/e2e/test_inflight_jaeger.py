@@ -66,6 +66,20 @@ def test_a_hang_killed_with_sigkill_leaves_its_snapshot_in_jaeger(stack: Stack) 
     assert attrs["hangguard.snapshot.kind"] == "op"
     assert "time.sleep(600)" in str(attrs["hangguard.snapshot.stack"])
 
+    # hangguard trace --jaeger draws it under a line for the op that never ended.
+    shown = subprocess.run(
+        [sys.executable, "-m", "hangguard", "trace", "--jaeger", stack.query, "--service", service],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "NO_COLOR": "1"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    (open_line,) = [i for i, x in enumerate(lines) if "op BlockedOp  still open" in x]
+    assert "snapshot #1  running for" in lines[open_line + 1]
+    assert "in blocked: time.sleep(600)" in lines[open_line + 2]
+
 
 def test_a_hang_ended_by_sigterm_shows_as_terminated(stack: Stack) -> None:
     service = f"inflight-term-{uuid.uuid4().hex[:8]}"

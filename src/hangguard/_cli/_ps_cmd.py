@@ -54,6 +54,14 @@ def _seconds(value: float | None) -> str:
     return f"{value:.1f}s"
 
 
+def _where(node: dict[str, Any] | None) -> str:
+    # Work running in another process (a Ray task): its node and worker pid.
+    if not node:
+        return ""
+    node_id = str(node.get("node_id", ""))[:12]
+    return f"  on {node.get('ip') or '?'} node {node_id} pid {node.get('pid')}"
+
+
 def format_entries(doc: dict[str, Any]) -> list[str]:
     """The tree of a ``ps`` document, one line per entry or frame."""
     entries: list[dict[str, Any]] = doc.get("entries", [])
@@ -70,7 +78,7 @@ def format_entries(doc: dict[str, Any]) -> list[str]:
         lines.append(
             f"{pad}{entry['kind']} {entry['name']}  [{entry['state']}]  "
             f"elapsed {_seconds(entry['elapsed_s'])}  budget left "
-            f"{_seconds(entry['budget_left_s'])}  trace {trace}"
+            f"{_seconds(entry['budget_left_s'])}  trace {trace}" + _where(entry.get("node"))
         )
         for frame in entry.get("stack", []):
             lines.append(f"{pad}    at {frame['function']} ({frame['file']}:{frame['line']})")

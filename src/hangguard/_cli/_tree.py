@@ -56,6 +56,7 @@ from .._semconv import (
 )
 from .._validate import is_number
 from ..tracing._records import AttrValue, SpanEventRecord, SpanRecord
+from ._trace_snapshots import is_snapshot, missing_parent_line, short_frame, snapshot_line
 
 __all__ = [
     "MCP_SDK_SCOPE",
@@ -91,15 +92,6 @@ def format_duration(seconds: float) -> str:
 def format_budget(seconds: float) -> str:
     """A budget as given: ``3`` -> ``3s``, ``2.7812`` -> ``2.78s``, ``inf`` -> ``none``."""
     return "none" if math.isinf(seconds) else f"{seconds:.3g}s"
-
-
-def short_frame(line: str) -> str:
-    """Trim a stack line's file path to its last two parts, so output is machine-free."""
-    path, sep, rest = line.partition(":")
-    if not sep:
-        return line
-    parts = path.replace("\\", "/").split("/")
-    return "/".join(parts[-2:]) + sep + rest
 
 
 def tree_roots(spans: Iterable[SpanRecord]) -> list[SpanRecord]:
@@ -306,7 +298,10 @@ def _add(node: Tree, span: SpanRecord, children: Mapping[str, list[SpanRecord]])
     items += [(k.start_ns, 0, k) for k in kids]
     for _, _, item in sorted(items, key=lambda t: (t[0], t[1])):
         if isinstance(item, SpanRecord):
-            _add(branch, item, children)
+            if is_snapshot(item):  # a look at this span while it was open, not work
+                branch.add(snapshot_line(item))
+            else:
+                _add(branch, item, children)
             continue
         line = _event_line(span, item)
         if line is not None:
@@ -340,10 +335,11 @@ def trace_tree(
 ) -> Tree:
     """A rich ``Tree`` of one trace (``trace_id``, default: the trace of the first span).
 
-    Roots are the spans whose parent is not in the trace; under each span its events
-    and children come in time order. Spans of the instrumentation scopes in
-    ``hide_scopes`` (e.g. the mcp SDK's own transport spans) are left out, their
-    children kept.
+    Roots are the spans whose parent is not in the trace; those that name a parent
+    (one still open, or lost with a killed process) are shown under a line standing
+    for it. Under each span its events, children and live snapshots come in time
+    order. Spans of the instrumentation scopes in ``hide_scopes`` (e.g. the mcp SDK's
+    own transport spans) are left out, their children kept.
     """
     if trace_id is None and spans:
         trace_id = min(spans, key=lambda s: s.start_ns).trace_id
@@ -353,6 +349,18 @@ def trace_tree(
     if hidden:
         title.append(f"  ({hidden} spans of {', '.join(sorted(hide_scopes))} not shown)", "dim")
     top = Tree(title, guide_style="dim")
+    # A span whose parent is not in the trace (still open, or its process was killed
+    # before it ended) goes under one placeholder line for that parent, with its siblings.
+    missing: dict[str, Tree] = {}
     for root in tree_roots(mine):
-        _add(top, root, children)
+        parent = root.parent_span_id
+        if parent is None:
+            _add(top, root, children)
+            continue
+        if parent not in missing:
+            missing[parent] = top.add(missing_parent_line(parent, children[parent]))
+        if is_snapshot(root):
+            missing[parent].add(snapshot_line(root))
+        else:
+            _add(missing[parent], root, children)
     return top

@@ -30,7 +30,7 @@ from typing import Any, Final
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span
 
-from .. import _metrics, _semconv, _spans
+from .. import _inflight, _metrics, _semconv, _spans
 from .._cancel_record import CancelRecord
 from .._deadline import current_deadline, remaining
 from .._exceptions import JoinTimeout
@@ -60,6 +60,7 @@ from .._semconv import (
     SPAN_TASK,
 )
 from .._task_info import fn_name
+from . import _driver_inflight
 from ._compat import is_remote_function, unwrap_remote_function
 from ._errors import ObjectLost, TaskCancelled, WorkerLost, translate
 from ._wire import make_meta
@@ -272,6 +273,7 @@ class RemoteGroup(GroupBase):
         self._node = ""
         self._joined = False
         self._finished = False
+        self._entry: _inflight.Entry | None = None  # in the driver's `hangguard ps`
 
     # -- submitting -------------------------------------------------------------------
 
@@ -316,6 +318,8 @@ class RemoteGroup(GroupBase):
         self._pending += 1
         if self._tracer is not None and self._span is None:
             self._start_span()
+        if self._entry is None:
+            self._entry = _driver_inflight.register(self)
         if self._settings.limit is not None and self._running >= self._settings.limit:
             self._queued.append(slot)
             return None
@@ -359,6 +363,9 @@ class RemoteGroup(GroupBase):
         meta = make_meta(
             slot.name, self.name, budget, self._deadline_name(budget), carrier, self._node
         )
+        nodes = _driver_inflight.book()  # where the worker says the task runs, for ps
+        if nodes is not None:
+            meta[_driver_inflight.NODES_KEY] = nodes
         if self._settings.serial:
             logger.info("serial: remote task %r started (group %r)", slot.name, self.name)
         try:
@@ -587,6 +594,7 @@ class RemoteGroup(GroupBase):
                 ray.cancel(slot.ref, force=True, recursive=True)
             except Exception:
                 logger.warning("ray.cancel(force=True) of %r failed", slot.name, exc_info=True)
+            _driver_inflight.abandon(slot)  # in ps until Ray says it ended
             # Abandoned: its outcome is decided (cancelled); the refs go now.
             self._running -= 1
             self._finalize(slot, None, failed=False)
@@ -780,6 +788,7 @@ class RemoteGroup(GroupBase):
         if self._finished:
             return
         self._finished = True
+        _driver_inflight.leave(self._entry)
         counts: collections.Counter[str] = collections.Counter()
         for slot in self._slots:
             if slot.failed:
