@@ -969,7 +969,7 @@ def test_otel_metrics_exporter_none_keeps_metrics_in_the_process(
 
 
 def test_only_a_missing_metrics_service_is_taken_for_one() -> None:
-    from hangguard.tracing._guard import takes_no_metrics
+    from hangguard.tracing._bounded_export import takes_no_metrics
 
     def record(*args: object) -> logging.LogRecord:
         msg = "Failed to export %s batch code: %s, reason: %s"

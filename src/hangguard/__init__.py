@@ -26,11 +26,11 @@ from ._exceptions import (
 )
 from ._group import TaskGroup
 from ._op import GuardedOpMixin, guarded_op
+from ._op_scope import traced
 from ._providers import use_providers
 from ._retry import Backoff, RetryOn, RetryPolicy, retry, retry_call
 from ._retry_budget import RetryBudget, retry_budget
 from ._threads import ThreadGroup, checkpoint, to_thread
-from ._traced import traced
 from ._version import __version__
 from ._watchdog import LoopWatchdog, watch_loop
 from .tracing import setup_tracing

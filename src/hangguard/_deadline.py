@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from ._exceptions import DeadlineExceeded
-from ._late import late_note
+from ._late_timers import late_note
 from ._validate import is_number
 
 __all__ = [

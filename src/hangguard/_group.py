@@ -43,7 +43,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 from opentelemetry.util.types import AttributeValue
 
-from . import _config, _inflight, _late, _metrics, _semconv, _spans, _watchdog
+from . import _config, _inflight, _late_timers, _metrics, _semconv, _spans, _watchdog
 from ._cancel_record import CancelRecord, EventCap
 from ._deadline import (
     Deadline,
@@ -326,7 +326,7 @@ class TaskGroup(GroupBase):
         task = asyncio.current_task()
         self._unstarted.pop(task, None)  # type: ignore[arg-type]
         if self._tracer is not None and task is not None:
-            with _spans.guard():
+            with _spans.contained():
                 span = self._task_span(index)
                 self._task_spans[task] = span
                 token = otel_context.attach(trace.set_span_in_context(span))
@@ -350,7 +350,7 @@ class TaskGroup(GroupBase):
         except asyncio.CancelledError as exc:
             if span is not None and task not in self._cancel_info:
                 # Not cancelled by the group (that is recorded when it cancels).
-                with _spans.guard():
+                with _spans.contained():
                     CancelRecord.of(deadline_cancel_of(exc)).write(span, cap=self._events)
             raise
         except BaseException as exc:
@@ -359,7 +359,7 @@ class TaskGroup(GroupBase):
             raise
         finally:
             if span is not None:
-                with _spans.guard():
+                with _spans.contained():
                     otel_context.detach(token)  # type: ignore[arg-type]
                     del self._task_spans[task]  # type: ignore[arg-type]
                     span.end()
@@ -466,7 +466,7 @@ class TaskGroup(GroupBase):
         todo = [t for t in self._tasks if not t.done() and t not in cancel_info]
         count = len(todo)
         if self._tracer is not None and todo:
-            with _spans.guard():  # a failing span processor must not stop the cancel
+            with _spans.contained():  # a failing span processor must not stop the cancel
                 self._record_cancels(todo, info)
         for task in todo:
             cancel_info[task] = info
@@ -670,7 +670,7 @@ class TaskGroup(GroupBase):
         # Why the wait ended decides the shutdown's reason and what join raises after it.
         fired = None if cancel is None else self._own_deadline_fired(cancel, task, cancelling)
         reason, cause, timeout_of = self._why_stopped(cancel, fired, own, left, by_deadline)
-        late = _late.late_note(loop, due) if timeout_of is not None else ""
+        late = _late_timers.late_note(loop, due) if timeout_of is not None else ""
         later = await self._shutdown(reason, cause + late, grace, timed_out=timeout_of is not None)
         if later is not None and self._own_deadline_fired(later, task, cancelling) is None:
             raise later  # the joiner was cancelled during the grace: that wins, after it

@@ -42,6 +42,7 @@ from . import _config
 from ._deadline import current_deadline, remaining
 from ._exceptions import ConfigError, DeadlineExceeded
 from ._group import TaskGroup
+from ._op_scope import check_budget, check_name, run_in_scope
 from ._op_spec import (
     FALLBACK_ATTR,
     ORIGINAL_ATTR,
@@ -55,10 +56,9 @@ from ._op_spec import (
 from ._op_sync import _ENTRY_NAMES as SYNC_ENTRY_NAMES
 from ._op_sync import guard_sync
 from ._semconv import ATTR_CANCEL_SWALLOWED
-from ._spans import guard as _span_guard
+from ._spans import contained as _contained
 from ._spans import record_deadline_exceeded
 from ._task_info import OP_ENTRY_NAMES, outcome_of
-from ._traced import check_budget, check_name, run_in_scope
 from ._validate import callable_name, is_number
 
 __all__ = ["GuardedOpMixin", "guarded_op"]
@@ -325,7 +325,7 @@ def _refuse_swallowed_deadline(name: str, task: asyncio.Task[Any] | None, before
     if d is None:
         return  # an outside cancellation, not a deadline: not ours to judge
     fired = d.binding()
-    with _span_guard():
+    with _contained():
         trace.get_current_span().set_attribute(ATTR_CANCEL_SWALLOWED, True)
     record_deadline_exceeded(fired.name, fired.budget)
     raise DeadlineExceeded(

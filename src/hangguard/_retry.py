@@ -60,7 +60,7 @@ from ._semconv import (
     EVENT_RETRY_BUDGET_EXHAUSTED,
     EVENT_RETRY_BUDGET_REFUSED,
 )
-from ._spans import error_type, guard, safe_str
+from ._spans import contained, error_type, safe_str
 from ._validate import callable_name, check_whole
 
 __all__ = [
@@ -203,7 +203,7 @@ _DEFAULT_POLICY = RetryPolicy()
 
 
 def _event(name: str, call: _Call[Any], attempt: int, exc: BaseException | None) -> None:
-    with guard():
+    with contained():
         _add_event(name, call, attempt, exc)
 
 

@@ -147,7 +147,7 @@ class Snapshotter:
         budget = min(c.budget_left_s for c in chain)
         if not math.isinf(budget):
             attrs[ATTR_SNAPSHOT_BUDGET_LEFT_S] = round(budget, 3)
-        with _spans.guard():
+        with _spans.contained():
             span = tracer.start_span(
                 SPAN_SNAPSHOT.format(r.name),
                 context=trace.set_span_in_context(parent),

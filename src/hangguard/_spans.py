@@ -33,10 +33,10 @@ from ._semconv import (
 from ._version import __version__
 
 __all__ = [
+    "contained",
     "error_type",
     "format_stack",
     "get_tracer",
-    "guard",
     "record_deadline_exceeded",
     "record_failure",
     "safe_str",
@@ -111,8 +111,8 @@ def safe_str(value: object) -> str:
         return f"<{type(value).__qualname__}: str() failed>"
 
 
-class _Guard:
-    """``with guard():`` around telemetry: an ``Exception`` inside is logged and swallowed.
+class _Contained:
+    """``with contained():`` around telemetry: an ``Exception`` inside is logged and swallowed.
 
     The work's own result or exception goes on untouched; the telemetry failure is logged
     once, here, with its traceback. Interrupts and cancellation pass through.
@@ -137,12 +137,12 @@ class _Guard:
         return True
 
 
-_GUARD: Final = _Guard()
+_CONTAINED: Final = _Contained()
 
 
-def guard() -> _Guard:
-    """The telemetry guard (one shared, stateless instance)."""
-    return _GUARD
+def contained() -> _Contained:
+    """Telemetry failures contained here (one shared, stateless instance)."""
+    return _CONTAINED
 
 
 def _exception_event(span: Span, exc: BaseException, message: str) -> None:
@@ -169,7 +169,7 @@ def record_failure(span: Span, exc: BaseException, *, type_: str | None = None) 
     Never raises: a message that cannot be printed gets a stand-in, and any failure of
     the span itself is logged once and swallowed.
     """
-    with _GUARD:
+    with _CONTAINED:
         if not span.is_recording():
             return
         span.set_attribute(ATTR_ERROR_TYPE, type_ or error_type(exc))
@@ -186,14 +186,14 @@ def record_failure(span: Span, exc: BaseException, *, type_: str | None = None) 
 def record_deadline_exceeded(name: str | None, budget: float) -> None:
     """Note a deadline that fired on the current span (and in metrics); never raises."""
 
-    with _GUARD:
+    with _CONTAINED:
         span = trace.get_current_span()
         if span.is_recording():
             span.add_event(
                 EVENT_DEADLINE_EXCEEDED,
                 {ATTR_DEADLINE_NAME: name or "", ATTR_DEADLINE_BUDGET_S: budget},
             )
-    with _GUARD:
+    with _CONTAINED:
         count_deadline_exceeded(name)
 
 

@@ -48,7 +48,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from . import _config, _deadline, _late, _metrics, _spans
+from . import _config, _deadline, _late_timers, _metrics, _spans
 from ._deadline import check_timeout
 from ._exceptions import ConfigError
 from ._semconv import (
@@ -323,7 +323,7 @@ def _our_span(frame: FrameType | None) -> Span | None:
     return None
 
 
-_watchdogs = _late.watchdogs
+_watchdogs = _late_timers.watchdogs
 _watch_lock = threading.Lock()
 #: The threshold set by setup_tracing (or ``enable``); ``None``: the env decides.
 _enabled: float | None = None

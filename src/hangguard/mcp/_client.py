@@ -74,7 +74,7 @@ from .._semconv import (
     RESEND_TOOL_LIST_UNKNOWN,
     SPAN_EXECUTE_TOOL,
 )
-from .._spans import error_type, get_tracer, guard, record_failure
+from .._spans import contained, error_type, get_tracer, record_failure
 from ._breaker import breaker_for
 from ._capture import captured
 from ._errors import (
@@ -665,7 +665,7 @@ class McpClient:
             set_status_on_exception=False,
         ) as span:
             if self._capture:
-                with guard():
+                with contained():
                     span.set_attribute(
                         ATTR_GEN_AI_TOOL_CALL_ARGUMENTS, captured(args or {}, self._capture_limit)
                     )
@@ -687,7 +687,7 @@ class McpClient:
                 span.set_attribute(ATTR_ERROR_TYPE, ERROR_TYPE_TOOL_ERROR)
                 span.set_status(Status(StatusCode.ERROR, "the tool reported an error (isError)"))
             if self._capture:
-                with guard():
+                with contained():
                     dumped = result.model_dump(mode="json", by_alias=True, exclude_none=True)
                     span.set_attribute(
                         ATTR_GEN_AI_TOOL_CALL_RESULT, captured(dumped, self._capture_limit)

@@ -16,7 +16,7 @@ With no ``OTEL_EXPORTER_OTLP_ENDPOINT`` the spans stay in the process
 (the ``otlp`` extra) are imported only when :func:`setup_tracing` runs.
 """
 
-from ._guard import ExportStats
+from ._bounded_export import ExportStats
 from ._handle import TracingHandle
 from ._records import SpanEventRecord, SpanRecord, read_span_file
 from ._settings import TracingSettings, resolve_settings

@@ -8,7 +8,7 @@ runs on one daemon thread started at setup (so nothing needs a new thread at int
 exit) and the caller waits at most ``shutdown_timeout``; the SDK's own exit hooks are off
 and ours is bounded. What could not be delivered in time is dropped and counted in one
 warning; docs/jaeger.md says what is dropped when. The thread, the guarded exporter and the
-counters are in :mod:`hangguard.tracing._guard`.
+counters are in :mod:`hangguard.tracing._bounded_export`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 from .._deadline import check_timeout
-from ._guard import Counters, ExportStats, Job, Worker
+from ._bounded_export import Counters, ExportStats, Job, Worker
 from ._records import SpanRecord
 from ._settings import TracingSettings
 

@@ -9,7 +9,7 @@ override them), or, with no endpoint configured, the local exporter of
 
 This module builds and installs the SDK pieces; the settings are resolved in
 :mod:`hangguard.tracing._settings`, the returned handle and its bounded shutdown are in
-:mod:`hangguard.tracing._handle` and :mod:`hangguard.tracing._guard`. Their public names
+:mod:`hangguard.tracing._handle` and :mod:`hangguard.tracing._bounded_export`. Their public names
 are re-exported here as before. The SDK is imported only when ``setup_tracing()`` runs.
 """
 
@@ -31,7 +31,7 @@ from .._exceptions import ConfigError
 from .._validate import check_whole
 from .._watchdog import enable as enable_watchdog
 from .._watchdog import resolve_threshold
-from ._guard import (
+from ._bounded_export import (
     Counters,
     ExportStats,
     make_batch_processor,

@@ -64,7 +64,7 @@ def end_open_spans(reason: str) -> int:
         span = entry.span
         if span is None or not span.is_recording():
             continue
-        with _spans.guard():
+        with _spans.contained():
             stack = ""
             if entry.where is not None:
                 try:

@@ -65,7 +65,7 @@ async def run_in_scope(name: str, budget: float | None, body: Callable[[], Await
                 return await body()
     except asyncio.CancelledError as exc:
         # Cancellation is not an error: noted with its cause, and passed on.
-        with _spans.guard():
+        with _spans.contained():
             # An enclosing deadline that binds passes through this scope as a cancellation
             # whose message is the deadline's DeadlineCancel; attributes as on group tasks.
             CancelRecord.of_cancelled(exc).write(span)
@@ -75,7 +75,7 @@ async def run_in_scope(name: str, budget: float | None, body: Callable[[], Await
         raise
     finally:
         otel_context.detach(token)
-        with _spans.guard():
+        with _spans.contained():
             span.end()  # a failing span processor must not replace the outcome
 
 
