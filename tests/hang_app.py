@@ -93,6 +93,26 @@ async def stubborn() -> None:
             continue  # ignores its cancellation
 
 
+@hangguard.traced(name="StubbornTask")
+async def ignores_its_cancel() -> None:
+    while True:
+        try:
+            await asyncio.sleep(600)
+        except asyncio.CancelledError:
+            continue
+
+
+async def detached() -> None:
+    # A task that ignores its cancel outlives the join (detached) and then asyncio.run().
+    group = hangguard.TaskGroup("detach")
+    group.submit_named("StubbornTask", ignores_its_cancel)
+    print("READY", flush=True)
+    try:
+        await group.join(timeout=0.2)
+    except hangguard.JoinTimeout:
+        print("DETACHED", flush=True)
+
+
 async def main() -> None:
     if SCENARIO in ("sleep", "own-handler", "untraced"):
         await blocked()
@@ -100,6 +120,8 @@ async def main() -> None:
         await stubborn()
     elif SCENARIO == "recv":
         await asyncio.to_thread(ReadOp().call)
+    elif SCENARIO == "detached-exit":
+        await detached()
     elif SCENARIO == "daemon-exit":
         reader = threading.Thread(target=ReadOp().call, daemon=True)
         reader.start()

@@ -85,3 +85,15 @@ def test_an_exit_past_a_hung_daemon_thread_ends_its_span(tmp_path: Path) -> None
     attrs = attrs_of(file, "ReadOp")
     assert attrs["hangguard.cancel.reason"] == "abandoned_at_exit"
     assert "sock.recv(1)" in attrs["hangguard.terminated.stack"]
+
+
+def test_a_task_detached_past_its_join_ends_its_span_when_the_process_exits(
+    tmp_path: Path,
+) -> None:
+    # It ignores its cancel, so the group detaches it; asyncio.run() then closes the loop
+    # under it. Its span must still end, with the reason, not vanish.
+    file = tmp_path / "spans.jsonl"
+    proc, out = run("detached-exit", file, term=False)
+    assert "DETACHED" in out and proc.returncode == 0
+    (task,) = [s for s in spans(file) if s["name"] == "StubbornTask"]
+    assert task["attributes"]["hangguard.cancel.reason"] == "abandoned_at_exit"
