@@ -493,3 +493,24 @@ def test_the_examples_in_docs_http_md_run_as_written(index: int) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip(), "the example printed nothing"
+
+
+class _CountingTransport(httpx.HTTPTransport):
+    """A real transport that counts its closes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+        super().close()
+
+
+def test_closing_the_client_closes_the_wrapped_transport() -> None:
+    # Before, the sync transport kept the base class's no-op close(): the wrapped pool's
+    # sockets stayed open until garbage collection.
+    inner = _CountingTransport()
+    with httpx.Client(transport=DeadlineTransport(inner)):
+        pass
+    assert inner.closed == 1

@@ -32,10 +32,6 @@ from mcp_helpers import within
 from test_http import serve
 from timing import WIDE_MARGIN
 
-# A connection socket of these tests is found unclosed at garbage collection (not yet traced
-# to its owner: openai's pool after DeadlineExceeded, or the transport); counted as open work.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
 
 def _openai() -> ModuleType:
     """The ``openai`` package, or skip with the install command (a failure under CI=true)."""

@@ -479,6 +479,10 @@ class DeadlineTransport(httpx.BaseTransport):
             response.stream = _BoundedStream(response.stream, left, what)
         return response
 
+    def close(self) -> None:
+        """Close the wrapped transport: its pool's connections go with the client."""
+        self._inner.close()
+
     def _send(self, request: httpx.Request, what: str) -> tuple[httpx.Response, int]:
         # The same engine as the async transport (run_retrying_sync), blocking waits.
         rules = self._rules
