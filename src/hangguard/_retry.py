@@ -312,12 +312,15 @@ class _Call(Generic[T]):
                 result = await self.fn()
                 return result
         except DeadlineExceeded as exc:
-            own = scope.deadline
-            # binding() tells this attempt's limit from an enclosing deadline that is
-            # enforced here because it was set in another task.
-            if scope.expired and own is not None and own.binding() is own:
-                self.timed_out = exc
+            self._note_own_timeout(scope, exc)
             raise
+
+    def _note_own_timeout(self, scope: DeadlineScope, exc: DeadlineExceeded) -> None:
+        # binding() tells this attempt's limit from an enclosing deadline that is
+        # enforced here because it was set in another task.
+        own = scope.deadline
+        if scope.expired and own is not None and own.binding() is own:
+            self.timed_out = exc
 
     def retryable(self, exc: BaseException) -> bool:
         if not isinstance(exc, Exception):
@@ -417,9 +420,7 @@ class _Call(Generic[T]):
                 result = self.fn()
                 return result
         except DeadlineExceeded as exc:
-            own = scope.deadline
-            if scope.expired and own is not None and own.binding() is own:
-                self.timed_out = exc
+            self._note_own_timeout(scope, exc)
             raise
 
     def retry_after_sync(self, first: Exception) -> T:
