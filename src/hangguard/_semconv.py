@@ -49,6 +49,8 @@ __all__ = [
     "ATTR_MCP_SERVER",
     "ATTR_NETWORK_TRANSPORT",
     "ATTR_OP_NAME",
+    "ATTR_RAY_FORCE_ATTEMPTS",
+    "ATTR_RAY_FORCE_CONFIRMED",
     "ATTR_RAY_NODE_ID",
     "ATTR_RAY_TASK_ID",
     "ATTR_RAY_WORKER_PID",
@@ -92,6 +94,7 @@ __all__ = [
     "EVENT_DEADLINE_EXCEEDED",
     "EVENT_LOOP_BLOCKED",
     "EVENT_RAY_RETRY_SKIPPED",
+    "EVENT_RAY_WORKER_SURVIVED",
     "EVENT_MCP_BREAKER",
     "EVENT_MCP_PROGRESS",
     "EVENT_MCP_RESEND",
@@ -271,6 +274,12 @@ ATTR_RAY_WORKER_PID: Final = "hangguard.ray.worker_pid"
 ATTR_CANCEL_FORCED: Final = "hangguard.cancel.forced"
 # A failed remote task that was not retried because the budget left could not fit it.
 EVENT_RAY_RETRY_SKIPPED: Final = "hangguard.ray.retry_skipped"
+# On the driver's task span of a task whose worker the group killed: whether Ray confirmed
+# the task ended (its ref completed) and after how many forced cancels; an event when the
+# worker was still running after the last one.
+ATTR_RAY_FORCE_CONFIRMED: Final = "hangguard.ray.force_confirmed"
+ATTR_RAY_FORCE_ATTEMPTS: Final = "hangguard.ray.force_attempts"
+EVENT_RAY_WORKER_SURVIVED: Final = "hangguard.ray.worker_survived"
 
 # Values of hangguard.cancel.reason.
 CANCEL_SIBLING_FAILED: Final = "sibling_failed"

@@ -30,7 +30,17 @@ from typing import Any, Final
 
 from .. import _deadline, _inflight, _ps
 
-__all__ = ["NODES_KEY", "abandon", "book", "leave", "register", "report"]
+__all__ = [
+    "NODES_KEY",
+    "abandon",
+    "book",
+    "ended",
+    "leave",
+    "node_of",
+    "register",
+    "report",
+    "set_state",
+]
 
 logger = logging.getLogger("hangguard.ray")
 
@@ -190,17 +200,18 @@ def leave(entry: _inflight.Entry | None) -> None:
             logger.debug("the node book is gone", exc_info=True)
 
 
-# Tasks whose worker was killed and whose end Ray has not reported yet.
-_abandoned: dict[int, tuple[str, str, Any, float]] = {}
+# Tasks whose worker was killed and whose end Ray has not confirmed yet (see _force).
+_abandoned: dict[int, tuple[str, str, tuple[int, int], float, str]] = {}
 _abandoned_entry: _inflight.Entry | None = None
 _abandoned_ids = iter(range(1, 1 << 62))
 
 
 def _abandoned_children() -> Iterable[_inflight.Entry]:
-    items = list(_abandoned.values())
-    nodes = _nodes([t for _, t, _, _ in items])
+    with _lock:
+        items = list(_abandoned.values())
+    nodes = _nodes([t for _, t, _, _, _ in items])
     out = []
-    for name, task_id, span_context, start in items:
+    for name, task_id, span_context, start, state in items:
         kid = _inflight.Entry(
             _inflight.RAY,
             name,
@@ -209,36 +220,49 @@ def _abandoned_children() -> Iterable[_inflight.Entry]:
             span_id=span_context[1],
             start=start,
         )
-        kid.state = _inflight.ABANDONED
+        kid.state = state
         kid.node = nodes.get(task_id)
         out.append(kid)
     return out
 
 
-def abandon(slot: Any) -> None:
-    """The group killed ``slot``'s worker: list the task as abandoned until Ray says it ended."""
+def abandon(name: str, task_id: str, span: Any, started: float) -> int:
+    """The group killed this task's worker: list it as abandoned until :func:`ended`."""
     global _abandoned_entry
-    future, task_ref = slot.future, slot.ref
-    if future is None or task_ref is None or future.done():
-        return
-    context = slot.span.get_span_context() if slot.span is not None else None
+    context = span.get_span_context() if span is not None else None
     ids = (context.trace_id, context.span_id) if context is not None else (0, 0)
     key = next(_abandoned_ids)
+    start = _deadline.now() - max(0.0, time.monotonic() - started)
     with _lock:
-        _abandoned[key] = (slot.name, task_ref.task_id().hex(), ids, _started(slot))
+        _abandoned[key] = (name, task_id, ids, start, _inflight.ABANDONED)
         if _abandoned_entry is None:
             _abandoned_entry = _inflight.add(
                 _inflight.Entry(
                     _inflight.GROUP, "abandoned ray tasks", children=_abandoned_children
                 )
             )
+    return key
 
-    def ended(_: Any) -> None:
-        global _abandoned_entry
-        with _lock:
-            _abandoned.pop(key, None)
-            if not _abandoned and _abandoned_entry is not None:
-                _inflight.discard(_abandoned_entry)
-                _abandoned_entry = None
 
-    future.add_done_callback(ended)
+def set_state(key: int, state: str) -> None:
+    """A killed task's new state (``ignoring_cancel`` when its worker survived the kill)."""
+    with _lock:
+        row = _abandoned.get(key)
+        if row is not None:
+            _abandoned[key] = (*row[:4], state)
+
+
+def ended(key: int) -> None:
+    """Ray confirmed that the killed task ended: it leaves ``ps``."""
+    global _abandoned_entry
+    with _lock:
+        _abandoned.pop(key, None)
+        if not _abandoned and _abandoned_entry is not None:
+            _inflight.discard(_abandoned_entry)
+            _abandoned_entry = None
+
+
+def node_of(task_id: str) -> str:
+    """The node id where that task runs, if a worker reported it (``""`` otherwise)."""
+    node = _nodes([task_id]).get(task_id)
+    return node.node_id if node is not None else ""

@@ -2,12 +2,19 @@
 
 The driver side. Each submitted function runs in a Ray worker through
 :func:`hangguard.ray._worker.run_task`, with the caller's remaining budget and trace
-context; the join waits on Ray's own completion callbacks (``ObjectRef.future()``), never
-past its timeout plus the cancel grace. On timeout or on the first failure (strict mode)
-the unfinished tasks get ``ray.cancel`` (a ``KeyboardInterrupt`` in the body), and those
-still running after ``HANGGUARD_CANCEL_GRACE`` get ``ray.cancel(force=True)`` (their worker
-process is killed). The group drops its object refs when the join ends, so abandoned work
+context. The join asks Ray which tasks have ended with one ``ray.wait`` over all the
+running ones at a time, blocking at most :data:`POLL` (so a failure is seen within it),
+never past its timeout plus the cancel grace; the results come in one ``ray.get``. On
+timeout or on the first failure (strict mode) the unfinished tasks get ``ray.cancel`` (a
+``KeyboardInterrupt`` in the body), and those still running after ``HANGGUARD_CANCEL_GRACE``
+get ``ray.cancel(force=True)`` (their worker process is killed; :mod:`._force` confirms it,
+off the join's path). The group drops its object refs when the join ends, so abandoned work
 leaves nothing pinned in the object store.
+
+A cancel is only ever sent to a task that ``ray.wait`` has just reported unfinished, and
+only a bounded number of times: a ``ray.cancel`` that races the completion of its task can
+crash Ray's driver (ray-project/ray#54260, #54798: "Tried to complete task that was not
+pending").
 
 Ray's own task retries are turned off for the tasks the group submits; the group retries
 them itself (``max_retries`` / ``retry_exceptions``, with Ray's defaults and meaning), so a
@@ -18,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import logging
 import math
 import threading
@@ -60,7 +66,7 @@ from .._semconv import (
     SPAN_TASK,
 )
 from .._task_info import fn_name
-from . import _driver_inflight
+from . import _driver_inflight, _force
 from ._compat import is_remote_function, unwrap_remote_function
 from ._errors import ObjectLost, TaskCancelled, WorkerLost, translate
 from ._wire import make_meta
@@ -72,8 +78,11 @@ logger = logging.getLogger("hangguard")
 
 #: Ray's default for ``max_retries`` of a task (system failures only).
 RAY_DEFAULT_MAX_RETRIES: Final = 3
-#: How often a cancel not yet acknowledged is sent again during the grace, in seconds.
-_RECANCEL_EVERY: Final = 0.1
+#: The longest one ``ray.wait`` of the join blocks: a failure ends a strict join within it.
+POLL: Final = 0.05
+#: When, in seconds after the cancel, a cancel not yet acknowledged is sent again (once
+#: each, within the first half of the grace): each cancel is a race with the task's end.
+_RECANCEL_AT: Final = (0.1, 0.4)
 # Options the group handles itself instead of passing them to Ray.
 _OWN_OPTIONS: Final = frozenset({"max_retries", "retry_exceptions"})
 
@@ -156,7 +165,6 @@ class _Slot:
         "done",
         "failed",
         "fn",
-        "future",
         "index",
         "kwargs",
         "max_retries",
@@ -191,7 +199,6 @@ class _Slot:
         self.retry_on = retry_on
         self.attempt = 0  # 0: not started yet
         self.ref: Any = None
-        self.future: Any = None
         self.started = 0.0
         self.done = False
         self.failed = False
@@ -260,15 +267,9 @@ class RemoteGroup(GroupBase):
         self._running = 0
         self._pending = 0
         self._failures: list[_Slot] = []
-        # Completions reported by Ray's callback thread, handled by the joining thread.
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._completed: collections.deque[tuple[_Slot, int]] = collections.deque()
-        self._in_flight = 0  # refs whose completion Ray has not reported yet
-        # While cancelling, every completion matters (the grace ends when all are in).
-        self._wake_each = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._event: asyncio.Event | None = None
+        # The running attempts by their ref: what one ray.wait asks about.
+        self._live: dict[Any, _Slot] = {}
+        self._stopping = False  # cancelling: nothing new is started
         self._cutoff = math.inf  # the join's end on time.monotonic, once joining
         self._node = ""
         self._joined = False
@@ -303,7 +304,8 @@ class RemoteGroup(GroupBase):
     ) -> Any:
         if self._joined:
             raise RuntimeError(f"remote group {self.name!r} was already joined")
-        self._collect()  # start what ``limit`` held back, now that others may be done
+        if self._queued:  # start what ``limit`` held back, now that others may be done
+            self._collect(_ended(list(self._live), 0.0))
         remote, own = _remote_for(fn)
         merged = {**own, **{k: v for k, v in options.items() if k in _OWN_OPTIONS}}
         label = fn_name(getattr(getattr(fn, "remote", None), "__wrapped__", fn))
@@ -377,55 +379,51 @@ class RemoteGroup(GroupBase):
             self._finalize(slot, exc, failed=True)
             return
         self._running += 1
-        with self._lock:
-            self._in_flight += 1
-        future = slot.future = slot.ref.future()
-        future.add_done_callback(functools.partial(self._on_done, slot, slot.attempt))
-
-    def _on_done(self, slot: _Slot, attempt: int, future: Any) -> None:
-        # On Ray's callback thread: note it, and wake the join only when it has something
-        # to do (all in, a failure, a held-back task to start), not once per task.
-        with self._cond:
-            self._completed.append((slot, attempt))
-            self._in_flight -= 1
-            wake = (
-                self._in_flight <= 0
-                or self._wake_each
-                or future.exception() is not None
-                or bool(self._queued)
-            )
-            if not wake:
-                return
-            self._cond.notify_all()
-            loop, event = self._loop, self._event
-        if loop is not None and event is not None:
-            try:
-                loop.call_soon_threadsafe(event.set)
-            except RuntimeError:
-                pass  # the loop is closed: nobody is waiting any more
+        self._live[slot.ref] = slot
 
     # -- completion (on the joining thread) ---------------------------------------------
 
-    def _collect(self) -> None:
-        """Handle the completions Ray reported, start retries and queued tasks."""
-        while True:
-            with self._lock:
-                if not self._completed:
-                    break
-                slot, attempt = self._completed.popleft()
-            if slot.done or attempt != slot.attempt or slot.future is None:
-                continue  # a stale report of an earlier attempt
+    def _collect(self, ready: list[Any]) -> None:
+        """Handle the refs ``ray.wait`` found ready; start retries and queued tasks."""
+        import ray
+
+        slots = [s for s in (self._live.pop(r, None) for r in ready) if s is not None]
+        values: list[Any] | None = None
+        if slots:
+            try:  # the common case, every one a result: one call
+                values = ray.get([s.ref for s in slots])
+            except Exception:
+                values = None  # at least one failed: each on its own, below
+        for i, slot in enumerate(slots):
             self._running -= 1
-            exc = slot.future.exception()
-            if exc is None:
-                self._finalize(slot, slot.future.result(), failed=False)
+            if values is not None:
+                self._finalize(slot, values[i], failed=False)
                 continue
-            error = translate(exc, slot.name)
+            try:
+                value = ray.get(slot.ref)
+            except Exception as exc:
+                error = translate(exc, slot.name)
+            else:
+                self._finalize(slot, value, failed=False)
+                continue
             if slot.cancel is None and self._should_retry(slot, error):
                 self._retry.append(slot)
                 continue
             self._finalize(slot, error, failed=True)
         self._pump()
+
+    def _step(self, timeout: float) -> None:
+        """Wait at most ``timeout`` (blocking) for running tasks to end, and handle those."""
+        self._collect(_ended(list(self._live), timeout))
+
+    async def _astep(self, timeout: float) -> None:
+        """:meth:`_step`, its ``ray.wait`` in the loop's executor so the loop runs on."""
+        refs = list(self._live)
+        if not refs or timeout <= 0:
+            self._collect(_ended(refs, 0.0))
+            return
+        loop = asyncio.get_running_loop()
+        self._collect(await loop.run_in_executor(None, _ended, refs, timeout))
 
     def _should_retry(self, slot: _Slot, error: BaseException) -> bool:
         if isinstance(error, (TaskCancelled, ObjectLost)):
@@ -476,6 +474,8 @@ class RemoteGroup(GroupBase):
 
     def _pump(self) -> None:
         """Start the retries due and, within ``limit``, the queued tasks."""
+        if self._stopping:
+            return
         while self._retry:
             slot = self._retry.pop(0)
             self._start(slot, self._budget())
@@ -486,11 +486,11 @@ class RemoteGroup(GroupBase):
                 return
             self._start(self._queued.popleft(), self._budget())
 
-    def _finalize(self, slot: _Slot, outcome: Any, *, failed: bool) -> None:
+    def _finalize(self, slot: _Slot, outcome: Any, *, failed: bool, end_span: bool = True) -> None:
         slot.done = True
         slot.outcome = outcome
         slot.failed = failed and slot.cancel is None
-        slot.ref = slot.future = slot.args = slot.kwargs = None  # release the object refs
+        slot.ref = slot.args = slot.kwargs = None  # release the object refs
         self._pending -= 1
         if slot.failed:
             self._failures.append(slot)
@@ -504,7 +504,7 @@ class RemoteGroup(GroupBase):
         elif self._settings.serial:
             logger.info("serial: remote task %r ended (group %r)", slot.name, self.name)
         span = slot.span
-        if span is not None:
+        if span is not None and end_span:
             if slot.failed:
                 _spans.record_failure(span, outcome)
             span.end()
@@ -513,10 +513,10 @@ class RemoteGroup(GroupBase):
 
     def _cancel_all(self, reason: str, cause: str) -> int:
         """Ask every unfinished task to stop (``ray.cancel``); queued ones never start."""
-        import ray
-
-        with self._lock:
-            self._wake_each = True
+        self._stopping = True
+        # What has ended by now keeps its outcome, and gets no cancel: a cancel racing the
+        # end of its task is what can crash Ray's driver (see the module's docstring).
+        self._collect(_ended(list(self._live), 0.0))
         count = 0
         while self._queued:
             slot = self._queued.popleft()
@@ -530,40 +530,41 @@ class RemoteGroup(GroupBase):
             self._finalize(slot, None, failed=False)
             count += 1
         self._retry.clear()
-        for slot in self._slots:
-            if slot.done or slot.ref is None or slot.cancel is not None:
+        for slot in self._live.values():
+            if slot.cancel is not None:
                 continue
             slot.cancel = (reason, cause)
             self._record_cancel(slot, reason, cause)
             count += 1
-            try:
-                ray.cancel(slot.ref, force=False, recursive=True)
-            except Exception:
-                logger.warning("ray.cancel of remote task %r failed", slot.name, exc_info=True)
+        self._send_cancels()
         return count
 
-    def _wait_grace_sync(self, grace: float) -> None:
-        end = time.monotonic() + grace
-        # No cancel may be in flight when the forced one is sent (Ray drops a cancel of a
-        # task it is still cancelling): ask again during the first half of the grace only.
-        quiet = end - grace / 2
-        while any(not s.done for s in self._slots) and time.monotonic() < end:
-            self._wait_sync(min(end, time.monotonic() + _RECANCEL_EVERY))
-            self._collect()
-            if time.monotonic() < quiet:
-                self._recancel()
-
-    def _recancel(self) -> None:
-        """Ask again: a cancel that reaches a task while Ray hands it to a worker can be
-        lost, and the task then runs; ``ray.cancel`` of a finished task does nothing."""
+    def _send_cancels(self) -> None:
+        """``ray.cancel`` each task still running, as ``ray.wait`` just reported them."""
         import ray
 
-        for slot in self._slots:
-            if slot.cancel is not None and not slot.done and slot.ref is not None:
-                try:
-                    ray.cancel(slot.ref, force=False, recursive=True)
-                except Exception:
-                    logger.debug("ray.cancel of %r failed", slot.name, exc_info=True)
+        for ref, slot in list(self._live.items()):
+            try:
+                ray.cancel(ref, force=False, recursive=True)
+            except Exception:
+                logger.warning("ray.cancel of remote task %r failed", slot.name, exc_info=True)
+
+    def _grace_plan(self, grace: float) -> tuple[float, list[float]]:
+        """The grace's end and when to ask again (a cancel that reaches a task while Ray
+        hands it to a worker can be lost), all within its first half: no cancel may be in
+        flight when the forced one is sent (Ray drops a cancel of a task it is still
+        cancelling)."""
+        now = time.monotonic()
+        return now + grace, [now + at for at in _RECANCEL_AT if at <= grace / 2]
+
+    def _wait_grace_sync(self, grace: float) -> None:
+        end, again = self._grace_plan(grace)
+        while self._live and (now := time.monotonic()) < end:
+            until = min(end, again[0]) if again else end
+            self._step(min(POLL * 2, max(0.0, until - now)))
+            if again and time.monotonic() >= again[0]:
+                again.pop(0)
+                self._send_cancels()
 
     def _record_cancel(self, slot: _Slot, reason: str, cause: str) -> None:
         if slot.span is not None:
@@ -573,10 +574,13 @@ class RemoteGroup(GroupBase):
         """Kill the workers of the tasks that ignored their cancellation for ``grace``."""
         import ray
 
-        stuck = [s for s in self._slots if not s.done and s.ref is not None]
+        if not self._live:
+            return
+        self._collect(_ended(list(self._live), 0.0))  # no kill for what just ended
+        stuck = list(self._live.items())
         if not stuck:
             return
-        names = [s.name for s in stuck]
+        names = [s.name for _, s in stuck]
         logger.warning(
             "group %r: %d remote task(s) ignored cancellation for %gs; killing their workers: %s",
             self.name,
@@ -589,15 +593,18 @@ class RemoteGroup(GroupBase):
                 EVENT_CANCEL_IGNORED,
                 {ATTR_TASK_NAME: names, ATTR_CANCEL_GRACE_S: grace, ATTR_CANCEL_FORCED: True},
             )
-        for slot in stuck:
+        for ref, slot in stuck:
+            del self._live[ref]
             try:
-                ray.cancel(slot.ref, force=True, recursive=True)
+                ray.cancel(ref, force=True, recursive=True)
             except Exception:
                 logger.warning("ray.cancel(force=True) of %r failed", slot.name, exc_info=True)
-            _driver_inflight.abandon(slot)  # in ps until Ray says it ended
-            # Abandoned: its outcome is decided (cancelled); the refs go now.
+            # Confirmed (or reported) off the join's path; its span ends there.
+            _force.watch(slot.name, self.name, ref, slot.span, slot.started)
+            # Abandoned: its outcome is decided (cancelled); the group's refs go now.
             self._running -= 1
-            self._finalize(slot, None, failed=False)
+            self._finalize(slot, None, failed=False, end_span=False)
+            slot.span = None
 
     # -- joining ----------------------------------------------------------------------
 
@@ -618,26 +625,6 @@ class RemoteGroup(GroupBase):
     def _settled(self, fail_fast: bool) -> bool:
         return self._pending == 0 or (fail_fast and bool(self._failures))
 
-    def _wait_sync(self, until: float) -> None:
-        with self._cond:
-            if not self._completed:
-                self._cond.wait(None if math.isinf(until) else max(0.0, until - time.monotonic()))
-
-    async def _wait_async(self, until: float) -> None:
-        event = self._event
-        assert event is not None
-        event.clear()
-        with self._lock:
-            if self._completed:
-                return
-        if math.isinf(until):
-            await event.wait()
-            return
-        try:
-            await asyncio.wait_for(event.wait(), max(0.0, until - time.monotonic()))
-        except TimeoutError:
-            pass
-
     def join(
         self, timeout: float | None = None, return_exceptions: bool | None = None
     ) -> list[Any]:
@@ -652,10 +639,9 @@ class RemoteGroup(GroupBase):
         fail_fast = not mode
         try:
             while True:
-                self._collect()
-                if self._settled(fail_fast) or time.monotonic() >= self._cutoff:
+                if self._settled(fail_fast) or (now := time.monotonic()) >= self._cutoff:
                     break
-                self._wait_sync(self._cutoff)
+                self._step(min(POLL, self._cutoff - now))
             outcome = self._conclude(fail_fast, by_deadline)
             if outcome is not None:
                 self._wait_grace_sync(grace)
@@ -677,15 +663,11 @@ class RemoteGroup(GroupBase):
         """
         own, grace, mode, by_deadline = self._begin(timeout, return_exceptions)
         fail_fast = not mode
-        with self._lock:
-            self._loop = asyncio.get_running_loop()
-            self._event = asyncio.Event()
         try:
             while True:
-                self._collect()
-                if self._settled(fail_fast) or time.monotonic() >= self._cutoff:
+                if self._settled(fail_fast) or (now := time.monotonic()) >= self._cutoff:
                     break
-                await self._wait_async(self._cutoff)
+                await self._astep(min(POLL, self._cutoff - now))
             outcome = self._conclude(fail_fast, by_deadline)
             if outcome is not None:
                 await self._wait_grace(grace)
@@ -703,21 +685,18 @@ class RemoteGroup(GroupBase):
         except BaseException:
             self._abort()
             raise
-        finally:
-            with self._lock:
-                self._loop = self._event = None
         if outcome is None:
             return self._results()
         raise self._raise(outcome, own, by_deadline)
 
     async def _wait_grace(self, grace: float) -> None:
-        end = time.monotonic() + grace
-        quiet = end - grace / 2  # see _wait_grace_sync
-        while any(not s.done for s in self._slots) and time.monotonic() < end:
-            await self._wait_async(min(end, time.monotonic() + _RECANCEL_EVERY))
-            self._collect()
-            if time.monotonic() < quiet:
-                self._recancel()
+        end, again = self._grace_plan(grace)
+        while self._live and (now := time.monotonic()) < end:
+            until = min(end, again[0]) if again else end
+            await self._astep(min(POLL * 2, max(0.0, until - now)))
+            if again and time.monotonic() >= again[0]:
+                again.pop(0)
+                self._send_cancels()
 
     def _conclude(self, fail_fast: bool, by_deadline: bool) -> str | None:
         """After the wait: ``None`` when done, else why the rest is being cancelled."""
@@ -788,6 +767,7 @@ class RemoteGroup(GroupBase):
         if self._finished:
             return
         self._finished = True
+        self._live.clear()
         _driver_inflight.leave(self._entry)
         counts: collections.Counter[str] = collections.Counter()
         for slot in self._slots:
@@ -801,7 +781,7 @@ class RemoteGroup(GroupBase):
                 counts[_semconv.OUTCOME_OK] += 1
             if not slot.done:
                 slot.done = True
-                slot.ref = slot.future = slot.args = slot.kwargs = None
+                slot.ref = slot.args = slot.kwargs = None
                 if slot.span is not None:
                     slot.span.end()
         record_outcomes(counts)
@@ -857,6 +837,17 @@ def _driver_node() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+def _ended(refs: list[Any], timeout: float) -> list[Any]:
+    """Those of ``refs`` that are ready: one ``ray.wait`` over all, blocking at most
+    ``timeout`` (returning as soon as all are). Safe on any thread."""
+    if not refs:
+        return []
+    import ray
+
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=max(0.0, timeout))
+    return list(ready)
 
 
 def _was_cancelled(outcome: object) -> bool:
