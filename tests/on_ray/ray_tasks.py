@@ -156,3 +156,15 @@ class RayShapedOp:
             result.extend(ray.get(task))
         self.ray_task_list.clear()
         return result
+
+
+def fail_at_stamp(after: float) -> None:
+    """Fails ``after`` seconds in, the wall-clock time of the failure in its message."""
+    time.sleep(after)
+    raise RuntimeError(f"failed at {time.time():.6f}")
+
+
+def slow(seconds: float, pid_file: str | None = None) -> float:
+    _write_pid(pid_file)
+    time.sleep(seconds)
+    return seconds
