@@ -1,12 +1,18 @@
 """Ray (``hangguard.ray.RemoteGroup``) against raw Ray, on a local 2-CPU Ray started here.
 
-* fan-out: N short tasks, ``group.submit`` x N + ``join`` vs ``ray.get([f.remote(...)])``;
+* fan-out: N short tasks, ``group.submit`` x N + ``join`` vs ``ray.get([f.remote(...)])``,
+  then the same with the driver's ``hangguard ps`` watcher running (what ``HANGGUARD_PS=1``
+  or ``setup_tracing()`` starts): each task then also reports its node to the driver's
+  node book (a ``num_cpus=0`` actor), the in-flight cost that issue 19 left unmeasured;
 * failure: 1 task fails, N-1 hang; seconds from the failure (stamped by the task) to the
   join's exit vs a raw loop (``ray.wait`` until the failure, then ``ray.cancel`` each ref);
 * abandoned: K joins that time out around a task holding a 1 MiB result and a task that
   hangs; the object store's use and the live ``ObjectRef`` count after them, vs before.
 
-Every address Ray binds is 127.0.0.1.
+Every address Ray binds is 127.0.0.1. The store's use is read in the driver's process
+(Ray's function behind ``ray memory --stats-only``), not by running the ``ray`` CLI: the
+CLI is a second client that must find the cluster and its auth token on its own
+(``RAY_AUTH_MODE=token``), the driver already has both.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ from __future__ import annotations
 import gc
 import os
 import re
-import subprocess
 import sys
 import time
 from typing import Any
@@ -52,18 +57,14 @@ def _store_used() -> tuple[float, int]:
     """The object store's use in MiB and its object count, as ``ray memory`` reports them."""
     import ray
 
-    cli = os.path.join(os.path.dirname(sys.executable), "ray")
-    address = ray.get_runtime_context().gcs_address
-    out = subprocess.run(
-        [cli, "memory", "--stats-only", "--address", address],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    match = re.search(r"Plasma memory usage (\d+) MiB, (\d+) objects", out.stdout)
+    # Ray has no public Python API for the store's use without the dashboard (the state
+    # API needs ray[default]); this is the function the CLI calls, run in this driver.
+    from ray._private.internal_api import memory_summary
+
+    out = memory_summary(ray.get_runtime_context().gcs_address, stats_only=True)
+    match = re.search(r"Plasma memory usage (\d+) MiB, (\d+) objects", out)
     if match is None:
-        raise RuntimeError(f"cannot read the object store's use from: {out.stdout[-500:]!r}")
+        raise RuntimeError(f"cannot read the object store's use from: {out[-500:]!r}")
     return float(match.group(1)), int(match.group(2))
 
 
@@ -83,11 +84,19 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
-    from hangguard import JoinTimeout
+    from hangguard import JoinTimeout, _ps
     from hangguard.ray import RemoteGroup
 
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    out: dict[str, Any] = {"raw": [], "hangguard": [], "fail_raw": [], "fail_hangguard": []}
+    out: dict[str, Any] = {
+        "raw": [],
+        "hangguard": [],
+        "raw_ps": [],
+        "hangguard_ps": [],
+        "fail_raw": [],
+        "fail_hangguard": [],
+        "auth_mode": os.environ.get("RAY_AUTH_MODE", "(unset)"),
+    }
     n, rounds = params["n"], params["rounds"]
     remote_noop = ray.remote(noop)
     remote_fail = ray.remote(fail_after)
@@ -107,10 +116,15 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
         return time.perf_counter() - began
 
     raw_fanout(), guarded_fanout()  # warm-up: workers started, functions exported
-    for r in range(rounds):
-        pair = (raw_fanout, guarded_fanout) if r % 2 == 0 else (guarded_fanout, raw_fanout)
-        for fn in pair:
-            out["raw" if fn is raw_fanout else "hangguard"].append(fn())
+    for suffix in ("", "_ps"):
+        if suffix:
+            _ps.start()  # the driver's ps watcher: tasks now report their node to the book
+            guarded_fanout()  # warm-up: the node book actor started
+        for r in range(rounds):
+            pair = (raw_fanout, guarded_fanout) if r % 2 == 0 else (guarded_fanout, raw_fanout)
+            for fn in pair:
+                out[("raw" if fn is raw_fanout else "hangguard") + suffix].append(fn())
+    _ps.stop()
 
     m = params["failure"]
     for _ in range(rounds):
@@ -165,7 +179,9 @@ def run(cfg: Config) -> list[Row]:
     result = run_worker("bench.ray_fanout:measure", params, provider="none", timeout=1200)
     before, after = result["store_before"], result["store_after"]
     ms = lambda values: [v * 1e3 for v in values]  # noqa: E731
-    raw = Row("ray", f"N={n:,}", "raw ray.get([f.remote(...)])", "ms", ms(result["raw"]))
+    auth = f" (RAY_AUTH_MODE={result['auth_mode']})"
+    raw = Row("ray", f"N={n:,}", "raw ray.get([f.remote(...)])" + auth, "ms", ms(result["raw"]))
+    raw_ps = Row("ray", f"N={n:,}", "raw ray.get, ps watcher on", "ms", ms(result["raw_ps"]))
     fail_raw = Row(
         "ray",
         f"N={failure}",
@@ -182,6 +198,16 @@ def run(cfg: Config) -> list[Row]:
             "ms",
             ms(result["hangguard"]),
             baseline=raw,
+            target=Target("ratio", 1.10),
+        ),
+        raw_ps,
+        Row(
+            "ray",
+            f"N={n:,}",
+            "RemoteGroup submit + join, ps watcher on (each task reports its node)",
+            "ms",
+            ms(result["hangguard_ps"]),
+            baseline=raw_ps,
             target=Target("ratio", 1.10),
         ),
         fail_raw,
