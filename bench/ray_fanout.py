@@ -75,6 +75,13 @@ def _live_refs() -> int:
     return sum(1 for o in gc.get_objects() if isinstance(o, ray.ObjectRef))
 
 
+def _settle(done: Any, at_most: float) -> None:
+    """Look every 0.2 s until ``done()`` or ``at_most`` seconds have passed."""
+    end = time.monotonic() + at_most
+    while not done() and time.monotonic() < end:
+        time.sleep(0.2)
+
+
 def _failed_at(exc: BaseException) -> float:
     return float(str(exc).rsplit("failed at ", 1)[1].split()[0])
 
@@ -85,7 +92,7 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
     import ray
 
     from hangguard import JoinTimeout, _ps
-    from hangguard.ray import RemoteGroup
+    from hangguard.ray import RemoteGroup, _force
 
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     out: dict[str, Any] = {
@@ -152,6 +159,8 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
         print("ray bench: hangguard failure round done", file=sys.stderr, flush=True)
 
     k = params["abandoned"]
+    # Killed workers still being confirmed hold their refs (a few seconds at most).
+    _settle(lambda: _force.pending() == 0, 30.0)
     gc.collect()
     store_before, refs_before = _store_used(), _live_refs()
     for _ in range(k):
@@ -164,6 +173,11 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
             pass
     del group
     out["store_before"], out["refs_before"] = store_before, refs_before
+    # Ray frees an object some time after its last ref went (in batches): read the store
+    # until it is back to its count before, for at most 15 s, and say how long it took.
+    began = time.perf_counter()
+    _settle(lambda: _store_used()[1] <= store_before[1], 15.0)
+    out["store_settle_s"] = time.perf_counter() - began
     out["store_after"], out["refs_after"] = _store_used(), _live_refs()
     ray.shutdown()
     return out
@@ -223,7 +237,8 @@ def run(cfg: Config) -> list[Row]:
             "ray",
             f"K={abandoned}",
             "object store after K abandoned joins of a 1 MiB result + a hung task (before: "
-            f"{before[0]:g} MiB, {before[1]} objects; after: {after[1]} objects)",
+            f"{before[0]:g} MiB, {before[1]} objects; after: {after[1]} objects, "
+            f"{result['store_settle_s']:.1f} s after the last join)",
             "MiB",
             [after[0]],
             target=Target("abs", plus=before[0] + 1.0),

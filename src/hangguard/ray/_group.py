@@ -78,8 +78,9 @@ logger = logging.getLogger("hangguard")
 
 #: Ray's default for ``max_retries`` of a task (system failures only).
 RAY_DEFAULT_MAX_RETRIES: Final = 3
-#: The longest one ``ray.wait`` of the join blocks: a failure ends a strict join within it.
-POLL: Final = 0.05
+#: The longest one ``ray.wait`` of the join blocks: a failure ends a strict join within it
+#: (well inside the 50 ms promised, with the ``ray.get`` and the cancels after it).
+POLL: Final = 0.02
 #: When, in seconds after the cancel, a cancel not yet acknowledged is sent again (once
 #: each, within the first half of the grace): each cancel is a race with the task's end.
 _RECANCEL_AT: Final = (0.1, 0.4)
