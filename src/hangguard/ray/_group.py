@@ -411,6 +411,10 @@ class RemoteGroup(GroupBase):
                 self._retry.append(slot)
                 continue
             self._finalize(slot, error, failed=True)
+        # A failure's traceback keeps this frame: it must not keep the refs with it (the
+        # caller holding the raised error would pin every result of this batch).
+        ready.clear()
+        slots.clear()
         self._pump()
 
     def _step(self, timeout: float) -> None:
