@@ -403,7 +403,10 @@ class RemoteGroup(GroupBase):
             try:
                 value = ray.get(slot.ref)
             except Exception as exc:
-                error = translate(exc, slot.name)
+                # Its traceback here is only ray.get's own frames, which hold the task's
+                # ref: kept with the error, it would pin the object (the remote traceback
+                # is in the error's message).
+                error = translate(exc.with_traceback(None), slot.name)
             else:
                 self._finalize(slot, value, failed=False)
                 continue
