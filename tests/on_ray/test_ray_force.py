@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import ray_tasks
-from timing import WIDE_MARGIN
 
 from conftest import RaySession, need_ray
 from hangguard import JoinTimeout, _inflight, _semconv
+from timing import WIDE_MARGIN
 
 need_ray()
 
