@@ -10,11 +10,14 @@ under one process-wide entry, until its ref completes.
 Where each task runs comes from the worker's own report: Ray's public API says where an
 object is once it exists, and ``ray.util.state`` needs the dashboard, which many
 deployments leave out. While this driver's ``ps`` watcher runs, each task's meta carries
-the handle of a small actor (no CPU) of this driver; the worker tells it, as the task
-starts, its task id, node id, IP and pid (one call that it does not wait on). A reader
-asks the actor about the tasks it does not know yet, at most every
+the name of a small named actor (no CPU) of this driver. A task still running after
+:data:`REPORT_AFTER` seconds is reported to it by its worker's reporter thread (task id,
+node id, IP, pid; one call it does not wait on): a hang is what a reader looks for, and a
+short task then costs its worker only a dict insert and removal, not an actor call.
+A reader asks the actor about the tasks it does not know yet, at most every
 :data:`_ASK_EVERY` seconds and for at most :data:`_ASK_TIMEOUT`, so ``ps`` stays fast
-when the actor is slow; an unknown node is shown as unknown.
+when the actor is slow; an unknown node (a task younger than :data:`REPORT_AFTER`) is
+shown as unknown.
 
 The registry holds the group weakly: a group dropped without a join loses its entry.
 """
@@ -22,8 +25,10 @@ The registry holds the group weakly: a group dropped without a join loses its en
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Iterable
 from typing import Any, Final
@@ -38,14 +43,17 @@ __all__ = [
     "leave",
     "node_of",
     "register",
-    "report",
+    "task_ended",
+    "task_started",
     "set_state",
 ]
 
 logger = logging.getLogger("hangguard.ray")
 
-#: The meta key that carries the node book's handle to the worker.
+#: The meta key that carries the node book's actor name to the worker.
 NODES_KEY: Final = "hangguard/nodes"
+#: A task is reported to the book once it has run this long (seconds).
+REPORT_AFTER: Final = 0.5
 #: A reader asks the book about unknown tasks at most this often, for at most this long.
 _ASK_EVERY: Final = 0.5
 _ASK_TIMEOUT: Final = 0.5
@@ -70,32 +78,75 @@ class _NodeBook:
 
 _lock = threading.Lock()
 _book: Any = None
+_book_name: str | None = None
 _known: dict[str, _inflight.Node] = {}
 _asked_at = -float("inf")
 
 
-def book() -> Any:
-    """This driver's node book, started at the first task while the ps watcher runs
-    (``None`` otherwise: nobody can ask where a task runs, so workers report nothing)."""
-    global _book
+def book() -> str | None:
+    """The name of this driver's node book, started at the first task while the ps watcher
+    runs (``None`` otherwise: nobody can ask where a task runs, so workers report nothing)."""
+    global _book, _book_name
     if _ps.watcher() is None:
         return None
     with _lock:
         if _book is None:
             import ray
 
+            name = f"hangguard-nodes-{os.getpid()}-{uuid.uuid4().hex[:12]}"
             try:
-                _book = ray.remote(num_cpus=0)(_NodeBook).remote()
+                _book = ray.remote(num_cpus=0)(_NodeBook).options(name=name).remote()
             except Exception:
                 logger.warning("cannot start the node book of Ray tasks", exc_info=True)
                 return None
-        return _book
+            _book_name = name
+        return _book_name
 
 
-def report(handle: Any, task_id: str, node_id: str, ip: str, pid: int) -> None:
-    """In the worker, as a task starts: tell the driver's book where it runs."""
+# Worker side: the tasks of this worker process not reported yet, by task id, with the
+# book's name and their start; one daemon thread reports those that outlive REPORT_AFTER.
+_pending: dict[str, tuple[str, float]] = {}
+_reporter: threading.Thread | None = None
+_handles: dict[str, Any] = {}
+
+
+def task_started(book_name: str, task_id: str) -> None:
+    """In the worker, as a task starts: report where it runs if it is still running later."""
+    global _reporter
+    _pending[task_id] = (book_name, time.monotonic())
+    if _reporter is None:
+        with _lock:
+            if _reporter is None:
+                _reporter = threading.Thread(
+                    target=_report_loop, name="hangguard-ray-node-report", daemon=True
+                )
+                _reporter.start()
+
+
+def task_ended(task_id: str) -> None:
+    """In the worker, as a task ends: a task not reported yet needs no report."""
+    _pending.pop(task_id, None)
+
+
+def _report_loop() -> None:
+    while True:
+        time.sleep(REPORT_AFTER / 2)  # a poll period, not a wait for an outcome
+        due = time.monotonic() - REPORT_AFTER
+        for task_id, (name, started) in list(_pending.items()):
+            if started <= due and _pending.pop(task_id, None) is not None:
+                _report(name, task_id)
+
+
+def _report(book_name: str, task_id: str) -> None:
     try:
-        handle.report.remote(task_id, node_id, ip, pid)
+        import ray
+
+        handle = _handles.get(book_name)
+        if handle is None:
+            handle = _handles[book_name] = ray.get_actor(book_name)
+        ctx = ray.get_runtime_context()
+        ip = str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+        handle.report.remote(task_id, ctx.get_node_id(), ip, os.getpid())
     except Exception:  # the driver is gone or its book is: ps cannot ask anyway
         logger.debug("reporting the node of task %s failed", task_id, exc_info=True)
 

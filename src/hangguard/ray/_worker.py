@@ -49,7 +49,7 @@ from .._semconv import (
     SPAN_RAY_TASK,
 )
 from .._task_info import fn_name, is_coroutine_function, stack_of
-from ._driver_inflight import NODES_KEY, report
+from ._driver_inflight import NODES_KEY, task_ended, task_started
 from ._wire import DEADLINE_KEY, GROUP_KEY, TASK_KEY, TIMEOUT_KEY, budget_of
 
 __all__ = ["ENV_WORKER_TRACING", "FLUSH_TIMEOUT", "make_shim", "run_task"]
@@ -211,12 +211,6 @@ def _node() -> str:
     return _node_id
 
 
-def _node_ip() -> str:
-    import ray
-
-    return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
-
-
 def _task_id() -> str:
     import ray
 
@@ -228,8 +222,20 @@ def run_task(
 ) -> Any:
     """Run ``fn(*args, **kwargs)`` in this worker under the budget and trace in ``meta``."""
     nodes = meta.get(NODES_KEY)
-    if nodes is not None:  # the driver's ps asks where its tasks run: say it, once
-        report(nodes, _task_id(), _node(), _node_ip(), os.getpid())
+    reported = ""
+    if nodes is not None:  # the driver's ps asks where its tasks run: say it if it lasts
+        reported = _task_id()
+        task_started(nodes, reported)
+    try:
+        return _run_task(fn, meta, args, kwargs)
+    finally:
+        if reported:
+            task_ended(reported)
+
+
+def _run_task(
+    fn: Callable[..., Any], meta: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     budget = budget_of(meta, _node() if TIMEOUT_KEY in meta else "")
     name = meta.get(DEADLINE_KEY) or None
     flush = _worker_tracing()
