@@ -458,6 +458,27 @@ def _enter_budget() -> tuple[RetryBudget | None, Any]:
     return budget, None
 
 
+def _retrying_after(
+    exc: Exception,
+    call: _Call[T] | None,
+    fn: Callable[[], Any],
+    policy: RetryPolicy,
+    name: str,
+    attempts: int,
+    budget: RetryBudget | None,
+    by_time: ByTime | None,
+) -> _Call[T] | None:
+    """The run that goes on after a first attempt failed with ``exc`` (``None``: it ends).
+
+    Both paths share it; the bookkeeping object is made here if success had no need of it.
+    """
+    if call is None:
+        call = _Call(fn, policy, name, attempts, budget, by_time)
+    if (attempts == 1 and not call._bounded_by_time(exc)) or not call.retryable(exc):
+        return None
+    return call
+
+
 async def _run(
     fn: Callable[[], Awaitable[T]], policy: RetryPolicy, name: str, by_time: ByTime | None = None
 ) -> T:
@@ -472,12 +493,11 @@ async def _run(
             call = _Call(fn, policy, name, attempts, budget, by_time)
             return await call.attempt(1)
         except Exception as exc:
-            if call is None:
-                call = _Call(fn, policy, name, attempts, budget, by_time)
-            if (attempts == 1 and not call._bounded_by_time(exc)) or not call.retryable(exc):
+            retrying = _retrying_after(exc, call, fn, policy, name, attempts, budget, by_time)
+            if retrying is None:
                 raise
             first = exc
-        return await call.retry_after(first)
+        return await retrying.retry_after(first)
     finally:
         if token is not None:
             budget_var.reset(token)
@@ -496,12 +516,11 @@ def _run_sync(
             call = _Call(fn, policy, name, attempts, budget, by_time)
             return call.attempt_sync(1)
         except Exception as exc:
-            if call is None:
-                call = _Call(fn, policy, name, attempts, budget, by_time)
-            if (attempts == 1 and not call._bounded_by_time(exc)) or not call.retryable(exc):
+            retrying = _retrying_after(exc, call, fn, policy, name, attempts, budget, by_time)
+            if retrying is None:
                 raise
             first = exc
-        return call.retry_after_sync(first)
+        return retrying.retry_after_sync(first)
     finally:
         if token is not None:
             budget_var.reset(token)
