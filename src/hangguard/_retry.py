@@ -200,6 +200,19 @@ class RetryPolicy:
         object.__setattr__(self, "_match", _matcher(self.on))
         object.__setattr__(self, "_timeout", timeout)
 
+    def _retrying(self, on: Callable[[Exception], bool]) -> RetryPolicy:
+        """This policy retrying what the predicate ``on`` matches, on the hot path.
+
+        The fields were checked when this policy was made: a transport that decides per
+        request what is safe to retry copies them instead of checking them again.
+        """
+        new = object.__new__(RetryPolicy)
+        for name in ("attempts", "backoff", "attempt_timeout", "min_attempt", "_timeout"):
+            object.__setattr__(new, name, getattr(self, name))
+        object.__setattr__(new, "on", on)
+        object.__setattr__(new, "_match", on)
+        return new
+
 
 _DEFAULT_POLICY = RetryPolicy()
 

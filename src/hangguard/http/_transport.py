@@ -242,13 +242,7 @@ class _Rules:
         def on(exc: Exception) -> bool:
             return isinstance(exc, _RetryableResponse) or self.retryable_error(exc, request, sdk)
 
-        return RetryPolicy(
-            attempts=self.policy.attempts,
-            on=on,
-            backoff=self.policy.backoff,
-            attempt_timeout=self.policy.attempt_timeout,
-            min_attempt=self.policy.min_attempt,
-        )
+        return self.policy._retrying(on)
 
     def start_span(self, request: httpx.Request, left: float) -> Span | None:
         if self.span is False or (self.span is None and self.instrumented):
