@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import hangguard
 import hangguard.mcp
@@ -128,3 +133,89 @@ def test_importing_hangguard_loads_no_mcp_and_works_without_it() -> None:
         "    raise AssertionError('no ImportError')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --- a call that never left is not "sent" ----------------------------------------------
+
+
+def _unread_at(port: int) -> int:
+    """Bytes that reached a socket listening on ``port`` and that its process has not read.
+
+    The kernel's TCP table (this network namespace, every process): a stopped server's
+    connection still receives a request, and its receive queue shows it, unread.
+    """
+    total = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = list(f)[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, queues = fields[1], fields[4]
+            if int(local.rsplit(":", 1)[1], 16) == port:
+                total += int(queues.split(":")[1], 16)
+    return total
+
+
+async def _until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    # A poll of state another process changes (no event to wait on across processes).
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not check():
+        assert loop.time() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_an_sse_call_the_killed_server_never_read_is_retried_and_runs_once(
+    spans: InMemorySpanExporter,
+) -> None:
+    # The SDK's SSE server acknowledges each POST (202) before it runs the message: a POST
+    # that got no status never ran. Stopped, the server cannot read the call's POST; killed,
+    # its kernel resets the connection with the request unread; restarted on the same port,
+    # the retried call (of a tool not marked idempotent) runs there exactly once.
+    first = ChaosProcess("--transport", "sse")
+    await first.__aenter__()
+    port = first.port
+    second = ChaosProcess("--transport", "sse", "--port", str(port))
+    # Connect failures are retried while the new server starts (a second or two).
+    policy = hangguard.RetryPolicy(
+        attempts=200, backoff=hangguard.Backoff(initial=0.05, maximum=0.2)
+    )
+    try:
+        async with hangguard.mcp.McpClient(first.url, timeout=60, retry=policy) as client:
+            await client.call_tool("echo", {"text": "before"})
+            os.kill(first.pid, signal.SIGSTOP)
+            call = asyncio.create_task(
+                client.call_tool("flaky", {"key": "once", "failures": 0}, idempotent=False)
+            )
+            await _until(lambda: _unread_at(port) > 0, "the call's POST to reach the server")
+            first.kill()
+            await first.__aexit__()
+            await second.__aenter__()
+            result = await call
+        assert result.structured_content == {"result": "ok after 0 failure(s)"}
+        assert first.recorder.count("started", "flaky") == 0
+        assert second.recorder.count("started", "flaky") == 1
+    finally:
+        await first.__aexit__()
+        if second.port:
+            await second.__aexit__()
+    span = next(s for s in spans.get_finished_spans() if s.name == "execute_tool flaky")
+    resend = [dict(e.attributes or {}) for e in span.events if e.name == "hangguard.mcp.resend"]
+    assert resend and {e["hangguard.mcp.resend.rule"] for e in resend} == {"not_sent"}
+    assert not [e for e in span.events if e.name == "hangguard.mcp.resend_refused"]
+
+
+def test_every_transport_has_one_entry_and_one_opener() -> None:
+    # Adding a transport is one entry in TRANSPORTS plus its opener: the two stay in step,
+    # and every name and alias resolves to its entry.
+    from hangguard.mcp import _session, _target
+
+    assert set(_session._OPENERS) == set(_target.TRANSPORTS)
+    for spec in _target.TRANSPORTS.values():
+        for alias in (spec.name, *spec.aliases):
+            assert _target._normalise_transport(alias.upper(), "transport") == spec.name
+    with pytest.raises(ValueError, match="transport must be 'auto' or one of 'streamable-http'"):
+        _target._normalise_transport("websocket", "transport")

@@ -796,3 +796,27 @@ async def test_a_retry_granted_but_not_started_is_given_back_to_the_budget() -> 
             async with deadline(0.5):
                 await retry_call(fn, policy)
     assert budget.retries == 0
+
+
+def test_a_policy_copied_for_a_predicate_equals_one_made_with_it() -> None:
+    # The HTTP transports copy the caller's checked policy per request (no re-check).
+    def on(exc: Exception) -> bool:
+        return isinstance(exc, KeyError)
+
+    base = hangguard.RetryPolicy(
+        attempts=4,
+        backoff=hangguard.Backoff(initial=0.2),
+        attempt_timeout=3,
+        min_attempt=0.1,
+    )
+    made = hangguard.RetryPolicy(
+        attempts=4,
+        on=on,
+        backoff=hangguard.Backoff(initial=0.2),
+        attempt_timeout=3,
+        min_attempt=0.1,
+    )
+    copied = base._retrying(on)
+    assert copied == made
+    assert copied._timeout == made._timeout == 3
+    assert copied._match(KeyError()) and not copied._match(ValueError())

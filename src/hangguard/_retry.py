@@ -28,13 +28,14 @@ retried, the enclosing deadline firing is not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import inspect
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeAlias, TypeVar
 
@@ -78,6 +79,7 @@ ByTime: TypeAlias = Callable[[Exception], bool]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+_R = TypeVar("_R", AsyncRetrying, Retrying)
 
 #: What to retry: exception classes, or a predicate given the exception.
 RetryOn: TypeAlias = type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool]
@@ -198,6 +200,19 @@ class RetryPolicy:
         object.__setattr__(self, "_match", _matcher(self.on))
         object.__setattr__(self, "_timeout", timeout)
 
+    def _retrying(self, on: Callable[[Exception], bool]) -> RetryPolicy:
+        """This policy retrying what the predicate ``on`` matches, on the hot path.
+
+        The fields were checked when this policy was made: a transport that decides per
+        request what is safe to retry copies them instead of checking them again.
+        """
+        new = object.__new__(RetryPolicy)
+        for name in ("attempts", "backoff", "attempt_timeout", "min_attempt", "_timeout"):
+            object.__setattr__(new, name, getattr(self, name))
+        object.__setattr__(new, "on", on)
+        object.__setattr__(new, "_match", on)
+        return new
+
 
 _DEFAULT_POLICY = RetryPolicy()
 
@@ -302,15 +317,20 @@ class _Call(Generic[T]):
         return math.inf if self.outer is None else self.outer.remaining()
 
     async def attempt(self, n: int) -> T:
-        timeout = self.policy._timeout
-        if timeout == math.inf:
+        if self.policy._timeout == math.inf:
             result: T = await self.fn()
             return result
-        scope = DeadlineScope(timeout, name=f"{self.name} attempt {n}")
+        with self._own_limit(n):
+            result = await self.fn()
+        return result
+
+    @contextlib.contextmanager
+    def _own_limit(self, n: int) -> Iterator[None]:
+        """Attempt ``n`` under the policy's ``attempt_timeout`` (both paths share it)."""
+        scope = DeadlineScope(self.policy._timeout, name=f"{self.name} attempt {n}")
         try:
             with scope:
-                result = await self.fn()
-                return result
+                yield
         except DeadlineExceeded as exc:
             self._note_own_timeout(scope, exc)
             raise
@@ -386,64 +406,58 @@ class _Call(Generic[T]):
         exc = state.outcome.exception() if state.outcome is not None else None
         _on_retry(self, state.attempt_number, exc)
 
-    async def retry_after(self, first: Exception) -> T:
-        retrying = AsyncRetrying(
-            sleep=_sleep,
+    def _engine(self, kind: type[_R], sleep: Callable[[float], Any]) -> _R:
+        """Tenacity's loop with this run's rules; ``sleep`` is the path's own wait."""
+        return kind(
+            sleep=sleep,
             stop=self._stop,
             wait=self._wait,
             retry=retry_if_exception(self.retryable),
             before_sleep=self._before_sleep,
             reraise=True,
         )
-        replay: Exception | None = first
-        async for attempt in retrying:
-            if replay is None:
-                late = self.expired_after_sleep(attempt.retry_state.attempt_number)
-                if late is not None:
-                    raise late
+
+    def _next(self, state: RetryCallState, replay: list[Exception]) -> int:
+        """Before an attempt starts: its number, or the deadline's failure if it passed."""
+        n = state.attempt_number
+        if not replay:
+            late = self.expired_after_sleep(n)
+            if late is not None:
+                raise late
+        return n
+
+    @staticmethod
+    def _replay(replay: list[Exception]) -> None:
+        # The first attempt already ran (and failed) outside tenacity: it is tenacity's
+        # first failure, raised inside its attempt.
+        if replay:
+            raise replay.pop()
+
+    async def retry_after(self, first: Exception) -> T:
+        replay = [first]
+        async for attempt in self._engine(AsyncRetrying, _sleep):
+            n = self._next(attempt.retry_state, replay)
             with attempt:
-                if replay is not None:
-                    # The first attempt already ran (and failed) outside tenacity.
-                    exc, replay = replay, None
-                    raise exc
-                return await self.attempt(attempt.retry_state.attempt_number)
+                self._replay(replay)
+                return await self.attempt(n)
         raise AssertionError("unreachable: with reraise=True tenacity returns or raises")
 
     def attempt_sync(self, n: int) -> T:
-        timeout = self.policy._timeout
-        if timeout == math.inf:
+        if self.policy._timeout == math.inf:
             result: T = self.fn()
             return result
-        scope = DeadlineScope(timeout, name=f"{self.name} attempt {n}")
-        try:
-            with scope:
-                result = self.fn()
-                return result
-        except DeadlineExceeded as exc:
-            self._note_own_timeout(scope, exc)
-            raise
+        with self._own_limit(n):
+            result = self.fn()
+        return result
 
     def retry_after_sync(self, first: Exception) -> T:
         """The blocking twin of :meth:`retry_after`: the same rules, ``time.sleep`` waits."""
-        retrying = Retrying(
-            sleep=time.sleep,
-            stop=self._stop,
-            wait=self._wait,
-            retry=retry_if_exception(self.retryable),
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
-        replay: Exception | None = first
-        for attempt in retrying:
-            if replay is None:
-                late = self.expired_after_sleep(attempt.retry_state.attempt_number)
-                if late is not None:
-                    raise late
+        replay = [first]
+        for attempt in self._engine(Retrying, time.sleep):
+            n = self._next(attempt.retry_state, replay)
             with attempt:
-                if replay is not None:
-                    exc, replay = replay, None
-                    raise exc
-                return self.attempt_sync(attempt.retry_state.attempt_number)
+                self._replay(replay)
+                return self.attempt_sync(n)
         raise AssertionError("unreachable: with reraise=True tenacity returns or raises")
 
 
@@ -455,6 +469,27 @@ def _enter_budget() -> tuple[RetryBudget | None, Any]:
         return None, budget_var.set(RetryBudget.default())
     budget.record_call()
     return budget, None
+
+
+def _retrying_after(
+    exc: Exception,
+    call: _Call[T] | None,
+    fn: Callable[[], Any],
+    policy: RetryPolicy,
+    name: str,
+    attempts: int,
+    budget: RetryBudget | None,
+    by_time: ByTime | None,
+) -> _Call[T] | None:
+    """The run that goes on after a first attempt failed with ``exc`` (``None``: it ends).
+
+    Both paths share it; the bookkeeping object is made here if success had no need of it.
+    """
+    if call is None:
+        call = _Call(fn, policy, name, attempts, budget, by_time)
+    if (attempts == 1 and not call._bounded_by_time(exc)) or not call.retryable(exc):
+        return None
+    return call
 
 
 async def _run(
@@ -471,12 +506,11 @@ async def _run(
             call = _Call(fn, policy, name, attempts, budget, by_time)
             return await call.attempt(1)
         except Exception as exc:
-            if call is None:
-                call = _Call(fn, policy, name, attempts, budget, by_time)
-            if (attempts == 1 and not call._bounded_by_time(exc)) or not call.retryable(exc):
+            retrying = _retrying_after(exc, call, fn, policy, name, attempts, budget, by_time)
+            if retrying is None:
                 raise
             first = exc
-        return await call.retry_after(first)
+        return await retrying.retry_after(first)
     finally:
         if token is not None:
             budget_var.reset(token)
@@ -495,12 +529,11 @@ def _run_sync(
             call = _Call(fn, policy, name, attempts, budget, by_time)
             return call.attempt_sync(1)
         except Exception as exc:
-            if call is None:
-                call = _Call(fn, policy, name, attempts, budget, by_time)
-            if (attempts == 1 and not call._bounded_by_time(exc)) or not call.retryable(exc):
+            retrying = _retrying_after(exc, call, fn, policy, name, attempts, budget, by_time)
+            if retrying is None:
                 raise
             first = exc
-        return call.retry_after_sync(first)
+        return retrying.retry_after_sync(first)
     finally:
         if token is not None:
             budget_var.reset(token)

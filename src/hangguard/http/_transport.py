@@ -26,12 +26,13 @@ For each request they
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import httpx
 from opentelemetry import propagate, trace
@@ -77,6 +78,12 @@ class _RetryableResponse(Exception):
         self.delay = delay
         self.at = time.monotonic()
 
+    def wait_left(self) -> float:
+        """What is still to wait of the ``Retry-After`` it came with (0: none)."""
+        if self.delay is None:
+            return 0.0
+        return max(0.0, self.delay - (time.monotonic() - self.at))
+
 
 def _never(exc: Exception) -> bool:
     return False  # replaced per request by what that request may repeat
@@ -106,6 +113,41 @@ def _retry_after(response: httpx.Response) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+_T = TypeVar("_T")
+
+
+def _wrapped(transport: object, base: type[_T], default: Callable[[], _T]) -> _T:
+    """The transport to wrap (httpx's default when ``None``), checked once for both twins."""
+    inner = default() if transport is None else transport
+    if not isinstance(inner, base):
+        raise TypeError(f"transport must be an httpx.{base.__name__}, got {transport!r}")
+    return inner
+
+
+def _in_span(span: Span | None, request: httpx.Request) -> contextlib.AbstractContextManager[Any]:
+    """The attempts run in the request's span, whose context goes out with the request."""
+    if span is None:
+        return contextlib.nullcontext()
+    propagate.inject(request.headers, context=trace.set_span_in_context(span))
+    return trace.use_span(
+        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+    )
+
+
+def _finished(span: Span | None, response: httpx.Response, sent: int) -> float:
+    """End the span of a request answered after ``sent`` attempts; the time left after it.
+
+    With a deadline, the response's ``Retry-After`` is capped to the time left.
+    """
+    if span is not None and sent > 1:
+        span.set_attribute(ATTR_HTTP_REQUEST_RESEND_COUNT, sent - 1)
+    _end(span, response, None)
+    left = remaining()
+    if not math.isinf(left):
+        _cap_retry_after(response)
+    return left
 
 
 class _Rules:
@@ -162,6 +204,20 @@ class _Rules:
             return False
         return isinstance(exc, (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError))
 
+    def answered(
+        self,
+        response: httpx.Response,
+        request: httpx.Request,
+        sdk: bool,
+        pending: list[_RetryableResponse],
+    ) -> httpx.Response:
+        """``response``, or (kept in ``pending``) raised when it asks for another attempt."""
+        if self.retry_response(response, request, sdk):
+            failed = _RetryableResponse(response, _retry_after(response))
+            pending.append(failed)
+            raise failed
+        return response
+
     def retry_response(self, response: httpx.Response, request: httpx.Request, sdk: bool) -> bool:
         """Whether ``response`` asks for another attempt that fits in the time left.
 
@@ -186,13 +242,7 @@ class _Rules:
         def on(exc: Exception) -> bool:
             return isinstance(exc, _RetryableResponse) or self.retryable_error(exc, request, sdk)
 
-        return RetryPolicy(
-            attempts=self.policy.attempts,
-            on=on,
-            backoff=self.policy.backoff,
-            attempt_timeout=self.policy.attempt_timeout,
-            min_attempt=self.policy.min_attempt,
-        )
+        return self.policy._retrying(on)
 
     def start_span(self, request: httpx.Request, left: float) -> Span | None:
         if self.span is False or (self.span is None and self.instrumented):
@@ -344,9 +394,7 @@ class AsyncDeadlineTransport(httpx.AsyncBaseTransport):
         span: bool | None = None,
         max_retry_after: float = 30.0,
     ) -> None:
-        self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
-        if not isinstance(self._inner, httpx.AsyncBaseTransport):
-            raise TypeError(f"transport must be an httpx.AsyncBaseTransport, got {transport!r}")
+        self._inner = _wrapped(transport, httpx.AsyncBaseTransport, httpx.AsyncHTTPTransport)
         self._rules = _Rules(self._inner, retry, send_header, span, max_retry_after)
 
     @_inflight.registered_method(_inflight.HTTP, lambda request: _name(request))
@@ -364,47 +412,25 @@ class AsyncDeadlineTransport(httpx.AsyncBaseTransport):
             if pending:
                 previous = pending.pop()
                 await previous.response.aclose()
-                if previous.delay is not None:
-                    waited = time.monotonic() - previous.at
-                    if previous.delay > waited:
-                        await asyncio.sleep(previous.delay - waited)
-                rules.prepare(request)
-            elif attempts:
+                if (wait := previous.wait_left()) > 0:
+                    await asyncio.sleep(wait)
+            if attempts:
                 rules.prepare(request)
             attempts += 1
-            response = await self._inner.handle_async_request(request)
-            if rules.retry_response(response, request, sdk):
-                failed = _RetryableResponse(response, _retry_after(response))
-                pending.append(failed)
-                raise failed
-            return response
+            return rules.answered(
+                await self._inner.handle_async_request(request), request, sdk, pending
+            )
 
         policy = rules.policy_for(request, sdk)
         response: httpx.Response | None = None
         try:
-            if span is not None:
-                ctx = trace.set_span_in_context(span)
-                propagate.inject(request.headers, context=ctx)
-                with trace.use_span(
-                    span,
-                    end_on_exit=False,
-                    record_exception=False,
-                    set_status_on_exception=False,
-                ):
-                    response = await _gave_up(
-                        run_retrying(attempt, policy, what, by_time=_never_sent)
-                    )
-            else:
+            with _in_span(span, request):
                 response = await _gave_up(run_retrying(attempt, policy, what, by_time=_never_sent))
         except BaseException as exc:
             _end(span, None, exc)
             raise
-        if span is not None and attempts > 1:
-            span.set_attribute(ATTR_HTTP_REQUEST_RESEND_COUNT, attempts - 1)
-        _end(span, response, None)
-        left = remaining()
+        left = _finished(span, response, attempts)
         if not math.isinf(left):
-            _cap_retry_after(response)
             assert isinstance(response.stream, httpx.AsyncByteStream)
             response.stream = _AsyncBoundedStream(response.stream, left, what)
         return response
@@ -442,9 +468,7 @@ class DeadlineTransport(httpx.BaseTransport):
         span: bool | None = None,
         max_retry_after: float = 30.0,
     ) -> None:
-        self._inner = transport if transport is not None else httpx.HTTPTransport()
-        if not isinstance(self._inner, httpx.BaseTransport):
-            raise TypeError(f"transport must be an httpx.BaseTransport, got {transport!r}")
+        self._inner = _wrapped(transport, httpx.BaseTransport, httpx.HTTPTransport)
         self._rules = _Rules(self._inner, retry, send_header, span, max_retry_after)
 
     @_inflight.registered_method(_inflight.HTTP, lambda request: _name(request))
@@ -455,26 +479,13 @@ class DeadlineTransport(httpx.BaseTransport):
         span = rules.start_span(request, left)
         response: httpx.Response | None = None
         try:
-            if span is not None:
-                propagate.inject(request.headers, context=trace.set_span_in_context(span))
-                with trace.use_span(
-                    span,
-                    end_on_exit=False,
-                    record_exception=False,
-                    set_status_on_exception=False,
-                ):
-                    response, sent = self._send(request, what)
-            else:
+            with _in_span(span, request):
                 response, sent = self._send(request, what)
         except BaseException as exc:
             _end(span, None, exc)
             raise
-        if span is not None and sent > 1:
-            span.set_attribute(ATTR_HTTP_REQUEST_RESEND_COUNT, sent - 1)
-        _end(span, response, None)
-        left = remaining()
+        left = _finished(span, response, sent)
         if not math.isinf(left):
-            _cap_retry_after(response)
             assert isinstance(response.stream, httpx.SyncByteStream)
             response.stream = _BoundedStream(response.stream, left, what)
         return response
@@ -495,20 +506,12 @@ class DeadlineTransport(httpx.BaseTransport):
             if pending:
                 previous = pending.pop()
                 previous.response.close()
-                if previous.delay is not None:
-                    waited = time.monotonic() - previous.at
-                    if previous.delay > waited:
-                        time.sleep(previous.delay - waited)
-                rules.prepare(request)
-            elif sent:
+                if (wait := previous.wait_left()) > 0:
+                    time.sleep(wait)
+            if sent:
                 rules.prepare(request)
             sent += 1
-            response = self._inner.handle_request(request)
-            if rules.retry_response(response, request, sdk):
-                failed = _RetryableResponse(response, _retry_after(response))
-                pending.append(failed)
-                raise failed
-            return response
+            return rules.answered(self._inner.handle_request(request), request, sdk, pending)
 
         policy = rules.policy_for(request, sdk)
         try:

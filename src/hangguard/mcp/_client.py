@@ -92,15 +92,13 @@ from ._http import Exchange, current_exchange
 from ._meta import TIMEOUT_META_KEY
 from ._progress import IdleWatch
 from ._session import Session
-from ._target import Target, resolve_target
+from ._target import Target, TransportSpec, resolve_target
 
 __all__ = ["McpClient"]
 
 logger = logging.getLogger("hangguard.mcp")
 
 T = TypeVar("T")
-
-_HTTP_TRANSPORTS: Final = frozenset({"streamable-http", "sse"})
 
 # A server-side timeout this close to the caller's own deadline is that deadline.
 _SAME_DEADLINE: Final = 0.05
@@ -110,6 +108,19 @@ def _record_duration(started: float, tool: str, error_type: str | None) -> None:
     record_mcp_duration(
         time.monotonic() - started, method="tools/call", tool=tool, error_type=error_type
     )
+
+
+def _never_left(spec: TransportSpec, exchange: Exchange) -> bool:
+    """Whether the request of a failed attempt provably never reached the server's handler."""
+    if not spec.http:
+        return False
+    if exchange.requests == 0:
+        # The HTTP client saw no request of this call: the stream was already closed
+        # when the SDK wrote it.
+        return True
+    # Over a transport whose server answers the POST before running the message (SSE),
+    # a POST that got no status at all (refused, reset, closed unanswered) never ran.
+    return spec.acks_before_running and exchange.unanswered
 
 
 class _SessionLost(Exception):
@@ -251,8 +262,8 @@ class McpClient:
             ATTR_MCP_METHOD_NAME: "tools/call",
             ATTR_MCP_SERVER: self._label,
         }
-        if self._target.transport != "in-process":
-            network = "pipe" if self._target.transport == "stdio" else "tcp"
+        network = self._target.spec.network
+        if network is not None:
             attrs[ATTR_NETWORK_TRANSPORT] = network
         if self._target.address is not None:
             attrs[ATTR_SERVER_ADDRESS] = self._target.address
@@ -469,7 +480,8 @@ class McpClient:
         client = conn.client
         assert client is not None
         exchange = Exchange()
-        if self._target.transport == "sse":
+        spec = self._target.spec
+        if spec.loses_failures:
             exchange.arm()
         # Read by the HTTP client in the context the SDK sends this request's messages in.
         token = current_exchange.set(exchange)
@@ -504,8 +516,7 @@ class McpClient:
                     set_http_status(lost, status)
                     raise _SessionLost(mark_transient(lost)) from exc
                 err = call_error(exc, exchange, self._label, what, conn.lost())
-                if exchange.requests == 0 and self._target.transport in _HTTP_TRANSPORTS:
-                    # The HTTP client saw no request of this call: it never left.
+                if _never_left(spec, exchange):
                     mark_sent(err, False)
                 if (
                     exc.code == CONNECTION_CLOSED
@@ -534,7 +545,10 @@ class McpClient:
                             )
                         )
                     ) from exchange.error
-                raise call_error(lost_conn, exchange, self._label, what) from exchange.error
+                err = call_error(lost_conn, exchange, self._label, what)
+                if _never_left(spec, exchange):
+                    mark_sent(err, False)
+                raise err from exchange.error
             except (ValidationError, RuntimeError) as exc:
                 raise McpError(
                     f"MCP server {self._label} answered {what!r} with something the SDK "

@@ -69,6 +69,8 @@ class Exchange:
     task: asyncio.Task[Any] | None = None
     aborted: bool = False
     requests: int = 0
+    # Responses that came back with a status (any status, 2xx included).
+    responses: int = 0
     session_lost: bool = False
     # The HTTP error answered with a JSON body (status, what the server said), which the
     # SDK may replace with a stand-in of its own; and the status that lost the session.
@@ -118,6 +120,15 @@ class Exchange:
                 self.status, self.content_type = status, media
             self._abort()
 
+    @property
+    def unanswered(self) -> bool:
+        """Every request of this attempt failed at the transport before any status came."""
+        return (
+            self.requests > 0
+            and self.responses == 0
+            and isinstance(self.error, httpx2.TransportError)
+        )
+
     def note_error(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = exc
@@ -144,6 +155,7 @@ class _ObservedClient(httpx2.AsyncClient):
         except Exception as exc:
             exchange.note_error(exc)
             raise
+        exchange.responses += 1
         status = response.status_code
         content_type = response.headers.get("content-type", "")
         if status >= 400:

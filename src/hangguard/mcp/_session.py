@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import IO, Any, Final
 
 import mcp
@@ -36,7 +36,7 @@ from ._http import (
     sse_client_factory,
 )
 from ._stdio import stdio_transport
-from ._target import Target
+from ._target import Target, TransportName
 
 __all__ = ["Connection", "Session"]
 
@@ -111,7 +111,7 @@ class Session:
         self._protocol = protocol
         self._connect_timeout = connect_timeout
         self._policy = policy
-        self._stderr = stderr
+        self.stderr = stderr
         self.conn: Connection | None = None
         self._lock: asyncio.Lock | None = None
         self._closed = False
@@ -200,43 +200,9 @@ class Session:
     ) -> None:
         target = self.target
         async with contextlib.AsyncExitStack() as stack:
-            transport: Any
-            if target.transport == "in-process":
-                transport = target.instance
-            elif target.transport == "stdio":
-                grace = _config.cancel_grace() * 0.4
-
-                def spawned(pid: int) -> None:
-                    conn.pid = pid
-
-                # Not buffered: only so that a cancel notice gets the trace context.
-                transport = buffered_writes(
-                    stdio_transport(target, grace=grace, stderr=self._stderr, on_spawn=spawned),
-                    lambda: False,
-                )
-            else:
-                assert target.url is not None
-                connect = self._connect_timeout_s()
-                if target.transport == "sse":
-                    transport = buffered_writes(
-                        sse_client(
-                            target.url,
-                            httpx_client_factory=sse_client_factory(
-                                lambda: open_http_client(target.headers, connect)
-                            ),
-                        )
-                    )
-                else:
-                    http = await stack.enter_async_context(
-                        open_http_client(target.headers, connect)
-                    )
-
-                    transport = buffered_writes(
-                        streamable_http_client(target.url, http_client=http),
-                        lambda: conn.buffer_writes,
-                    )
+            transport = await _OPENERS[target.transport](self, conn, stack)
             client = mcp.Client(transport, mode=self._protocol, client_info=_CLIENT_INFO)
-            if target.transport == "sse":
+            if target.spec.loses_failures:
                 # The SDK's SSE writer dies on a failed POST and the handshake would wait
                 # for an answer that cannot come: fail it at once instead.
                 exchange.arm()
@@ -263,7 +229,7 @@ class Session:
             ready.set_result(None)
             await conn.closing.wait()
 
-    def _connect_timeout_s(self) -> float:
+    def connect_timeout_s(self) -> float:
         if self._connect_timeout is not None:
             return self._connect_timeout
         return _config.mcp_connect_timeout()
@@ -314,7 +280,7 @@ class Session:
         raise connect_error(exc, exchange, self.label) from cause
 
     async def _connect(self, *, retry: bool, epoch: int) -> Connection:
-        budget = self._connect_timeout_s()
+        budget = self.connect_timeout_s()
         scope = deadline(budget, name=f"MCP connect {self.target.label}")
         try:
             async with scope:
@@ -373,3 +339,59 @@ class Session:
                 raise self._closed_error()
             self.conn = conn
             return conn
+
+
+# --- how each transport is opened (one entry per name in _target.TRANSPORTS) ------------
+
+_Opener = Callable[[Session, Connection, contextlib.AsyncExitStack], Awaitable[Any]]
+
+
+async def _open_in_process(session: Session, conn: Connection, stack: Any) -> Any:
+    return session.target.instance
+
+
+async def _open_stdio(session: Session, conn: Connection, stack: Any) -> Any:
+    def spawned(pid: int) -> None:
+        conn.pid = pid
+
+    grace = _config.cancel_grace() * 0.4
+    # Not buffered: only so that a cancel notice gets the trace context.
+    return buffered_writes(
+        stdio_transport(session.target, grace=grace, stderr=session.stderr, on_spawn=spawned),
+        lambda: False,
+    )
+
+
+async def _open_sse(session: Session, conn: Connection, stack: Any) -> Any:
+    target = session.target
+    assert target.url is not None
+    connect = session.connect_timeout_s()
+    return buffered_writes(
+        sse_client(
+            target.url,
+            httpx_client_factory=sse_client_factory(
+                lambda: open_http_client(target.headers, connect)
+            ),
+        )
+    )
+
+
+async def _open_streamable_http(
+    session: Session, conn: Connection, stack: contextlib.AsyncExitStack
+) -> Any:
+    target = session.target
+    assert target.url is not None
+    http = await stack.enter_async_context(
+        open_http_client(target.headers, session.connect_timeout_s())
+    )
+    return buffered_writes(
+        streamable_http_client(target.url, http_client=http), lambda: conn.buffer_writes
+    )
+
+
+_OPENERS: Final[Mapping[TransportName, _Opener]] = {
+    "in-process": _open_in_process,
+    "stdio": _open_stdio,
+    "sse": _open_sse,
+    "streamable-http": _open_streamable_http,
+}

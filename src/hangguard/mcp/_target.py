@@ -16,17 +16,51 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .._exceptions import ConfigError
 
-__all__ = ["Target", "TransportName", "resolve_target"]
+__all__ = ["TRANSPORTS", "Target", "TransportName", "TransportSpec", "resolve_target"]
 
 TransportName = Literal["streamable-http", "sse", "stdio", "in-process"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportSpec:
+    """What the client needs to know of one MCP transport, in one place.
+
+    ``network`` is the span's ``network.transport`` (``None``: no wire at all).
+    ``http``: each request is an HTTP request the client observes (its status, its
+    transport error). ``loses_failures``: the SDK's writer dies at a failed request and
+    the caller would wait for an answer that cannot come, so the attempt is aborted at the
+    first failure. ``acks_before_running``: the server answers each request's POST before
+    it hands the message on (the SDK's SSE server sends its 202 first), so a POST that got
+    no status at all provably never ran.
+    """
+
+    name: TransportName
+    aliases: tuple[str, ...] = ()
+    network: str | None = None
+    http: bool = False
+    loses_failures: bool = False
+    acks_before_running: bool = False
+
+
+#: One entry per transport; the opener of each lives in ``_session``.
+TRANSPORTS: Mapping[TransportName, TransportSpec] = {
+    spec.name: spec
+    for spec in (
+        TransportSpec(
+            name="streamable-http",
+            aliases=("streamable_http", "streamablehttp", "http"),
+            network="tcp",
+            http=True,
+        ),
+        TransportSpec(
+            name="sse", network="tcp", http=True, loses_failures=True, acks_before_running=True
+        ),
+        TransportSpec(name="stdio", network="pipe"),
+        TransportSpec(name="in-process"),
+    )
+}
 _TRANSPORT_ALIASES: Mapping[str, TransportName] = {
-    "streamable-http": "streamable-http",
-    "streamable_http": "streamable-http",
-    "streamablehttp": "streamable-http",
-    "http": "streamable-http",
-    "sse": "sse",
-    "stdio": "stdio",
-    "in-process": "in-process",
+    alias: spec.name for spec in TRANSPORTS.values() for alias in (spec.name, *spec.aliases)
 }
 
 
@@ -46,6 +80,11 @@ class Target:
     port: int | None = None
     instance: object = None
 
+    @property
+    def spec(self) -> TransportSpec:
+        """The transport's entry in :data:`TRANSPORTS`."""
+        return TRANSPORTS[self.transport]
+
 
 def _normalise_transport(value: object, param: str) -> TransportName | Literal["auto"]:
     if not isinstance(value, str):
@@ -54,10 +93,8 @@ def _normalise_transport(value: object, param: str) -> TransportName | Literal["
     if key == "auto":
         return "auto"
     if key not in _TRANSPORT_ALIASES:
-        raise ValueError(
-            f"{param} must be 'auto', 'streamable-http', 'sse', 'stdio' or 'in-process', "
-            f"got {value!r}"
-        )
+        names = ", ".join(repr(name) for name in TRANSPORTS)
+        raise ValueError(f"{param} must be 'auto' or one of {names}, got {value!r}")
     return _TRANSPORT_ALIASES[key]
 
 
