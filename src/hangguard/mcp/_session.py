@@ -105,8 +105,11 @@ class Session:
         connect_timeout: float | None,
         policy: RetryPolicy,
         stderr: int | IO[Any] | None,
+        on_notification: Callable[[object], None] | None = None,
     ) -> None:
         self.target = target
+        # Told of each server notification (the client drops its tool list on list_changed).
+        self._on_notification = on_notification
         self.label = label
         self._protocol = protocol
         self._connect_timeout = connect_timeout
@@ -235,7 +238,12 @@ class Session:
                         streamable_http_client(target.url, http_client=http),
                         lambda: conn.buffer_writes,
                     )
-            client = mcp.Client(transport, mode=self._protocol, client_info=_CLIENT_INFO)
+            client = mcp.Client(
+                transport,
+                mode=self._protocol,
+                client_info=_CLIENT_INFO,
+                message_handler=self._message_handler(),
+            )
             if target.transport == "sse":
                 # The SDK's SSE writer dies on a failed POST and the handshake would wait
                 # for an answer that cannot come: fail it at once instead.
@@ -262,6 +270,17 @@ class Session:
             conn.client = client
             ready.set_result(None)
             await conn.closing.wait()
+
+    def _message_handler(self) -> Any:
+        notify = self._on_notification
+        if notify is None:
+            return None
+
+        async def handle(message: object) -> None:
+            notify(message)
+            await asyncio.sleep(0)  # as the SDK's default handler: a checkpoint
+
+        return handle
 
     def _connect_timeout_s(self) -> float:
         if self._connect_timeout is not None:
