@@ -62,7 +62,9 @@ def build_mcp(args: argparse.Namespace) -> Any:
         state.write_text("write")  # noqa: ASYNC240 (a few bytes, in a test server)
         server.remove_tool("job")
         add_job()
+        # To subscribers (2026-07-28), and on the session (earlier revisions).
         await ctx.notify_tools_changed()
+        await ctx.session.send_tool_list_changed()
         return "retagged"
 
     return server
