@@ -206,8 +206,10 @@ class McpClient:
     policy says otherwise with its own ``on``. A call whose request may already have
     reached the server (the connection lost after sending, a gateway's 502/504) is retried
     only for a tool that is safe to repeat: named in ``idempotent_tools``, or marked
-    ``readOnlyHint``/``idempotentHint`` in the tool list (known after :meth:`list_tools`);
-    otherwise it fails at once with ``McpConnectError``. A session the server forgot
+    ``readOnlyHint``/``idempotentHint`` in the tool list (the client fetches the list
+    itself when it must decide and does not know it, within the time left, and keeps it
+    until ``list_changed`` or a different server); otherwise it fails at once with
+    ``McpConnectError``. A session the server forgot
     (HTTP 404 after a restart) is opened anew and the request re-sent: it never ran.
     Once the tool list is known, calling a tool the server does not offer raises
     ``McpUnknownToolError`` without sending anything. A tool result with ``isError`` is
