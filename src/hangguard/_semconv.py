@@ -45,6 +45,7 @@ __all__ = [
     "ATTR_MCP_METHOD_NAME",
     "ATTR_MCP_PROGRESS",
     "ATTR_MCP_PROGRESS_TOTAL",
+    "ATTR_MCP_RESEND_ANNOTATIONS",
     "ATTR_MCP_RESEND_RULE",
     "ATTR_MCP_SERVER",
     "ATTR_NETWORK_TRANSPORT",
@@ -116,6 +117,8 @@ __all__ = [
     "BREAKER_HALF_OPEN",
     "BREAKER_OPEN",
     "EVENT_TERMINATED",
+    "ANNOTATIONS_CACHED",
+    "ANNOTATIONS_LEARNED",
     "RESEND_ALLOW_LIST",
     "RESEND_CALLER",
     "RESEND_IDEMPOTENT_HINT",
@@ -240,6 +243,10 @@ RESEND_READ_ONLY_HINT: Final = "read_only_hint"
 RESEND_IDEMPOTENT_HINT: Final = "idempotent_hint"
 RESEND_NOT_IDEMPOTENT: Final = "not_idempotent"
 RESEND_TOOL_LIST_UNKNOWN: Final = "tool_list_unknown"
+# For a rule read from the tool's annotations: where the client had them from.
+ATTR_MCP_RESEND_ANNOTATIONS: Final = "hangguard.mcp.resend.annotations"
+ANNOTATIONS_CACHED: Final = "cached"  # a tools/list made before this call failed
+ANNOTATIONS_LEARNED: Final = "learned"  # a tools/list made by the client to decide
 # Progress notifications the server sent during a call (idle_timeout restarts on each).
 EVENT_MCP_PROGRESS: Final = "hangguard.mcp.progress"
 ATTR_MCP_PROGRESS: Final = "hangguard.mcp.progress.value"

@@ -13,6 +13,7 @@ never cancels the caller: the call fails with a typed error and the next one rec
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -42,8 +43,11 @@ from .._exceptions import (
     McpUnknownToolError,
 )
 from .._metrics import record_mcp_duration
-from .._retry import RetryPolicy, as_policy, retry_call
+from .._retry import RetryPolicy, as_policy, retry_call, run_retrying
+from .._retry_budget import budget_var
 from .._semconv import (
+    ANNOTATIONS_CACHED,
+    ANNOTATIONS_LEARNED,
     ATTR_ERROR_TYPE,
     ATTR_EXCEPTION_MESSAGE,
     ATTR_EXCEPTION_TYPE,
@@ -53,6 +57,7 @@ from .._semconv import (
     ATTR_GEN_AI_TOOL_NAME,
     ATTR_HTTP_RESPONSE_STATUS_CODE,
     ATTR_MCP_METHOD_NAME,
+    ATTR_MCP_RESEND_ANNOTATIONS,
     ATTR_MCP_RESEND_RULE,
     ATTR_MCP_SERVER,
     ATTR_NETWORK_TRANSPORT,
@@ -91,7 +96,7 @@ from ._errors import (
 from ._http import Exchange, current_exchange
 from ._meta import TIMEOUT_META_KEY
 from ._progress import IdleWatch
-from ._session import Session
+from ._session import Connection, Session
 from ._target import Target, TransportSpec, resolve_target
 
 __all__ = ["McpClient"]
@@ -131,18 +136,55 @@ class _SessionLost(Exception):
         self.error = error
 
 
-def _note(event: str, rule: str, exc: BaseException) -> None:
+def _note(event: str, rule: str, exc: BaseException, annotations: str | None = None) -> None:
     """Say on the current span whether a failed request is sent again, and by which rule."""
     span = trace.get_current_span()
     if span.is_recording():
-        span.add_event(
-            event,
-            {
-                ATTR_MCP_RESEND_RULE: rule,
-                ATTR_EXCEPTION_TYPE: error_type(exc),
-                ATTR_EXCEPTION_MESSAGE: str(exc),
-            },
-        )
+        attrs: dict[str, AttributeValue] = {
+            ATTR_MCP_RESEND_RULE: rule,
+            ATTR_EXCEPTION_TYPE: error_type(exc),
+            ATTR_EXCEPTION_MESSAGE: str(exc),
+        }
+        if annotations is not None:
+            attrs[ATTR_MCP_RESEND_ANNOTATIONS] = annotations
+        span.add_event(event, attrs)
+
+
+# The rules read from a tool's annotations (the others need no tool list).
+_ANNOTATION_RULES: Final = frozenset(
+    {RESEND_READ_ONLY_HINT, RESEND_IDEMPOTENT_HINT, RESEND_NOT_IDEMPOTENT}
+)
+
+
+def _identity(conn: Connection) -> tuple[str | None, ...]:
+    """What tells one server instance from another across reconnects.
+
+    The server's ``serverInfo`` (name, version), the protocol version and the capabilities
+    it announced: a server restarted from the same build reads the same, and its tools'
+    annotations are the same code; a different build or server at that address reads
+    differently. A session id cannot tell: every reconnect gets a new one, and a stateless
+    server has none.
+    """
+    client = conn.client
+    if client is None:
+        return (None,)
+    info = client.server_info
+    caps = client.server_capabilities
+    return (
+        None if info is None else info.model_dump_json(exclude_none=True),
+        client.protocol_version,
+        None if caps is None else caps.model_dump_json(exclude_none=True),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Repeat:
+    """Whether a request that may have run may be sent again, by which rule, and from what."""
+
+    safe: bool
+    rule: str
+    annotations: str | None = None  # ANNOTATIONS_CACHED/LEARNED for an annotation rule
+    why_unknown: str | None = None  # why learning the tool list failed
 
 
 def _retry_policy(retry: RetryPolicy | int | None) -> RetryPolicy:
@@ -175,8 +217,10 @@ class McpClient:
     policy says otherwise with its own ``on``. A call whose request may already have
     reached the server (the connection lost after sending, a gateway's 502/504) is retried
     only for a tool that is safe to repeat: named in ``idempotent_tools``, or marked
-    ``readOnlyHint``/``idempotentHint`` in the tool list (known after :meth:`list_tools`);
-    otherwise it fails at once with ``McpConnectError``. A session the server forgot
+    ``readOnlyHint``/``idempotentHint`` in the tool list (the client fetches the list
+    itself when it must decide and does not know it, within the time left, and keeps it
+    until ``list_changed`` or a different server); otherwise it fails at once with
+    ``McpConnectError``. A session the server forgot
     (HTTP 404 after a restart) is opened anew and the request re-sent: it never ran.
     Once the tool list is known, calling a tool the server does not offer raises
     ``McpUnknownToolError`` without sending anything. A tool result with ``isError`` is
@@ -248,6 +292,10 @@ class McpClient:
         self._idempotent_tools = allow
         # The server's tools by name, from the last list_tools() (None until then).
         self._tools: dict[str, mcp_types.Tool] | None = None
+        # The connection the list was had on, and that server's identity (see _identity).
+        self._tools_conn: Connection | None = None
+        self._tools_identity: tuple[str | None, ...] | None = None
+        self._learning: asyncio.Lock | None = None
         self._label = f"{name!r} at {self._target.label}" if name else self._target.label
         self._session = Session(
             self._target,
@@ -256,6 +304,7 @@ class McpClient:
             connect_timeout=self._connect_timeout,
             policy=self._policy,
             stderr=stderr,
+            on_notification=self._on_notification,
         )
         attrs: dict[str, AttributeValue] = {
             ATTR_GEN_AI_OPERATION_NAME: "execute_tool",
@@ -354,27 +403,126 @@ class McpClient:
             return self._timeout
         return _config.mcp_timeout()
 
-    def _repeat_rule(self, tool: str, idempotent: bool | None) -> tuple[bool, str]:
-        """Whether a call of ``tool`` whose request may have run may be sent again, and why."""
+    # --- the tool list and its annotations ------------------------------------------------
+
+    def _on_notification(self, message: object) -> None:
+        # The server's tools changed: their annotations may have too.
+        if isinstance(message, mcp_types.ToolListChangedNotification):
+            self._forget_tools()
+
+    def _forget_tools(self) -> None:
+        self._tools = None
+        self._tools_conn = None
+        self._tools_identity = None
+
+    def _keep_tools(self, tools: list[mcp_types.Tool], conn: Connection | None) -> None:
+        self._tools = {tool.name: tool for tool in tools}
+        self._tools_conn = conn
+        self._tools_identity = None if conn is None else _identity(conn)
+
+    def _known_tools(self) -> dict[str, mcp_types.Tool] | None:
+        """The tool list, unless the client has reconnected to another server instance."""
+        conn = self._session.conn
+        if self._tools is None or conn is None or conn is self._tools_conn or not conn.alive:
+            return self._tools
+        if _identity(conn) != self._tools_identity:
+            self._forget_tools()
+        else:
+            self._tools_conn = conn  # the same server, restarted: the list still holds
+        return self._tools
+
+    async def _list_all(
+        self, client: mcp.Client, meta: mcp_types.RequestParamsMeta | None
+    ) -> list[mcp_types.Tool]:
+        tools: list[mcp_types.Tool] = []
+        cursor: str | None = None
+        while True:
+            # "refresh": the server is asked, never the SDK's response cache.
+            page = await client.list_tools(cursor=cursor, meta=meta, cache_mode="refresh")
+            tools.extend(page.tools)
+            cursor = page.next_cursor
+            if cursor is None:
+                return tools
+
+    async def _learn_tools(self) -> str | None:
+        """Fetch the tool list to decide a re-send, within the call's time left.
+
+        One ``tools/list`` (every page) at a time for all the calls that need it; it
+        reconnects first when the connection was lost. Returns why it failed, or ``None``.
+        """
+        if self._learning is None:
+            self._learning = asyncio.Lock()
+        async with self._learning:
+            if self._known_tools() is not None:
+                return None  # another call learned it meanwhile
+            # Its refused connects are retried until the deadline (a server restarting
+            # comes back within the time left or not at all), by a retry budget of its
+            # own: the call's is the call's, and spent by the failure that got us here.
+            token = budget_var.set(None)
+            try:
+                tools = await run_retrying(
+                    lambda: self._request("tools/list", self._list_all),
+                    self._policy,
+                    f"MCP tools/list on {self._label}",
+                    by_time=lambda e: is_transient(e) and not maybe_sent(e),
+                )
+            except McpError as exc:
+                return str(exc)
+            finally:
+                budget_var.reset(token)
+            self._keep_tools(tools, self._session.conn)
+            return None
+
+    async def _reconnect(self) -> None:
+        """Reconnect within the time left; a failure is the re-send's to meet (and report)."""
+        token = budget_var.set(None)  # as in _learn_tools
+        try:
+            await run_retrying(
+                self._session.live,
+                self._policy,
+                f"MCP connect {self._label}",
+                by_time=lambda e: is_transient(e) and not maybe_sent(e),
+            )
+        except McpError:
+            pass
+        finally:
+            budget_var.reset(token)
+
+    async def _repeat_rule(self, tool: str, idempotent: bool | None) -> _Repeat:
+        """Whether a call of ``tool`` whose request may have run may be sent again, and why.
+
+        The tool's annotations decide unless the caller did; when the client does not know
+        them, it learns them now (after reconnecting), within the call's time left.
+        """
         if idempotent is not None:
-            return idempotent, RESEND_CALLER
+            return _Repeat(idempotent, RESEND_CALLER)
         if tool in self._idempotent_tools:
-            return True, RESEND_ALLOW_LIST
-        if self._tools is None:
-            return False, RESEND_TOOL_LIST_UNKNOWN
-        known = self._tools.get(tool)
+            return _Repeat(True, RESEND_ALLOW_LIST)
+        if self._tools is not None and not self.connected:
+            # The list kept is only as good as the server now at the address: reconnect
+            # first, so that _known_tools() can tell whether it is the same server.
+            await self._reconnect()
+        tools = self._known_tools()
+        source = ANNOTATIONS_CACHED
+        if tools is None:
+            failed = await self._learn_tools()
+            tools = self._known_tools()
+            if tools is None:
+                return _Repeat(False, RESEND_TOOL_LIST_UNKNOWN, why_unknown=failed)
+            source = ANNOTATIONS_LEARNED
+        known = tools.get(tool)
         hints = known.annotations if known is not None else None
         if hints is not None and hints.read_only_hint:
-            return True, RESEND_READ_ONLY_HINT
+            return _Repeat(True, RESEND_READ_ONLY_HINT, source)
         if hints is not None and hints.idempotent_hint:
-            return True, RESEND_IDEMPOTENT_HINT
-        return False, RESEND_NOT_IDEMPOTENT
+            return _Repeat(True, RESEND_IDEMPOTENT_HINT, source)
+        return _Repeat(False, RESEND_NOT_IDEMPOTENT, source)
 
     async def _request(
         self,
         what: str,
         send: Callable[[mcp.Client, mcp_types.RequestParamsMeta | None], Awaitable[T]],
-        repeat: Callable[[], tuple[bool, str]] = lambda: (True, RESEND_READ_ONLY_HINT),
+        repeat: Callable[[], Awaitable[_Repeat]] | None = None,
     ) -> T:
         """One attempt of a request: connect if needed, send with the time left, map errors.
 
@@ -396,29 +544,33 @@ class McpClient:
                 err.args = (f"{err}, and again on a new session (is the URL the MCP endpoint?)",)
                 raise mark_transient(err, False) from again.__cause__
         except McpError as exc:
-            refused = self._unless_repeatable(what, exc, repeat)
+            refused = await self._unless_repeatable(what, exc, repeat)
             if refused is exc:
                 raise
             raise refused from exc
 
-    def _unless_repeatable(
-        self, what: str, err: McpError, repeat: Callable[[], tuple[bool, str]]
+    async def _unless_repeatable(
+        self, what: str, err: McpError, repeat: Callable[[], Awaitable[_Repeat]] | None
     ) -> McpError:
         if not (is_transient(err) and maybe_sent(err)):
             if is_transient(err):
                 _note(EVENT_MCP_RESEND, RESEND_NOT_SENT, err)
             return err
-        safe, rule = repeat()
-        if safe:
-            _note(EVENT_MCP_RESEND, rule, err)
+        # Reads (tools/list) are safe to repeat; a tool call asks its rule.
+        decided = _Repeat(True, RESEND_READ_ONLY_HINT) if repeat is None else await repeat()
+        if decided.safe:
+            _note(EVENT_MCP_RESEND, decided.rule, err, decided.annotations)
             return err
-        _note(EVENT_MCP_RESEND_REFUSED, rule, err)
-        why = {
-            RESEND_CALLER: "was called with idempotent=False",
-            RESEND_TOOL_LIST_UNKNOWN: (
-                "is not known to be idempotent: the tool list is unknown (call list_tools first)"
-            ),
-        }.get(rule, "is not marked idempotent")
+        _note(EVENT_MCP_RESEND_REFUSED, decided.rule, err, decided.annotations)
+        if decided.rule == RESEND_CALLER:
+            why = "was called with idempotent=False"
+        elif decided.rule == RESEND_TOOL_LIST_UNKNOWN:
+            why = (
+                "is not known to be idempotent: the tool list could not be had "
+                f"({decided.why_unknown})"
+            )
+        else:
+            why = "is not marked idempotent"
         status = http_status(err)
         what_happened = (
             f"a gateway answered {status} after the request was sent"
@@ -627,7 +779,7 @@ class McpClient:
                 progress = watch.progress
 
         async def attempt() -> mcp_types.CallToolResult:
-            tools = self._tools
+            tools = self._known_tools()
             if tools is not None and name not in tools:
                 offered = sorted(tools)
                 raise McpUnknownToolError(
@@ -720,23 +872,19 @@ class McpClient:
         """
         budget = self._call_budget(timeout)
 
-        async def send(
-            client: mcp.Client, meta: mcp_types.RequestParamsMeta | None
-        ) -> list[mcp_types.Tool]:
-            tools: list[mcp_types.Tool] = []
-            cursor: str | None = None
-            while True:
-                page = await client.list_tools(cursor=cursor, meta=meta)
-                tools.extend(page.tools)
-                cursor = page.next_cursor
-                if cursor is None:
-                    return tools
-
-        tools = await self._bounded("tools/list", budget, lambda: self._request("tools/list", send))
-        self._tools = {tool.name: tool for tool in tools}
+        tools = await self._bounded(
+            "tools/list", budget, lambda: self._request("tools/list", self._list_all)
+        )
+        self._keep_tools(tools, self._session.conn)
         return tools
 
     @property
     def tools(self) -> list[mcp_types.Tool] | None:
-        """The tool list from the last :meth:`list_tools` (``None`` before the first)."""
-        return None if self._tools is None else list(self._tools.values())
+        """The tool list the client knows (``None`` before the first :meth:`list_tools`).
+
+        Also filled when the client fetched it itself to decide whether a failed call may be
+        sent again; emptied when the server says its tools changed (``list_changed``) or the
+        client reconnected to a different server.
+        """
+        tools = self._known_tools()
+        return None if tools is None else list(tools.values())

@@ -105,8 +105,11 @@ class Session:
         connect_timeout: float | None,
         policy: RetryPolicy,
         stderr: int | IO[Any] | None,
+        on_notification: Callable[[object], None] | None = None,
     ) -> None:
         self.target = target
+        # Told of each server notification (the client drops its tool list on list_changed).
+        self._on_notification = on_notification
         self.label = label
         self._protocol = protocol
         self._connect_timeout = connect_timeout
@@ -201,7 +204,12 @@ class Session:
         target = self.target
         async with contextlib.AsyncExitStack() as stack:
             transport = await _OPENERS[target.transport](self, conn, stack)
-            client = mcp.Client(transport, mode=self._protocol, client_info=_CLIENT_INFO)
+            client = mcp.Client(
+                transport,
+                mode=self._protocol,
+                client_info=_CLIENT_INFO,
+                message_handler=self._message_handler(),
+            )
             if target.spec.loses_failures:
                 # The SDK's SSE writer dies on a failed POST and the handshake would wait
                 # for an answer that cannot come: fail it at once instead.
@@ -228,6 +236,17 @@ class Session:
             conn.client = client
             ready.set_result(None)
             await conn.closing.wait()
+
+    def _message_handler(self) -> Any:
+        notify = self._on_notification
+        if notify is None:
+            return None
+
+        async def handle(message: object) -> None:
+            notify(message)
+            await asyncio.sleep(0)  # as the SDK's default handler: a checkpoint
+
+        return handle
 
     def connect_timeout_s(self) -> float:
         if self._connect_timeout is not None:
