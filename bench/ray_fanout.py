@@ -94,7 +94,13 @@ def measure(params: dict[str, Any]) -> dict[str, Any]:
     from hangguard import JoinTimeout, _ps
     from hangguard.ray import RemoteGroup, _force
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(
+        address="local",  # a cluster of its own, never one another process started
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
     out: dict[str, Any] = {
         "raw": [],
         "hangguard": [],

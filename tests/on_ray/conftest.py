@@ -60,6 +60,7 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RaySession
         p for p in (str(SRC), str(HERE), os.environ.get("PYTHONPATH", "")) if p
     )
     ray.init(
+        address="local",  # a cluster of its own, never one another process started
         num_cpus=2,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
