@@ -95,6 +95,9 @@ _abandoned: set[asyncio.Task[Any]] = set()
 
 _NOT_CHECKED: Final = object()
 
+# The shared telemetry guard, bound once: the task wrapper enters it twice per task.
+_CONTAINED: Final = _spans.contained()
+
 
 class _State(enum.Enum):
     """Where a group is in its life; it only moves forward."""
@@ -164,6 +167,9 @@ class TaskGroup(GroupBase):
         self._index: dict[asyncio.Task[Any], int] = {}
         self._pending = 0
         self._failures: list[asyncio.Task[Any]] = []  # in the order they failed
+        # Tasks seen cancelled by _on_done: with none (and no failure) every outcome is
+        # ok, and join and _finish skip their per-task look at each outcome.
+        self._n_cancelled = 0
         self._cancel_info: dict[asyncio.Task[Any], CancelRecord] = {}
         self._cancelled_at: float | None = None  # loop time of the first cancel: grace start
         self._task_spans: dict[asyncio.Task[Any], Span] = {}
@@ -326,7 +332,7 @@ class TaskGroup(GroupBase):
         task = asyncio.current_task()
         self._unstarted.pop(task, None)  # type: ignore[arg-type]
         if self._tracer is not None and task is not None:
-            with _spans.contained():
+            with _CONTAINED:
                 span = self._task_span(index)
                 self._task_spans[task] = span
                 token = otel_context.attach(trace.set_span_in_context(span))
@@ -359,7 +365,7 @@ class TaskGroup(GroupBase):
             raise
         finally:
             if span is not None:
-                with _spans.contained():
+                with _CONTAINED:
                     otel_context.detach(token)  # type: ignore[arg-type]
                     del self._task_spans[task]  # type: ignore[arg-type]
                     span.end()
@@ -405,7 +411,9 @@ class TaskGroup(GroupBase):
             if work is not None:  # cancelled before its first step: never awaited
                 _close(work)
         failed = False
-        if not task.cancelled():
+        if task.cancelled():
+            self._n_cancelled += 1
+        else:
             exc = task.exception()  # also marks it retrieved: no "never retrieved" warning
             if exc is not None:
                 failed = True
@@ -593,19 +601,24 @@ class TaskGroup(GroupBase):
         if self._entry is not None:
             _inflight.discard(self._entry)
             self._entry = None
-        counts: collections.Counter[str] = collections.Counter(
-            self._outcome(t, not t.cancelled() and t.exception() is not None)
-            for t in self._tasks
-            if t.done()
-        )
-        record_outcomes(counts)
+        all_ok = self._all_ok()
+        if all_ok:  # the common case, counted without a look at each task
+            record_outcomes({_semconv.OUTCOME_OK: len(self._tasks)})
+        else:
+            record_outcomes(
+                collections.Counter(
+                    self._outcome(t, not t.cancelled() and t.exception() is not None)
+                    for t in self._tasks
+                    if t.done()
+                )
+            )
         span = self._span
         if span is None:
             return
         self._span = None
         cancelled = ignored = 0
         cancel_info = self._cancel_info
-        for t in self._tasks:
+        for t in () if all_ok else self._tasks:
             if t.done() and t.cancelled():
                 cancelled += 1
             elif cancel_info and t in cancel_info:
@@ -621,6 +634,14 @@ class TaskGroup(GroupBase):
             ignored=ignored,
             abandoned=self._abandoned_count,
         )
+
+    def _all_ok(self) -> bool:
+        """Whether every task has ended and returned: none pending, failed or cancelled.
+
+        Every task's done-callback has run then (``_pending`` counts them), so each
+        outcome is its result; a group that cancelled anything is never all ok.
+        """
+        return not (self._pending or self._failures or self._n_cancelled or self._cancel_info)
 
     # -- joining ----------------------------------------------------------------------
 
@@ -664,8 +685,12 @@ class TaskGroup(GroupBase):
             cancel = exc
 
         if cancel is None and self._pending == 0 and not (self._fail_fast and self._failures):
+            all_ok = self._all_ok()
             self._finish(timed_out=False)
-            results = self._results = [outcome_of(t) for t in self._tasks]
+            tasks = self._tasks
+            results = self._results = (
+                [t.result() for t in tasks] if all_ok else [outcome_of(t) for t in tasks]
+            )
             return results
         # Why the wait ended decides the shutdown's reason and what join raises after it.
         fired = None if cancel is None else self._own_deadline_fired(cancel, task, cancelling)
