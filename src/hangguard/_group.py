@@ -52,7 +52,7 @@ from ._deadline import (
     now,
     remaining,
 )
-from ._exceptions import JoinTimeout
+from ._exceptions import DeadlineExceeded, JoinTimeout
 from ._group_core import (
     GroupBase,
     child_state,
@@ -471,7 +471,11 @@ class TaskGroup(GroupBase):
         cancel_info = self._cancel_info
         # The reason travels in the message too: a nested op's span reads it as the cause.
         message = f"hangguard: {reason} ({cause})"
-        todo = [t for t in self._tasks if not t.done() and t not in cancel_info]
+        todo = (
+            [t for t in self._tasks if not t.done() and t not in cancel_info]
+            if cancel_info
+            else [t for t in self._tasks if not t.done()]
+        )
         count = len(todo)
         if self._tracer is not None and todo:
             with _spans.contained():  # a failing span processor must not stop the cancel
@@ -748,19 +752,26 @@ class TaskGroup(GroupBase):
         cancelled = self._cancel_info
         pending: list[str] = []
         results: list[Any] = []
-        held = self._settings.held_text()
+        held, held_by = self._held, self._settings.held_text()
+        # The message's tail is the same for every task (a large group gives up on 100,000
+        # at once): formatted once, like not_finished's.
+        label = deadline_name or "(unnamed)"
+        unfinished = f" did not finish before {label!r}"
         for i, t in enumerate(self._tasks):
             # A task that was cancelled but still returned or raised within the grace did
             # finish: its own outcome stands in its place.
             if t in cancelled and (not t.done() or t.cancelled()):
                 name = self.task_name(i)
                 pending.append(name)
-                why = (
-                    f"was cancelled before it started (held back by {held}) at"
-                    if t in self._held
-                    else "did not finish before"
-                )
-                results.append(not_finished(f"task {name!r} {why}", deadline_name, budget))
+                if held and t in held:
+                    why = f"was cancelled before it started (held back by {held_by}) at"
+                    results.append(not_finished(f"task {name!r} {why}", deadline_name, budget))
+                else:
+                    results.append(
+                        DeadlineExceeded(
+                            f"task {name!r}{unfinished}", deadline_name=deadline_name, budget=budget
+                        )
+                    )
             else:
                 results.append(outcome_of(t))
         return join_timeout(
@@ -794,7 +805,8 @@ class TaskGroup(GroupBase):
     def _children(self) -> list[_inflight.Entry]:
         """One entry per unfinished task, with its state (called by readers, any thread)."""
         entry = self._entry
-        deadline = entry.deadline if entry is not None else math.inf
+        if entry is None:
+            return []
         cancelled_at = self._cancelled_at
         grace_over = False
         if cancelled_at is not None:
@@ -804,22 +816,31 @@ class TaskGroup(GroupBase):
             except (IndexError, RuntimeError):
                 pass
         cancel_info = self._cancel_info
+        # Read once per read, not per task: a reader lists every unfinished task.
+        start, started_at = now(), time.time()
+        child = _inflight.Entry.child
+        frames = _inflight.task_frames
+        running = _inflight.RUNNING
         out: list[_inflight.Entry] = []
         for i, t in enumerate(list(self._tasks)):
             if t.done():
                 continue
-            state = child_state(
-                abandoned=t in _abandoned, cancelled=t in cancel_info, grace_over=grace_over
+            if cancel_info or t in _abandoned:
+                state = child_state(
+                    abandoned=t in _abandoned, cancelled=t in cancel_info, grace_over=grace_over
+                )
+            else:
+                state = running
+            out.append(
+                child(
+                    entry,
+                    self.task_name(i),
+                    functools.partial(frames, t),
+                    state,
+                    start=start,
+                    started_at=started_at,
+                )
             )
-            kid = _inflight.Entry(
-                _inflight.TASK,
-                self.task_name(i),
-                deadline=deadline,
-                parent=entry,
-                where=lambda t=t: _inflight.task_frames(t),  # type: ignore[misc]
-            )
-            kid.state = state
-            out.append(kid)
         return out
 
     async def __aexit__(
