@@ -331,9 +331,16 @@ class TaskGroup(GroupBase):
         token: object = None
         task = asyncio.current_task()
         self._unstarted.pop(task, None)  # type: ignore[arg-type]
-        if self._tracer is not None and task is not None:
+        tracer = self._tracer
+        if tracer is not None and task is not None:
             with _CONTAINED:
-                span = self._task_span(index)
+                # _task_span, inlined: this runs once per task of every traced group.
+                name = self.task_name(index)
+                span = tracer.start_span(
+                    SPAN_TASK.format(name),
+                    context=self._span_ctx,
+                    attributes={ATTR_TASK_NAME: name},
+                )
                 self._task_spans[task] = span
                 token = otel_context.attach(trace.set_span_in_context(span))
         try:
