@@ -170,6 +170,11 @@ class TaskGroup(GroupBase):
         # Tasks seen cancelled by _on_done: with none (and no failure) every outcome is
         # ok, and join and _finish skip their per-task look at each outcome.
         self._n_cancelled = 0
+        # The one cancel record of the group's cancel-alls, while only one has cancelled
+        # anything (None before, or once a second did): with it, a group whose every task
+        # it cancelled counts them all under one outcome, without a look at each.
+        self._only_record: CancelRecord | None = None
+        self._records = 0
         self._cancel_info: dict[asyncio.Task[Any], CancelRecord] = {}
         self._cancelled_at: float | None = None  # loop time of the first cancel: grace start
         self._task_spans: dict[asyncio.Task[Any], Span] = {}
@@ -490,6 +495,9 @@ class TaskGroup(GroupBase):
         for task in todo:
             cancel_info[task] = info
             task.cancel(message)
+        if count:
+            self._records += 1
+            self._only_record = info if self._records == 1 else None
         if count and self._cancelled_at is None:
             self._cancelled_at = asyncio.get_running_loop().time()
         if count and reason == CANCEL_SIBLING_FAILED:
@@ -613,8 +621,12 @@ class TaskGroup(GroupBase):
             _inflight.discard(self._entry)
             self._entry = None
         all_ok = self._all_ok()
+        total = len(self._tasks)
+        all_cut = self._all_cancelled_by_one_record()
         if all_ok:  # the common case, counted without a look at each task
-            record_outcomes({_semconv.OUTCOME_OK: len(self._tasks)})
+            record_outcomes({_semconv.OUTCOME_OK: total})
+        elif all_cut is not None:  # a mass cancel: one outcome for all
+            record_outcomes({all_cut: total})
         else:
             record_outcomes(
                 collections.Counter(
@@ -627,9 +639,10 @@ class TaskGroup(GroupBase):
         if span is None:
             return
         self._span = None
-        cancelled = ignored = 0
+        cancelled = total if all_cut is not None else 0
+        ignored = 0
         cancel_info = self._cancel_info
-        for t in () if all_ok else self._tasks:
+        for t in () if all_ok or all_cut is not None else self._tasks:
             if t.done() and t.cancelled():
                 cancelled += 1
             elif cancel_info and t in cancel_info:
@@ -653,6 +666,26 @@ class TaskGroup(GroupBase):
         outcome is its result; a group that cancelled anything is never all ok.
         """
         return not (self._pending or self._failures or self._n_cancelled or self._cancel_info)
+
+    def _all_cancelled_by_one_record(self) -> str | None:
+        """The one outcome of every task, when the group cancelled them all in one go.
+
+        All ended cancelled (their done-callbacks counted them), every one of them by the
+        group, all under its one record: each one's outcome is that record's.
+        """
+        record = self._only_record
+        n = len(self._tasks)
+        if (
+            record is None
+            or self._pending
+            or self._failures
+            or self._n_cancelled != n
+            or len(self._cancel_info) != n
+        ):
+            return None
+        if record.reason in (CANCEL_TIMEOUT, CANCEL_DEADLINE):
+            return _semconv.OUTCOME_TIMEOUT
+        return _semconv.OUTCOME_CANCELLED
 
     # -- joining ----------------------------------------------------------------------
 
