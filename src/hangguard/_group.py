@@ -52,7 +52,7 @@ from ._deadline import (
     now,
     remaining,
 )
-from ._exceptions import JoinTimeout
+from ._exceptions import DeadlineExceeded, JoinTimeout
 from ._group_core import (
     GroupBase,
     child_state,
@@ -94,6 +94,9 @@ STACK_CAPTURES: Final = 5
 _abandoned: set[asyncio.Task[Any]] = set()
 
 _NOT_CHECKED: Final = object()
+
+# The shared telemetry guard, bound once: the task wrapper enters it twice per task.
+_CONTAINED: Final = _spans.contained()
 
 
 class _State(enum.Enum):
@@ -164,6 +167,14 @@ class TaskGroup(GroupBase):
         self._index: dict[asyncio.Task[Any], int] = {}
         self._pending = 0
         self._failures: list[asyncio.Task[Any]] = []  # in the order they failed
+        # Tasks seen cancelled by _on_done: with none (and no failure) every outcome is
+        # ok, and join and _finish skip their per-task look at each outcome.
+        self._n_cancelled = 0
+        # The one cancel record of the group's cancel-alls, while only one has cancelled
+        # anything (None before, or once a second did): with it, a group whose every task
+        # it cancelled counts them all under one outcome, without a look at each.
+        self._only_record: CancelRecord | None = None
+        self._records = 0
         self._cancel_info: dict[asyncio.Task[Any], CancelRecord] = {}
         self._cancelled_at: float | None = None  # loop time of the first cancel: grace start
         self._task_spans: dict[asyncio.Task[Any], Span] = {}
@@ -325,9 +336,16 @@ class TaskGroup(GroupBase):
         token: object = None
         task = asyncio.current_task()
         self._unstarted.pop(task, None)  # type: ignore[arg-type]
-        if self._tracer is not None and task is not None:
-            with _spans.contained():
-                span = self._task_span(index)
+        tracer = self._tracer
+        if tracer is not None and task is not None:
+            with _CONTAINED:
+                # _task_span, inlined: this runs once per task of every traced group.
+                name = self.task_name(index)
+                span = tracer.start_span(
+                    SPAN_TASK.format(name),
+                    context=self._span_ctx,
+                    attributes={ATTR_TASK_NAME: name},
+                )
                 self._task_spans[task] = span
                 token = otel_context.attach(trace.set_span_in_context(span))
         try:
@@ -359,7 +377,7 @@ class TaskGroup(GroupBase):
             raise
         finally:
             if span is not None:
-                with _spans.contained():
+                with _CONTAINED:
                     otel_context.detach(token)  # type: ignore[arg-type]
                     del self._task_spans[task]  # type: ignore[arg-type]
                     span.end()
@@ -405,7 +423,9 @@ class TaskGroup(GroupBase):
             if work is not None:  # cancelled before its first step: never awaited
                 _close(work)
         failed = False
-        if not task.cancelled():
+        if task.cancelled():
+            self._n_cancelled += 1
+        else:
             exc = task.exception()  # also marks it retrieved: no "never retrieved" warning
             if exc is not None:
                 failed = True
@@ -463,7 +483,11 @@ class TaskGroup(GroupBase):
         cancel_info = self._cancel_info
         # The reason travels in the message too: a nested op's span reads it as the cause.
         message = f"hangguard: {reason} ({cause})"
-        todo = [t for t in self._tasks if not t.done() and t not in cancel_info]
+        todo = (
+            [t for t in self._tasks if not t.done() and t not in cancel_info]
+            if cancel_info
+            else [t for t in self._tasks if not t.done()]
+        )
         count = len(todo)
         if self._tracer is not None and todo:
             with _spans.contained():  # a failing span processor must not stop the cancel
@@ -471,6 +495,9 @@ class TaskGroup(GroupBase):
         for task in todo:
             cancel_info[task] = info
             task.cancel(message)
+        if count:
+            self._records += 1
+            self._only_record = info if self._records == 1 else None
         if count and self._cancelled_at is None:
             self._cancelled_at = asyncio.get_running_loop().time()
         if count and reason == CANCEL_SIBLING_FAILED:
@@ -593,19 +620,29 @@ class TaskGroup(GroupBase):
         if self._entry is not None:
             _inflight.discard(self._entry)
             self._entry = None
-        counts: collections.Counter[str] = collections.Counter(
-            self._outcome(t, not t.cancelled() and t.exception() is not None)
-            for t in self._tasks
-            if t.done()
-        )
-        record_outcomes(counts)
+        all_ok = self._all_ok()
+        total = len(self._tasks)
+        all_cut = self._all_cancelled_by_one_record()
+        if all_ok:  # the common case, counted without a look at each task
+            record_outcomes({_semconv.OUTCOME_OK: total})
+        elif all_cut is not None:  # a mass cancel: one outcome for all
+            record_outcomes({all_cut: total})
+        else:
+            record_outcomes(
+                collections.Counter(
+                    self._outcome(t, not t.cancelled() and t.exception() is not None)
+                    for t in self._tasks
+                    if t.done()
+                )
+            )
         span = self._span
         if span is None:
             return
         self._span = None
-        cancelled = ignored = 0
+        cancelled = total if all_cut is not None else 0
+        ignored = 0
         cancel_info = self._cancel_info
-        for t in self._tasks:
+        for t in () if all_ok or all_cut is not None else self._tasks:
             if t.done() and t.cancelled():
                 cancelled += 1
             elif cancel_info and t in cancel_info:
@@ -621,6 +658,34 @@ class TaskGroup(GroupBase):
             ignored=ignored,
             abandoned=self._abandoned_count,
         )
+
+    def _all_ok(self) -> bool:
+        """Whether every task has ended and returned: none pending, failed or cancelled.
+
+        Every task's done-callback has run then (``_pending`` counts them), so each
+        outcome is its result; a group that cancelled anything is never all ok.
+        """
+        return not (self._pending or self._failures or self._n_cancelled or self._cancel_info)
+
+    def _all_cancelled_by_one_record(self) -> str | None:
+        """The one outcome of every task, when the group cancelled them all in one go.
+
+        All ended cancelled (their done-callbacks counted them), every one of them by the
+        group, all under its one record: each one's outcome is that record's.
+        """
+        record = self._only_record
+        n = len(self._tasks)
+        if (
+            record is None
+            or self._pending
+            or self._failures
+            or self._n_cancelled != n
+            or len(self._cancel_info) != n
+        ):
+            return None
+        if record.reason in (CANCEL_TIMEOUT, CANCEL_DEADLINE):
+            return _semconv.OUTCOME_TIMEOUT
+        return _semconv.OUTCOME_CANCELLED
 
     # -- joining ----------------------------------------------------------------------
 
@@ -664,8 +729,12 @@ class TaskGroup(GroupBase):
             cancel = exc
 
         if cancel is None and self._pending == 0 and not (self._fail_fast and self._failures):
+            all_ok = self._all_ok()
             self._finish(timed_out=False)
-            results = self._results = [outcome_of(t) for t in self._tasks]
+            tasks = self._tasks
+            results = self._results = (
+                [t.result() for t in tasks] if all_ok else [outcome_of(t) for t in tasks]
+            )
             return results
         # Why the wait ended decides the shutdown's reason and what join raises after it.
         fired = None if cancel is None else self._own_deadline_fired(cancel, task, cancelling)
@@ -723,19 +792,26 @@ class TaskGroup(GroupBase):
         cancelled = self._cancel_info
         pending: list[str] = []
         results: list[Any] = []
-        held = self._settings.held_text()
+        held, held_by = self._held, self._settings.held_text()
+        # The message's tail is the same for every task (a large group gives up on 100,000
+        # at once): formatted once, like not_finished's.
+        label = deadline_name or "(unnamed)"
+        unfinished = f" did not finish before {label!r}"
         for i, t in enumerate(self._tasks):
             # A task that was cancelled but still returned or raised within the grace did
             # finish: its own outcome stands in its place.
             if t in cancelled and (not t.done() or t.cancelled()):
                 name = self.task_name(i)
                 pending.append(name)
-                why = (
-                    f"was cancelled before it started (held back by {held}) at"
-                    if t in self._held
-                    else "did not finish before"
-                )
-                results.append(not_finished(f"task {name!r} {why}", deadline_name, budget))
+                if held and t in held:
+                    why = f"was cancelled before it started (held back by {held_by}) at"
+                    results.append(not_finished(f"task {name!r} {why}", deadline_name, budget))
+                else:
+                    results.append(
+                        DeadlineExceeded(
+                            f"task {name!r}{unfinished}", deadline_name=deadline_name, budget=budget
+                        )
+                    )
             else:
                 results.append(outcome_of(t))
         return join_timeout(
@@ -769,7 +845,8 @@ class TaskGroup(GroupBase):
     def _children(self) -> list[_inflight.Entry]:
         """One entry per unfinished task, with its state (called by readers, any thread)."""
         entry = self._entry
-        deadline = entry.deadline if entry is not None else math.inf
+        if entry is None:
+            return []
         cancelled_at = self._cancelled_at
         grace_over = False
         if cancelled_at is not None:
@@ -779,22 +856,31 @@ class TaskGroup(GroupBase):
             except (IndexError, RuntimeError):
                 pass
         cancel_info = self._cancel_info
+        # Read once per read, not per task: a reader lists every unfinished task.
+        start, started_at = now(), time.time()
+        child = _inflight.Entry.child
+        frames = _inflight.task_frames
+        running = _inflight.RUNNING
         out: list[_inflight.Entry] = []
         for i, t in enumerate(list(self._tasks)):
             if t.done():
                 continue
-            state = child_state(
-                abandoned=t in _abandoned, cancelled=t in cancel_info, grace_over=grace_over
+            if cancel_info or t in _abandoned:
+                state = child_state(
+                    abandoned=t in _abandoned, cancelled=t in cancel_info, grace_over=grace_over
+                )
+            else:
+                state = running
+            out.append(
+                child(
+                    entry,
+                    self.task_name(i),
+                    functools.partial(frames, t),
+                    state,
+                    start=start,
+                    started_at=started_at,
+                )
             )
-            kid = _inflight.Entry(
-                _inflight.TASK,
-                self.task_name(i),
-                deadline=deadline,
-                parent=entry,
-                where=lambda t=t: _inflight.task_frames(t),  # type: ignore[misc]
-            )
-            kid.state = state
-            out.append(kid)
         return out
 
     async def __aexit__(

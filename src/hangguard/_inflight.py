@@ -172,6 +172,43 @@ class Entry:
         self.thread_id = threading.get_ident()
         self.node: Node | None = None
 
+    @classmethod
+    def child(
+        cls,
+        parent: Entry,
+        name: str,
+        where: Callable[[], tuple[Frame, ...]],
+        state: str,
+        *,
+        start: float,
+        started_at: float,
+    ) -> Entry:
+        """A task listed by its group's ``children`` for one read, built without ``__init__``.
+
+        A reader lists thousands of them per read: the clocks are read once per read by the
+        caller (``start``, ``started_at``), and the task runs on its group's thread, so the
+        ids, deadline and thread come from ``parent``. Example::
+
+            Entry.child(group_entry, "fetch[3]", where, RUNNING, start=now(), started_at=t)
+        """
+        kid = cls.__new__(cls)
+        kid.id = next(_ids)
+        kid.kind = TASK
+        kid.name = name
+        kid.deadline = parent.deadline
+        kid.parent = parent
+        kid.trace_id = 0
+        kid.span_id = 0
+        kid.span = None
+        kid.where = where
+        kid.children = None
+        kid.start = start
+        kid.started_at = started_at
+        kid.state = state
+        kid.thread_id = parent.thread_id
+        kid.node = None
+        return kid
+
 
 def _held_weakly(
     entry_id: int, children: Callable[[], Iterable[Entry]]
