@@ -59,7 +59,10 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RaySession
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(SRC), str(HERE), os.environ.get("PYTHONPATH", "")) if p
     )
+    # address="local": a cluster of its own, never another run's that is up on this machine
+    # (without it ray.init() joins the newest one, and refuses num_cpus there).
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",

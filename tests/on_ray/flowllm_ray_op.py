@@ -41,7 +41,14 @@ class HangingRayOp(ItemsRayOp):
 
 def main() -> None:
     C.service_config = ServiceConfig(ray_max_workers=2)
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    # address="local": a cluster of its own, never another run's that is up on this machine.
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
     report: dict[str, Any] = {}
     results = ItemsRayOp(raise_exception=True, items=["a", "b", "c"]).call()
     report["ok"] = {"items": [r["item"] for r in results], "left": [r["left"] for r in results]}
