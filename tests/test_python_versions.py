@@ -1,20 +1,26 @@
-"""What differs between Python 3.11 and 3.12-3.14, on the Python running here.
+"""What differs between Python 3.11 and 3.12-3.14, emulated on the Python running here.
 
 Python 3.12's ``asyncio.eager_task_factory`` runs a task's first step inside
 ``create_task``: a task may await, fail or even finish before ``create_task`` returns to
-the code that submitted it. The key scenarios of the task group, deadlines and guarded ops
-run under it, traced and untraced. Those tests need 3.12+: on 3.11 they skip, and CI runs
-them on 3.12, 3.13 and 3.14 (``scripts/other-pythons.sh``, called by ``.ci/run``), so the
-emulation of the eager factory on 3.11 that stood in for them (it had to call a private
-asyncio function, and differed for a coroutine that finishes in its first step) is gone.
+the code that submitted it. :func:`eager_task_factory` below does the same on 3.11 (on
+3.12+ the standard one is used), and the key scenarios of the task group, deadlines and
+guarded ops run under it, traced and untraced.
+
+The emulation runs the coroutine's first step with the new task as the current task
+(``asyncio.tasks._enter_task``: a private function of the standard library, used here in
+a test only, because there is no public way to do it on 3.11), then hands the suspended
+coroutine to an ordinary task. One difference from the real thing remains: a coroutine
+that finishes in its first step is done only at the task's first scheduled step, not
+when ``create_task`` returns; the task's outcome and the order of callbacks are the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 import pytest
@@ -34,22 +40,80 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HANGGUARD_CANCEL_GRACE", "0.5")
 
 
-needs_eager = pytest.mark.skipif(
-    sys.version_info < (3, 12),
-    reason="asyncio.eager_task_factory is 3.12+ (CI runs these on 3.12-3.14: "
-    "bash scripts/other-pythons.sh)",
-)
+class _Resumed(Coroutine[Any, Any, Any]):
+    """A coroutine whose first step already ran: replays its outcome, then delegates."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], step: tuple[str, Any]) -> None:
+        self._coro = coro
+        self._step: tuple[str, Any] | None = step
+
+    def send(self, value: Any) -> Any:
+        step, self._step = self._step, None
+        if step is None:
+            return self._coro.send(value)
+        kind, payload = step
+        if kind == "yield":
+            return payload
+        if kind == "return":
+            raise StopIteration(payload)
+        raise payload
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        step, self._step = self._step, None
+        if step is not None and step[0] != "yield":
+            # It finished in its first step: that outcome stands, as on 3.12.
+            self._step = step
+            return self.send(None)
+        return self._coro.throw(typ if val is None else val)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        raise TypeError("awaited only by its task")
+
+
+def _emulated_eager_factory(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, Any],
+    context: contextvars.Context | None = None,
+) -> asyncio.Task[Any]:
+    ctx = context if context is not None else contextvars.copy_context()
+    task = asyncio.Task(_Resumed(coro, ("yield", None)), loop=loop, context=ctx)
+    parent = asyncio.current_task(loop)
+    if parent is not None:
+        asyncio.tasks._leave_task(loop, parent)
+    asyncio.tasks._enter_task(loop, task)
+    try:
+        try:
+            step: tuple[str, Any] = ("yield", ctx.run(coro.send, None))
+        except StopIteration as stop:
+            step = ("return", stop.value)
+        except BaseException as exc:
+            step = ("raise", exc)
+    finally:
+        asyncio.tasks._leave_task(loop, task)
+        if parent is not None:
+            asyncio.tasks._enter_task(loop, parent)
+    wrapper = task.get_coro()
+    assert isinstance(wrapper, _Resumed)
+    wrapper._step = step
+    return task
+
+
+def eager_task_factory() -> Any:
+    """The standard eager factory on 3.12+, the emulation above on 3.11."""
+    return getattr(asyncio, "eager_task_factory", None) or _emulated_eager_factory
 
 
 async def _with_eager_tasks() -> None:
-    asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
+    asyncio.get_running_loop().set_task_factory(eager_task_factory())
 
 
-# --- the eager factory itself -------------------------------------------------------------------
+# --- the emulation itself -------------------------------------------------------------------
 
 
-@needs_eager
-async def test_the_eager_factory_runs_the_first_step_inside_create_task() -> None:
+async def test_the_emulated_factory_runs_the_first_step_inside_create_task() -> None:
     await _with_eager_tasks()
     ran: list[str] = []
     release = asyncio.Event()
@@ -95,7 +159,6 @@ def tracing(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@needs_eager
 async def test_group_results_in_order_when_tasks_finish_inside_submit(tracing: str) -> None:
     await _with_eager_tasks()
     group = hangguard.TaskGroup("eager")
@@ -106,7 +169,6 @@ async def test_group_results_in_order_when_tasks_finish_inside_submit(tracing: s
     assert await group.join() == [0, 1, 2, 3, 4]
 
 
-@needs_eager
 async def test_group_failure_in_the_first_step_cancels_the_siblings(tracing: str) -> None:
     await _with_eager_tasks()
     sibling_cancelled = asyncio.Event()
@@ -125,7 +187,6 @@ async def test_group_failure_in_the_first_step_cancels_the_siblings(tracing: str
     assert sibling_cancelled.is_set()
 
 
-@needs_eager
 async def test_group_return_exceptions_with_a_task_failing_inside_submit(tracing: str) -> None:
     await _with_eager_tasks()
     group = hangguard.TaskGroup("eager")
@@ -135,7 +196,6 @@ async def test_group_return_exceptions_with_a_task_failing_inside_submit(tracing
     assert isinstance(first, ValueError) and second == 1
 
 
-@needs_eager
 async def test_group_join_timeout_with_eager_hanging_tasks(tracing: str) -> None:
     await _with_eager_tasks()
     group = hangguard.TaskGroup("eager")
@@ -149,7 +209,6 @@ async def test_group_join_timeout_with_eager_hanging_tasks(tracing: str) -> None
     assert info.value.results[0] == 0
 
 
-@needs_eager
 async def test_deadline_entered_in_the_first_step_binds_the_eager_task(tracing: str) -> None:
     await _with_eager_tasks()
 
@@ -165,7 +224,6 @@ async def test_deadline_entered_in_the_first_step_binds_the_eager_task(tracing: 
     assert time.monotonic() - start < 0.05 + MARGIN
 
 
-@needs_eager
 async def test_join_under_a_deadline_with_eager_tasks(tracing: str) -> None:
     await _with_eager_tasks()
     group = hangguard.TaskGroup("eager")
@@ -175,7 +233,6 @@ async def test_join_under_a_deadline_with_eager_tasks(tracing: str) -> None:
             await group.join()
 
 
-@needs_eager
 async def test_nested_group_joined_inside_an_eager_task(tracing: str) -> None:
     await _with_eager_tasks()
 
@@ -190,7 +247,6 @@ async def test_nested_group_joined_inside_an_eager_task(tracing: str) -> None:
     assert await outer.join() == [[1, 2]]
 
 
-@needs_eager
 async def test_guarded_op_fan_out_with_eager_tasks(tracing: str) -> None:
     await _with_eager_tasks()
 
