@@ -11,8 +11,8 @@
 #
 # The wrapper (<cache>/python) bind-mounts /proc, /dev and /sys, the checkout (at the same
 # path, so the editable install and pytest's paths hold), and the directories of
-# HANGGUARD_JAEGER_BIN / HANGGUARD_GATEWAY_BIN when set (the host's Go builds are static
-# binaries, shared rather than rebuilt), the flowllm venvs of HANGGUARD_FLOWLLM_PYTHON /
+# HANGGUARD_JAEGER_BIN / HANGGUARD_GATEWAY_BIN / HANGGUARD_COMPOSE_CHECK_BIN when set (the
+# host's Go builds, shared rather than rebuilt), the flowllm venvs of HANGGUARD_FLOWLLM_PYTHON /
 # HANGGUARD_FLOWLLM3_PYTHON with their base interpreter, and server-everything's npm folder
 # (HANGGUARD_MCP_EVERYTHING) with the host's node, then runs `chroot <root> <venv>/bin/python "$@"`
 # in the current directory with the caller's environment. It needs root (chroot, mount).
@@ -105,7 +105,7 @@ bind /dev/pts
 bind /dev/shm
 bind /sys
 bind "$repo"
-for bin in "\${HANGGUARD_JAEGER_BIN:-}" "\${HANGGUARD_GATEWAY_BIN:-}"; do
+for bin in "\${HANGGUARD_JAEGER_BIN:-}" "\${HANGGUARD_GATEWAY_BIN:-}" "\${HANGGUARD_COMPOSE_CHECK_BIN:-}"; do
 	[[ -n "\$bin" ]] && bind "\$(dirname "\$bin")"
 done
 # The flowllm venvs run their own (host) interpreter: the venv and that interpreter's prefix.

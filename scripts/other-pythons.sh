@@ -4,8 +4,9 @@
 # sid (see docs/python-versions.md). Each interpreter gets its venv with this checkout
 # installed (-e '.[test]') from scripts/pyenv-python.sh or scripts/debian-python.sh, which
 # build and cache it. The host's builds are shared through the same variables as the main
-# run: HANGGUARD_JAEGER_BIN, HANGGUARD_GATEWAY_BIN, HANGGUARD_FLOWLLM_PYTHON,
-# HANGGUARD_FLOWLLM3_PYTHON and HANGGUARD_MCP_EVERYTHING (the chroot wrapper mounts them).
+# run: HANGGUARD_JAEGER_BIN, HANGGUARD_GATEWAY_BIN, HANGGUARD_COMPOSE_CHECK_BIN,
+# HANGGUARD_FLOWLLM_PYTHON, HANGGUARD_FLOWLLM3_PYTHON and HANGGUARD_MCP_EVERYTHING (the
+# chroot wrapper mounts them).
 #
 # Every version runs even when one fails; the exit status is non-zero if any failed. The
 # time each one took is printed at the end.

@@ -66,3 +66,23 @@ def test_build_jaeger_prints_progress_and_explains_the_403(tmp_path: Path) -> No
     assert len(ticks) >= 2, stderr
     assert "last: example.com/pkg" in ticks[-1]
     assert "from module source in" in stderr
+
+
+# --- scripts/other-pythons.sh ---------------------------------------------------------------
+
+OTHER_PYTHONS = SCRIPT.parent / "other-pythons.sh"
+
+
+def test_other_pythons_runs_every_version_and_fails_if_one_has_no_interpreter() -> None:
+    # 3.98 and 3.99 have no recipe: each is reported, the next still tried, the run fails.
+    done = subprocess.run(
+        ["bash", str(OTHER_PYTHONS), "3.98", "3.99", "--", "-x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "no recipe for Python 3.98" in done.stderr
+    assert "no recipe for Python 3.99" in done.stderr
+    assert "3.98: no interpreter" in done.stdout and "3.99: no interpreter" in done.stdout

@@ -734,21 +734,23 @@ def test_public_names_are_exported() -> None:
 async def test_no_attempt_starts_at_or_after_the_deadline_with_zero_backoff_and_min_attempt() -> (
     None
 ):
-    # A child task under a 50 ms deadline, retrying with no backoff and min_attempt=0:
+    # A child task under a 50 s deadline, retrying with no backoff and min_attempt=0:
     # "0 s of backoff + 0 s of attempt fit in the 0 s left" must not start an attempt.
+    # 50 s, not 50 ms: the scope's loop timer runs on real time, and five attempts on a
+    # loaded machine took longer than 50 ms of it.
     clock = FakeClock()
     starts: list[float] = []
     with use_clock(clock):
 
         async def fn() -> None:
             starts.append(clock())
-            clock.advance(0.01)
+            clock.advance(10)
             raise ConnectionError("down")
 
         policy = RetryPolicy(
             attempts=500, backoff=Backoff(initial=0, maximum=0, jitter=0), min_attempt=0
         )
-        async with deadline(0.05, name="request") as scope:
+        async with deadline(50, name="request") as scope:
             child = asyncio.create_task(retry_call(fn, policy, name="fetch"))
             with pytest.raises(ConnectionError):
                 await child

@@ -157,7 +157,7 @@ def test_sigterm_chains_to_the_handler_the_application_installed(stack: Stack) -
         entry = blocked_entry(app.ps_until(blocked_entry))
         assert entry is not None
         app.proc.send_signal(signal.SIGTERM)
-        assert app.proc.wait(30) == 3  # the application's handler decided the exit
+        assert app.proc.wait(60) == 3  # the application's handler decided the exit
         assert app.proc.stdout is not None
         assert "OWN HANDLER" in app.proc.stdout.read()
     finally:
