@@ -16,8 +16,10 @@ change to the class:
   one run of the op (held in a contextvar, so concurrent runs of one instance never mix;
   outside a guarded run, to a group held on the instance). ``join_async_task`` joins it.
   When the class brings its own ``join_async_task``, the guarded join first lets the group
-  finish (timeouts, cancellation, spans, logging) and then hands the finished tasks to the
-  original join, so an op that worked returns exactly what it returned before. A class
+  finish (timeouts, cancellation, spans) and then hands the finished tasks to the
+  original join, so an op that worked returns exactly what it returned before; a failure
+  the join hands over is its receiver's to log, and only those nobody receives are logged
+  here (see ``_log_unreceived``). A class
   without one gets the group's result: results in submit order, nothing dropped.
 
 :func:`hangguard.traced` gives a plain ``async def`` the same span and deadline.

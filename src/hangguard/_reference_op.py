@@ -96,8 +96,8 @@ class BaseAsyncOp:
         """Gather the submitted tasks: list results flattened, falsy ones dropped.
 
         With ``return_exceptions=True`` failures are left out, each logged here once with
-        its traceback (a guarded op's group hands them over unlogged). Without :func:`hangguard.guarded_op` this waits as long
-        as the slowest task.
+        its traceback (a guarded op's group hands them over unlogged). Without
+        :func:`hangguard.guarded_op` this waits as long as the slowest task.
         """
         tasks, self.task_list = self.task_list, []
         gathered = asyncio.gather(*tasks, return_exceptions=return_exceptions)
