@@ -82,3 +82,38 @@ def test_the_trace_shows_the_stuck_thread_stack(check: dict[str, Any]) -> None:
     (event,) = spans["task stuck_read[1]"]["events"]
     assert event["name"] == "hangguard.cancelled"
     assert event["attributes"]["hangguard.task.stack"].splitlines()[0].endswith("in stuck_read")
+
+
+@pytest.fixture(scope="module")
+def logged() -> dict[str, Any]:
+    """What the guarded real ``BaseAsyncOp`` logged per sub-task failure (see the script)."""
+    python = flowllm_python()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    for var in ("HANGGUARD_BUDGETS", "HANGGUARD_DEFAULT_BUDGET", "HANGGUARD_JOIN_TIMEOUT"):
+        env.pop(var, None)
+    out = subprocess.run(
+        [python, str(ROOT / "tests" / "flowllm" / "check_logged_once.py")],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+        env=env,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_a_returned_failure_is_logged_once_by_flowllms_own_join(logged: dict[str, Any]) -> None:
+    # flowllm's join_async_task receives both failures (return_exceptions=True) and logs
+    # each with its traceback: the group, which handed them over, does not log them too.
+    returned = logged["returned"]
+    assert returned["result"] == ["a"]
+    assert returned["logged"] == ["loguru: Task failed with exception"] * 2
+
+
+def test_a_raised_failure_is_not_logged_on_its_way_to_the_caller(logged: dict[str, Any]) -> None:
+    raised = logged["raised"]
+    assert raised["error"] == "search for 'down-1' failed"
+    assert raised["logged"] == []

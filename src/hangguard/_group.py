@@ -141,6 +141,12 @@ class TaskGroup(GroupBase):
     flowllm's ``join_async_task``), and ``async with`` is optional.
     """
 
+    #: Set by the guarded op on the group of its run: the op's join hands every failure
+    #: it receives to its caller, so a failure is not logged when it happens but, once
+    #: the join has ended, only if the join did not hand it over (see ``_op.py``). A
+    #: failure after the join ended is logged when it happens, as in any group.
+    _joiner_logs: bool = False
+
     def __init__(
         self,
         name: str = "group",
@@ -430,13 +436,8 @@ class TaskGroup(GroupBase):
             if exc is not None:
                 failed = True
                 self._failures.append(task)
-                logger.error(
-                    "task %r of group %r failed with %s",
-                    self.task_name(self._index[task]),
-                    self.name,
-                    type(exc).__name__,
-                    exc_info=exc,
-                )
+                if not self._joiner_logs or self._state is _State.DONE:
+                    self._log_failure(task, exc)
                 if self._fail_fast and len(self._failures) == 1:
                     self._cancel_for_failure()
         waiter = self._waiter
@@ -450,6 +451,16 @@ class TaskGroup(GroupBase):
             # Outcomes are counted once per group when join ends; a task that outlived
             # the join (it ignored its cancellation) is counted when it ends.
             _metrics.record_task_outcome(self._outcome(task, failed))
+
+    def _log_failure(self, task: asyncio.Task[Any], exc: BaseException) -> None:
+        """The one ERROR, with its traceback, of a task that failed."""
+        logger.error(
+            "task %r of group %r failed with %s",
+            self.task_name(self._index[task]),
+            self.name,
+            type(exc).__name__,
+            exc_info=exc,
+        )
 
     def _cancel_for_failure(self) -> None:
         """The first failure in fail-fast mode: cancel the siblings and the body, once."""

@@ -16,8 +16,10 @@ change to the class:
   one run of the op (held in a contextvar, so concurrent runs of one instance never mix;
   outside a guarded run, to a group held on the instance). ``join_async_task`` joins it.
   When the class brings its own ``join_async_task``, the guarded join first lets the group
-  finish (timeouts, cancellation, spans, logging) and then hands the finished tasks to the
-  original join, so an op that worked returns exactly what it returned before. A class
+  finish (timeouts, cancellation, spans) and then hands the finished tasks to the
+  original join, so an op that worked returns exactly what it returned before; a failure
+  the join hands over is its receiver's to log, and only those nobody receives are logged
+  here (see ``_log_unreceived``). A class
   without one gets the group's result: results in submit order, nothing dropped.
 
 :func:`hangguard.traced` gives a plain ``async def`` the same span and deadline.
@@ -84,10 +86,20 @@ _INSTANCE_RUN: Final = "_hangguard_run"
 _guarded_tasks: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
 
 
-def failure_logged(task: object) -> bool:
-    """Whether ``task`` ran in a guarded op's group, which logs its failure (once, with the
-    task's name and traceback) as it ends: a join handed it must not log it again."""
-    return isinstance(task, asyncio.Task) and task in _guarded_tasks
+def _log_unreceived(group: TaskGroup, received: BaseException | None = None) -> None:
+    """Log, once each, the failures of a run's group that its join did not hand over.
+
+    The rule that gives every failure one report: a failure the join returns (``return_
+    exceptions=True``, to the class's own join or the op's code) or raises (the first, when
+    failing fast) is the receiver's to report; every other one (a second failure while the
+    first is raised, failures in a join that timed out or was cancelled, tasks of a run
+    that never joined them) is logged here, with the group's message and its traceback,
+    right after the join ended. A task failing after that is logged by the group itself.
+    """
+    for task in group._failures:
+        exc = task.exception()
+        if exc is not None and exc is not received:
+            group._log_failure(task, exc)
 
 
 @dataclass(slots=True, eq=False)
@@ -170,6 +182,9 @@ def _guarded_submit(
     run = _run_of(self)
     if run.group is None:
         run.group = TaskGroup(run.name)
+        # A guarded run always ends its group (its join, else _close_leftover), which then
+        # logs what was not handed over; a group kept on the instance may never be joined.
+        run.group._joiner_logs = run.task is not None
         run.tasks = []
     label = f"{submit_label(fn)}[{len(run.tasks)}]"
     task = run.group.submit_named(label, fn, *args, **kwargs)
@@ -236,6 +251,10 @@ def _make_join(
                         await group.__aexit__(type(exc), exc, exc.__traceback__)
                 finally:
                     _forget(self, tasks)
+                    if group._joiner_logs:
+                        # A raised failure is the caller's; a JoinTimeout or a cancel
+                        # hands over none.
+                        _log_unreceived(group, exc)
                 raise
         if original is None:
             return results
@@ -286,8 +305,8 @@ def _as_outcomes(tasks: list[Any], ours: set[Any]) -> list[Any]:
 async def _close_leftover(run: _Run, exc: BaseException | None) -> None:
     """Deal with tasks submitted in a run that ended without joining them.
 
-    On success they are joined (as an ``async with`` group would be), their failures
-    already logged by the group; when the run failed or was cancelled they are cancelled.
+    On success they are joined (as an ``async with`` group would be) and their failures
+    logged, as nobody receives them; when the run failed or was cancelled they are cancelled.
     """
     group, tasks = run.group, run.tasks
     run.group, run.tasks = None, []
@@ -306,6 +325,8 @@ async def _close_leftover(run: _Run, exc: BaseException | None) -> None:
             await group.__aexit__(type(exc), exc, exc.__traceback__)
     finally:
         _forget(run.op, tasks)
+        if group._joiner_logs:
+            _log_unreceived(group)  # nobody receives these results
 
 
 def _refuse_swallowed_deadline(name: str, task: asyncio.Task[Any] | None, before: int) -> None:

@@ -19,8 +19,6 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ._op import failure_logged
-
 __all__ = ["BaseAsyncOp", "OpContext"]
 
 logger = logging.getLogger("hangguard.testing")
@@ -97,10 +95,9 @@ class BaseAsyncOp:
     ) -> list[Any]:
         """Gather the submitted tasks: list results flattened, falsy ones dropped.
 
-        With ``return_exceptions=True`` failures are left out, each logged once with its
-        traceback: here, unless the task ran in a guarded op's group, which has logged it
-        already (by task name). Without :func:`hangguard.guarded_op` this waits as long
-        as the slowest task.
+        With ``return_exceptions=True`` failures are left out, each logged here once with
+        its traceback (a guarded op's group hands them over unlogged). Without
+        :func:`hangguard.guarded_op` this waits as long as the slowest task.
         """
         tasks, self.task_list = self.task_list, []
         gathered = asyncio.gather(*tasks, return_exceptions=return_exceptions)
@@ -108,8 +105,7 @@ class BaseAsyncOp:
         out: list[Any] = []
         for task, result in zip(tasks, results, strict=True):
             if return_exceptions and isinstance(result, Exception):
-                if not failure_logged(task):
-                    logger.error("task failed", exc_info=result)
+                logger.error("task %r failed", task.get_name(), exc_info=result)
                 continue
             if isinstance(result, list):
                 out.extend(result)
