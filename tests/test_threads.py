@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import socket
 import threading
@@ -601,3 +602,21 @@ def test_the_guide_examples_of_sync_code_run_as_written(index: int) -> None:
     assert expected in out.stdout
     if index == 4:
         assert "event loop blocked" in out.stderr
+
+
+_seen_var: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="submitter")
+
+
+def test_a_call_held_back_by_the_limit_runs_in_its_own_submits_context() -> None:
+    second_queued = threading.Event()
+
+    def first() -> str:
+        _seen_var.set("first")  # in first's own copy: never the next call's
+        assert second_queued.wait(10)
+        return _seen_var.get()
+
+    group = hangguard.ThreadGroup("ctx", limit=1)
+    group.submit(first)
+    group.submit(_seen_var.get)  # held back: first is running
+    second_queued.set()
+    assert group.join() == ["first", "submitter"]

@@ -127,6 +127,7 @@ class _Slot:
         "acked",
         "args",
         "cancel",
+        "context",
         "failed",
         "fn",
         "future",
@@ -157,6 +158,9 @@ class _Slot:
         self.failed = False
         self.span: Span | None = None
         self.submitted_at = 0.0
+        # A call held back by the limit runs in the context of its own submit, not in that
+        # of the call whose end hands it on (which may have set context variables).
+        self.context: contextvars.Context | None = None
 
 
 # The slot of the call running in this thread (set in the copied context of each call).
@@ -403,6 +407,7 @@ class ThreadGroup(GroupBase):
             self._slots.append(slot)
             self._pending += 1
             if self._settings.limit is not None and self._running >= self._settings.limit:
+                slot.context = contextvars.copy_context()
                 self._queued.append(slot)
                 return
             self._running += 1
@@ -413,8 +418,9 @@ class ThreadGroup(GroupBase):
         slot.state = _SUBMITTED
         slot.submitted_at = time.monotonic()
         executor = self._executor if self._executor is not None else _shared_pool()
+        context, slot.context = slot.context or contextvars.copy_context(), None
         try:
-            slot.future = executor.submit(contextvars.copy_context().run, self._run, slot)
+            slot.future = executor.submit(context.run, self._run, slot)
         except BaseException as exc:
             if slot.state == _DONE:
                 if slot.outcome is exc:
@@ -563,6 +569,7 @@ class ThreadGroup(GroupBase):
                 exc_info=outcome,
             )
         nxt: _Slot | None = None
+        refused: _Slot | None = None
         with self._lock:
             late = slot.state == _ABANDONED
             slot.state = _DONE
@@ -577,15 +584,41 @@ class ThreadGroup(GroupBase):
                 if self._pending == 0 or self._wake_any or (failed and self._fail_fast):
                     self._cond.notify_all()
                 self._running -= 1
-                if self._queued and not self._joined_giving_up():
+                while self._queued and not self._joined_giving_up():
                     nxt = self._queued.popleft()
-                    self._running += 1
+                    if not self._refused_late(nxt):
+                        self._running += 1
+                        break
+                    refused, nxt = nxt, None
         if late:
             self._log_late(slot, outcome, failed and not logged)
         elif failed and self._fail_fast and self._failures[0] is slot:
             self._cancel_rest(CANCEL_SIBLING_FAILED, self.task_name(slot.index))
+        elif refused is not None and self._fail_fast and self._failures[0] is refused:
+            self._cancel_rest(CANCEL_SIBLING_FAILED, self.task_name(refused.index))
         if nxt is not None:
             self._dispatch(nxt, direct=False)
+
+    def _refused_late(self, slot: _Slot) -> bool:
+        """Under the lock: a held call whose deadline passed while it waited never starts.
+
+        It is ended here, as held back, and not handed to the pool: handed on, the join
+        could find it running (and abandon it) before its thread saw the deadline.
+        """
+        context = slot.context
+        d = context.run(current_deadline) if context is not None else None
+        if d is None or math.isinf(d.expires_at) or now() < d.expires_at:
+            return False
+        slot.context = None
+        slot.held = True
+        slot.outcome = self._held_back(slot, d)
+        slot.failed = True
+        slot.state = _DONE
+        self._pending -= 1
+        self._failures.append(slot)
+        if self._pending == 0 or self._wake_any or self._fail_fast:
+            self._cond.notify_all()
+        return True
 
     def _joined_giving_up(self) -> bool:
         return self._finished or (self._fail_fast and bool(self._failures))
