@@ -224,7 +224,7 @@ def run(cfg: Config) -> list[Row]:
         Row(
             "ray",
             f"N={n:,}",
-            "RemoteGroup submit + join, ps watcher on (a task reports its node once it has run 0.5 s)",
+            "RemoteGroup submit + join, ps watcher on (nodes reported after 0.5 s)",
             "ms",
             ms(result["hangguard_ps"]),
             baseline=raw_ps,
