@@ -37,6 +37,21 @@ def finished(spans: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
     return [s for s in spans.get_finished_spans() if s.name == name]
 
 
+async def server_span(spans: InMemorySpanExporter, name: str) -> ReadableSpan:
+    """The server's span ``name``, once its thread has ended it.
+
+    The server ends its span after it answered (or after its handler's cancel unwound),
+    so the client can be done first: poll until it is there, bounded.
+    """
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + 20
+    while not (found := finished(spans, name)):
+        assert loop.time() < give_up, f"the server never ended its span {name!r}"
+        await asyncio.sleep(0.01)  # polling another thread's exporter: no event to wait on
+    (span,) = found
+    return span
+
+
 async def test_the_client_speaks_the_stateless_revision(stateless: ChaosServer) -> None:
     async with hangguard.mcp.McpClient(stateless.url, timeout=5) as client:
         assert client.protocol_version == MODERN
@@ -59,7 +74,7 @@ async def test_a_hanging_tool_is_bounded_by_the_deadline_and_the_server_cancels_
     assert stateless.recorder.count("cancelled", "hang") == 1
     assert stateless.recorder.count("finished", "hang") == 0
     # The time left went with the request: the server ran the handler under it.
-    (served,) = finished(spans, "tools/call hang")
+    served = await server_span(spans, "tools/call hang")
     assert served.kind is SpanKind.SERVER
 
 
@@ -69,7 +84,7 @@ async def test_the_trace_context_reaches_the_servers_span(
     async with hangguard.mcp.McpClient(stateless.url, timeout=5) as client:
         await client.call_tool("echo", {"text": "traced"})
     (tool,) = finished(spans, "execute_tool echo")
-    (served,) = finished(spans, "tools/call echo")
+    served = await server_span(spans, "tools/call echo")
     assert served.kind is SpanKind.SERVER
     assert served.context.trace_id == tool.context.trace_id
     assert served.parent is not None  # joined the client's trace, not a root of its own
