@@ -56,15 +56,18 @@ _reader: list[threading.Thread] = []
 def _wait_until_in_recv() -> None:
     # _in_recv is set just before the recv: poll the thread's own frame (bounded) until
     # it is on the recv line, so the exit records the hang and not the line before it.
+    # The event is set by then, so waiting on it would not yield: sleep between looks,
+    # and bound the poll by time, not by count (a loaded machine is slow to switch).
     _in_recv.wait()
     ident = _reader[0].ident
-    for _ in range(10_000):
+    give_up = time.monotonic() + 60
+    while time.monotonic() < give_up:
         frame = sys._current_frames().get(ident or 0)
         while frame is not None and frame.f_code.co_filename != __file__:
             frame = frame.f_back
         if frame is not None and "sock.recv" in linecache.getline(__file__, frame.f_lineno):
             return
-        _in_recv.wait(0.001)
+        time.sleep(0.001)
     raise SystemExit("the reader thread never reached its recv")
 
 
