@@ -73,6 +73,17 @@ def test_build_jaeger_prints_progress_and_explains_the_403(tmp_path: Path) -> No
 OTHER_PYTHONS = SCRIPT.parent / "other-pythons.sh"
 
 
+def test_ci_runs_the_other_pythons_before_the_final_test_command() -> None:
+    lines = [
+        line.strip()
+        for line in (SCRIPT.parents[1] / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.strip().startswith(("#", "echo "))
+    ]
+    other = [i for i, line in enumerate(lines) if line.startswith("bash scripts/other-pythons.sh")]
+    assert len(other) == 1, lines
+    assert lines[other[0] + 1 :] == ["python -m pytest"], lines
+
+
 def test_other_pythons_runs_every_version_and_fails_if_one_has_no_interpreter() -> None:
     # 3.98 and 3.99 have no recipe: each is reported, the next still tried, the run fails.
     done = subprocess.run(

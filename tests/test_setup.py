@@ -956,6 +956,35 @@ def test_an_endpoint_that_takes_no_metrics_turns_metric_export_off_quietly(
     assert len(said) == 1 and "OTEL_METRICS_EXPORTER=none" in said[0], said
 
 
+def test_an_endpoint_that_takes_no_metrics_is_found_after_a_same_shaped_export_error(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The exporter's logger drops a record shaped like the one before it within 20 s. An
+    # export ERROR of the same shape just before (here: a plain exporter's) hid the answer
+    # from the guard and left metric export on; the suite hit it whenever an earlier test
+    # in the same worker had a failed export.
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics.export import MetricExportResult, MetricsData
+
+    plain = OTLPMetricExporter(endpoint=receiver.address, insecure=True)
+    try:
+        assert plain.export(MetricsData(resource_metrics=[])) is MetricExportResult.FAILURE
+    finally:
+        plain.shutdown()
+    caplog.clear()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.address)
+    caplog.set_level(logging.INFO)
+    h = setup_tracing(set_global=False)
+    try:
+        assert h.meter_provider is not None
+        h.meter_provider.get_meter("test").create_counter("probe").add(1)
+        assert h.meter_provider.force_flush(30_000)
+    finally:
+        h.shutdown(10)
+    said = [r.getMessage() for r in caplog.records if "takes no metrics" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in caplog.records]
+
+
 def test_otel_metrics_exporter_none_keeps_metrics_in_the_process(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

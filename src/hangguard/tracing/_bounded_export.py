@@ -283,7 +283,11 @@ def make_metric_guard(
             self._stopped = threading.Lock()  # held once the inner exporter is shut down
             self._filter = _NoMetricsFilter()
             for name in _METRIC_EXPORTER_LOGGERS:
-                logging.getLogger(name).addFilter(self._filter)
+                # First in line: the exporter's logger drops a record whose level and
+                # format match the one before it within 20 s, so any same-shaped export
+                # ERROR just before (a span export, another exporter) would hide the
+                # answer from a filter added after it.
+                logging.getLogger(name).filters.insert(0, self._filter)
 
         def _stop_inner(self, timeout_millis: float) -> None:
             if self._stopped.acquire(blocking=False):
