@@ -620,3 +620,48 @@ def test_a_call_held_back_by_the_limit_runs_in_its_own_submits_context() -> None
     group.submit(_seen_var.get)  # held back: first is running
     second_queued.set()
     assert group.join() == ["first", "submitter"]
+
+
+def test_a_held_call_handed_on_as_the_join_gives_up_never_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first call ends and hands the held one on; the join times out before the hand-on
+    # reaches the pool. The held call was counted cancelled by the join and then ran
+    # anyway (and was counted done a second time). Handed on, it is now no longer queued:
+    # the join waits for it like a running call, and it stops before its function runs.
+    import sys
+
+    monkeypatch.setenv("HANGGUARD_CANCEL_GRACE", "0.2")
+    entered, release, handed = threading.Event(), threading.Event(), threading.Event()
+
+    def on_return(frame: Any, event: str, arg: object) -> Any:
+        if event == "return":
+            handed.set()
+        return on_return
+
+    def hold_the_hand_on(frame: Any, event: str, arg: object) -> Any:
+        handing_on = event == "call" and frame.f_code.co_name == "_dispatch"
+        if handing_on and frame.f_locals.get("direct") is False:
+            entered.set()
+            release.wait(30)
+            return on_return
+        return None
+
+    ran: list[str] = []
+    pool = ThreadPoolExecutor(2, initializer=sys.settrace, initargs=(hold_the_hand_on,))
+    try:
+        group = hangguard.ThreadGroup("handoff", limit=1, executor=pool)
+        both_in = threading.Event()
+        group.submit_named("first", lambda: (both_in.wait(30), ran.append("first")))
+        group.submit_named("held", lambda: ran.append("held"))
+        both_in.set()
+        assert entered.wait(30), "the first call never handed the held one on"
+        with pytest.raises(hangguard.JoinTimeout):
+            group.join(timeout=0.1)
+        release.set()
+        assert handed.wait(30)
+    finally:
+        release.set()
+        pool.shutdown(wait=True)
+    assert ran == ["first"]
+    assert group._pending == 0  # counted once

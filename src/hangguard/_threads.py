@@ -415,7 +415,8 @@ class ThreadGroup(GroupBase):
 
     def _dispatch(self, slot: _Slot, *, direct: bool) -> None:
         slot.held = not direct
-        slot.state = _SUBMITTED
+        if direct:
+            slot.state = _SUBMITTED  # a held call was marked so under the lock
         slot.submitted_at = time.monotonic()
         executor = self._executor if self._executor is not None else _shared_pool()
         context, slot.context = slot.context or contextvars.copy_context(), None
@@ -428,7 +429,9 @@ class ThreadGroup(GroupBase):
                 raise  # the executor's own failure after running the call inline
             # The executor refused it (shut down, say): the slot holds the error, and a
             # direct submit raises it to its caller, as the executor's submit would.
-            slot.state = _RUNNING
+            with self._lock:
+                if slot.state != _ABANDONED:  # a held call the join gave up on stays so
+                    slot.state = _RUNNING
             self._finish_slot(slot, exc, failed=True, quiet=direct)
             if direct:
                 raise
@@ -483,6 +486,11 @@ class ThreadGroup(GroupBase):
             span = slot.span = self._task_span(slot)
             token = otel_context.attach(trace.set_span_in_context(span))
         try:
+            if slot.cancel is not None:
+                # Cancelled while it was being handed on: it stops before its function
+                # runs, as it would at its first checkpoint.
+                stop = slot.acked = slot.cancel.exception()
+                raise stop
             result = (
                 self._run_logged(slot)
                 if self._settings.serial
@@ -588,6 +596,10 @@ class ThreadGroup(GroupBase):
                     nxt = self._queued.popleft()
                     if not self._refused_late(nxt):
                         self._running += 1
+                        # No longer queued from here on: a join cancelling before the
+                        # hand-on reaches the pool waits for it as for a running call
+                        # (it stops before it starts) instead of counting it cancelled.
+                        nxt.state = _SUBMITTED
                         break
                     refused, nxt = nxt, None
         if late:
