@@ -461,14 +461,31 @@ class _Call(Generic[T]):
         raise AssertionError("unreachable: with reraise=True tenacity returns or raises")
 
 
-def _enter_budget() -> tuple[RetryBudget | None, Any]:
-    budget = budget_var.get()
-    if budget is None:
-        # The outermost retry: its own retries are bounded by ``attempts``; the calls
-        # nested in its attempts share a fresh budget, so they cannot multiply.
-        return None, budget_var.set(RetryBudget.default())
-    budget.record_call()
-    return budget, None
+class _BudgetScope:
+    """The retry budget for one run: the enclosing run's, else a fresh one for its nested calls.
+
+    The outermost retry's own retries are bounded by ``attempts``; the calls nested in its
+    attempts share the fresh budget, so they cannot multiply. Both paths enter it the same.
+    """
+
+    __slots__ = ("budget", "token")
+
+    def __enter__(self) -> RetryBudget | None:
+        self.budget = budget_var.get()
+        self.token: Any = None
+        if self.budget is None:
+            self.token = budget_var.set(RetryBudget.default())
+        else:
+            self.budget.record_call()
+        return self.budget
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.token is not None:
+            budget_var.reset(self.token)
+
+
+def _attempts(policy: RetryPolicy) -> int:
+    return policy.attempts if policy.attempts is not None else _config.retry_attempts()
 
 
 def _retrying_after(
@@ -495,9 +512,8 @@ def _retrying_after(
 async def _run(
     fn: Callable[[], Awaitable[T]], policy: RetryPolicy, name: str, by_time: ByTime | None = None
 ) -> T:
-    attempts = policy.attempts if policy.attempts is not None else _config.retry_attempts()
-    budget, token = _enter_budget()
-    try:
+    attempts = _attempts(policy)
+    with _BudgetScope() as budget:
         # The bookkeeping object is made only when needed, to keep success cheap.
         call: _Call[T] | None = None
         try:
@@ -511,17 +527,13 @@ async def _run(
                 raise
             first = exc
         return await retrying.retry_after(first)
-    finally:
-        if token is not None:
-            budget_var.reset(token)
 
 
 def _run_sync(
     fn: Callable[[], T], policy: RetryPolicy, name: str, by_time: ByTime | None = None
 ) -> T:
-    attempts = policy.attempts if policy.attempts is not None else _config.retry_attempts()
-    budget, token = _enter_budget()
-    try:
+    attempts = _attempts(policy)
+    with _BudgetScope() as budget:
         call: _Call[T] | None = None
         try:
             if policy._timeout == math.inf:
@@ -534,9 +546,6 @@ def _run_sync(
                 raise
             first = exc
         return retrying.retry_after_sync(first)
-    finally:
-        if token is not None:
-            budget_var.reset(token)
 
 
 async def run_retrying(
