@@ -61,7 +61,6 @@ from ._group_core import (
     join_timeout,
     not_finished,
     record_outcomes,
-    register,
     timeout_cut,
 )
 from ._limiter import Limiter
@@ -199,7 +198,6 @@ class TaskGroup(GroupBase):
         self._results: list[Any] | None = None  # what join returned, once it has
         # The group's in-flight entry, from its start (first submit or ``async with``)
         # until it is done; its tasks are listed only when a reader asks (_children).
-        self._entry: _inflight.Entry | None = None
         self._grace = math.inf  # the cancel grace of the join, once it has begun
 
     def _decide_mode(self, return_exceptions: bool | None) -> None:
@@ -628,9 +626,7 @@ class TaskGroup(GroupBase):
         if self._state is _State.DONE:
             return
         self._state = _State.DONE
-        if self._entry is not None:
-            _inflight.discard(self._entry)
-            self._entry = None
+        self._unregister()
         all_ok = self._all_ok()
         total = len(self._tasks)
         all_cut = self._all_cancelled_by_one_record()
@@ -848,10 +844,6 @@ class TaskGroup(GroupBase):
         return self
 
     # -- the in-flight registry ---------------------------------------------------------
-
-    def _register(self) -> None:
-        """Register the group once, when it starts: one entry, whatever its size."""
-        self._entry = register(self.name, self._span, self._children)
 
     def _children(self) -> list[_inflight.Entry]:
         """One entry per unfinished task, with its state (called by readers, any thread)."""

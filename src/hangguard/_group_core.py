@@ -278,6 +278,23 @@ class GroupBase:
         self._tracer = _spans.get_tracer()
         self._span: Span | None = None
         self._span_ctx: otel_context.Context | None = None
+        self._entry: _inflight.Entry | None = None  # in the in-flight registry, once started
+
+    # -- the in-flight registry: one entry per group, its tasks listed only when read --
+
+    def _register(self) -> None:
+        """Register the group once, when it starts: one entry, whatever its size."""
+        self._entry = register(self.name, self._span, self._children)
+
+    def _children(self) -> list[_inflight.Entry]:
+        """One entry per unfinished unit of work, with its state (readers call it)."""
+        return []
+
+    def _unregister(self) -> None:
+        """Leave the registry as the join ends (what it abandoned is listed elsewhere)."""
+        if self._entry is not None:
+            _inflight.discard(self._entry)
+            self._entry = None
 
     def _start_span(self) -> None:
         """Start the group span (at its first submit, or on entering its block)."""

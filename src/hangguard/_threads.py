@@ -52,7 +52,6 @@ from ._group_core import (
     join_timeout,
     not_finished,
     record_outcomes,
-    register,
     timeout_cut,
 )
 from ._semconv import (
@@ -364,7 +363,6 @@ class ThreadGroup(GroupBase):
         self._fn_label = ""
         # The group's in-flight entry from its first submit (or ``with``) until it is done;
         # its calls are listed only when a reader asks (_children).
-        self._entry: _inflight.Entry | None = None
         self._cancelled_at: float | None = None  # monotonic time of the first cancel
         self._grace = math.inf  # the join's cancel grace, once it has begun
 
@@ -895,9 +893,7 @@ class ThreadGroup(GroupBase):
         if self._finished:
             return
         self._finished = True
-        if self._entry is not None:
-            _inflight.discard(self._entry)
-            self._entry = None
+        self._unregister()
         counts: collections.Counter[str] = collections.Counter()
         for s in self._slots:
             if s.state == _DONE:
@@ -929,10 +925,6 @@ class ThreadGroup(GroupBase):
         return self
 
     # -- the in-flight registry ---------------------------------------------------------
-
-    def _register(self) -> None:
-        """Register the group once, when it starts: one entry, whatever its size."""
-        self._entry = register(self.name, self._span, self._children)
 
     def _children(self) -> list[_inflight.Entry]:
         """One entry per unfinished call, with its state (called by readers, any thread)."""

@@ -36,7 +36,7 @@ from typing import Any, Final
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span
 
-from .. import _inflight, _metrics, _semconv, _spans
+from .. import _metrics, _semconv, _spans
 from .._cancel_record import CancelRecord
 from .._deadline import current_deadline, remaining
 from .._exceptions import JoinTimeout
@@ -275,7 +275,6 @@ class RemoteGroup(GroupBase):
         self._node = ""
         self._joined = False
         self._finished = False
-        self._entry: _inflight.Entry | None = None  # in the driver's `hangguard ps`
 
     # -- submitting -------------------------------------------------------------------
 
@@ -322,7 +321,7 @@ class RemoteGroup(GroupBase):
         if self._tracer is not None and self._span is None:
             self._start_span()
         if self._entry is None:
-            self._entry = _driver_inflight.register(self)
+            self._register()
         if self._settings.limit is not None and self._running >= self._settings.limit:
             self._queued.append(slot)
             return None
@@ -770,13 +769,22 @@ class RemoteGroup(GroupBase):
             noun="remote task(s)",
         )
 
+    # -- the driver's in-flight entry: the node book adds where each task runs --------
+
+    def _register(self) -> None:
+        self._entry = _driver_inflight.register(self)
+
+    def _unregister(self) -> None:
+        _driver_inflight.leave(self._entry)
+        self._entry = None
+
     def _finish(self, *, timed_out: bool) -> None:
         """Count the outcomes, end every span, and let go of every object ref."""
         if self._finished:
             return
         self._finished = True
         self._live.clear()
-        _driver_inflight.leave(self._entry)
+        self._unregister()
         counts: collections.Counter[str] = collections.Counter()
         for slot in self._slots:
             if slot.failed:
