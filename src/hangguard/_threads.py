@@ -484,9 +484,10 @@ class ThreadGroup(GroupBase):
             span = slot.span = self._task_span(slot)
             token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            if slot.cancel is not None:
-                # Cancelled while it was being handed on: it stops before its function
-                # runs, as it would at its first checkpoint.
+            if slot.held and slot.cancel is not None:
+                # A held call cancelled while it was being handed on: it stops before its
+                # function runs, as it would at its first checkpoint. (A direct call the
+                # pool already took runs as before: cancelling it is asking, at checkpoints.)
                 stop = slot.acked = slot.cancel.exception()
                 raise stop
             result = (
