@@ -196,8 +196,6 @@ class TaskGroup(GroupBase):
         self._body_task: asyncio.Task[Any] | None = None
         self._body_cancelled = False
         self._results: list[Any] | None = None  # what join returned, once it has
-        # The group's in-flight entry, from its start (first submit or ``async with``)
-        # until it is done; its tasks are listed only when a reader asks (_children).
         self._grace = math.inf  # the cancel grace of the join, once it has begun
 
     def _decide_mode(self, return_exceptions: bool | None) -> None:

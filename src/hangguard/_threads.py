@@ -361,8 +361,6 @@ class ThreadGroup(GroupBase):
         self._checked_fn: object = _NOTHING
         self._named_fn: object = _NOTHING
         self._fn_label = ""
-        # The group's in-flight entry from its first submit (or ``with``) until it is done;
-        # its calls are listed only when a reader asks (_children).
         self._cancelled_at: float | None = None  # monotonic time of the first cancel
         self._grace = math.inf  # the join's cancel grace, once it has begun
 
