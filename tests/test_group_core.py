@@ -148,6 +148,72 @@ async def test_task_group_join_return_exceptions_overrides_the_group() -> None:
     assert isinstance(results[0], ValueError)
 
 
+# --- one mode rule, one life, for every backend ---------------------------------------------
+
+_MODES = [None, True, False]
+
+
+def _collects(group_arg: bool | None, join_arg: bool | None) -> bool:
+    """The one rule: join's own argument, else the group's, else fail fast."""
+    return join_arg if join_arg is not None else bool(group_arg)
+
+
+@pytest.mark.parametrize("join_arg", _MODES)
+@pytest.mark.parametrize("group_arg", _MODES)
+def test_a_thread_group_decides_its_mode_by_the_one_rule(
+    group_arg: bool | None, join_arg: bool | None
+) -> None:
+    group = ThreadGroup("t", return_exceptions=group_arg)
+    group.submit(_fails)
+    if _collects(group_arg, join_arg):
+        assert isinstance(group.join(return_exceptions=join_arg)[0], ValueError)
+    else:
+        with pytest.raises(ValueError, match="boom"):
+            group.join(return_exceptions=join_arg)
+
+
+@pytest.mark.parametrize("join_arg", _MODES)
+@pytest.mark.parametrize("group_arg", _MODES)
+async def test_a_task_group_decides_its_mode_by_the_one_rule(
+    group_arg: bool | None, join_arg: bool | None
+) -> None:
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    group = TaskGroup("g", return_exceptions=group_arg)
+    group.submit(fails)
+    if _collects(group_arg, join_arg):
+        assert isinstance((await group.join(return_exceptions=join_arg))[0], ValueError)
+    else:
+        with pytest.raises(ValueError, match="boom"):
+            await group.join(return_exceptions=join_arg)
+
+
+def test_a_thread_group_join_with_a_bad_timeout_leaves_it_joinable() -> None:
+    group = ThreadGroup("t")
+    group.submit(lambda: 2)
+    with pytest.raises(ValueError, match="timeout"):
+        group.join(timeout=-1)
+    assert group.join() == [2]
+    with pytest.raises(RuntimeError, match="thread group 't' was already joined"):
+        group.join()
+    with pytest.raises(RuntimeError, match="thread group 't' was already joined"):
+        group.submit(lambda: 3)
+
+
+async def test_a_task_group_join_with_a_bad_timeout_leaves_it_joinable() -> None:
+    group = TaskGroup("g")
+    group.submit(_ok)
+    with pytest.raises(ValueError, match="timeout"):
+        await group.join(timeout=-1)
+    assert group.never_joined()
+    assert await group.join() == [1]
+    with pytest.raises(RuntimeError, match="task group 'g' was already joined"):
+        await group.join()
+    with pytest.raises(RuntimeError, match="task group 'g' was already joined"):
+        group.submit(_ok)
+
+
 # --- a failure is never lost ----------------------------------------------------------------
 
 

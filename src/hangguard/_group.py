@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import enum
 import functools
 import inspect
 import logging
@@ -50,11 +49,11 @@ from ._deadline import (
     current_deadline,
     deadline_cancel_of,
     now,
-    remaining,
 )
 from ._exceptions import DeadlineExceeded, JoinTimeout
 from ._group_core import (
     GroupBase,
+    GroupState,
     child_state,
     end_group_span,
     grace_or_default,
@@ -68,7 +67,6 @@ from ._semconv import (
     ATTR_CANCEL_GRACE_S,
     ATTR_TASK_NAME,
     ATTR_TASK_STACK,
-    ATTR_TIMEOUT_S,
     CANCEL_DEADLINE,
     CANCEL_PARENT,
     CANCEL_SIBLING_FAILED,
@@ -96,15 +94,6 @@ _NOT_CHECKED: Final = object()
 
 # The shared telemetry guard, bound once: the task wrapper enters it twice per task.
 _CONTAINED: Final = _spans.contained()
-
-
-class _State(enum.Enum):
-    """Where a group is in its life; it only moves forward."""
-
-    OPEN = "open"  # taking submits, not joined
-    JOINING = "joining"  # join (or the ``async with`` exit) is waiting for the tasks
-    SHUTTING_DOWN = "shutting down"  # tasks cancelled, the grace running
-    DONE = "done"  # outcomes counted, span ended
 
 
 class TaskGroup(GroupBase):
@@ -140,6 +129,8 @@ class TaskGroup(GroupBase):
     flowllm's ``join_async_task``), and ``async with`` is optional.
     """
 
+    _kind = "task group"
+
     #: Set by the guarded op on the group of its run: the op's join hands every failure
     #: it receives to its caller, so a failure is not logged when it happens but, once
     #: the join has ended, only if the join did not hand it over (see ``_op.py``). A
@@ -158,9 +149,6 @@ class TaskGroup(GroupBase):
         self._limiter = Limiter(self._settings.limit) if self._settings.limit is not None else None
         _watchdog.maybe_watch()
 
-        self._state = _State.OPEN
-        self._fail_fast = False
-        self._decide_mode(return_exceptions)
         self._tasks: list[asyncio.Task[Any]] = []
         self._fns: list[object] = []
         # The last function that passed submit's check: a fan-out submits one function
@@ -196,16 +184,6 @@ class TaskGroup(GroupBase):
         self._body_task: asyncio.Task[Any] | None = None
         self._body_cancelled = False
         self._results: list[Any] | None = None  # what join returned, once it has
-        self._grace = math.inf  # the cancel grace of the join, once it has begun
-
-    def _decide_mode(self, return_exceptions: bool | None) -> None:
-        """Fail fast (cancel the siblings on the first failure) or collect exceptions.
-
-        The one place the mode is set: at construction (an explicit ``False`` fails fast
-        at once), on entering ``async with`` (fail fast unless told otherwise) and at
-        ``join`` (its own argument, else the group's, else fail fast).
-        """
-        self._fail_fast = return_exceptions is False
 
     # -- submitting -------------------------------------------------------------------
 
@@ -239,8 +217,8 @@ class TaskGroup(GroupBase):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> asyncio.Task[T]:
-        if self._state is not _State.OPEN:
-            raise RuntimeError(f"task group {self.name!r} was already joined")
+        if self._state is not GroupState.OPEN:
+            raise self._already_joined()
         if fn is not self._checked_fn and not is_coroutine_function(fn):
             if inspect.iscoroutine(fn):
                 fn.close()  # it will never run: close it so Python does not warn later
@@ -310,7 +288,7 @@ class TaskGroup(GroupBase):
         """
         if self._results is not None:
             return list(self._results)
-        if self._state is not _State.DONE:
+        if self._state is not GroupState.DONE:
             raise RuntimeError(
                 f"task group {self.name!r} is not done yet ({self._state.value}): its results "
                 "are there once join() has returned, or after the `async with` block"
@@ -323,7 +301,7 @@ class TaskGroup(GroupBase):
 
     def never_joined(self) -> bool:
         """Whether no join (nor ``async with`` exit) has begun: its tasks are nobody's yet."""
-        return self._state is _State.OPEN
+        return self._state is GroupState.OPEN
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -432,7 +410,7 @@ class TaskGroup(GroupBase):
             if exc is not None:
                 failed = True
                 self._failures.append(task)
-                if not self._joiner_logs or self._state is _State.DONE:
+                if not self._joiner_logs or self._state is GroupState.DONE:
                     self._log_failure(task, exc)
                 if self._fail_fast and len(self._failures) == 1:
                     self._cancel_for_failure()
@@ -443,7 +421,7 @@ class TaskGroup(GroupBase):
             and (self._pending == 0 or (failed and self._fail_fast))
         ):
             waiter.set_result(None)
-        if self._state is _State.DONE:
+        if self._state is GroupState.DONE:
             # Outcomes are counted once per group when join ends; a task that outlived
             # the join (it ignored its cancellation) is counted when it ends.
             _metrics.record_task_outcome(self._outcome(task, failed))
@@ -574,7 +552,7 @@ class TaskGroup(GroupBase):
         cancellation of the calling task meanwhile does not cut the wait short: it is
         returned, for the caller to re-raise once the books are closed.
         """
-        self._state = _State.SHUTTING_DOWN
+        self._state = GroupState.SHUTTING_DOWN
         caught: asyncio.CancelledError | None = None
         try:
             self._cancel_all(reason, cause)
@@ -621,9 +599,8 @@ class TaskGroup(GroupBase):
 
     def _finish(self, *, timed_out: bool) -> None:
         """Count the outcomes (one metric update per outcome) and end the group span."""
-        if self._state is _State.DONE:
+        if not self._mark_done():
             return
-        self._state = _State.DONE
         self._unregister()
         all_ok = self._all_ok()
         total = len(self._tasks)
@@ -702,27 +679,18 @@ class TaskGroup(GroupBase):
         ``timeout`` (seconds) defaults to the group's, then ``HANGGUARD_JOIN_TIMEOUT``;
         the enclosing deadline caps it. See the class docstring for the semantics.
         """
-        if self._state is not _State.OPEN:
-            raise RuntimeError(f"task group {self.name!r} was already joined")
+        if self._state is not GroupState.OPEN:
+            raise self._already_joined()
         task = asyncio.current_task()
         if task is not None and task in self._index:
             raise RuntimeError(
                 f"task group {self.name!r} joined from one of its own tasks "
                 f"({self.task_name(self._index[task])!r}): it would wait for itself"
             )
-        # Arguments and env are read before anything changes: a bad value raises here and
-        # leaves the group joinable.
-        own, grace = self._settings.join_budget(timeout)
-        self._state = _State.JOINING
-        self._grace = grace
-        self._decide_mode(self._settings.collects(return_exceptions))
-        if self._span is not None and not math.isinf(own):
-            self._span.set_attribute(ATTR_TIMEOUT_S, own)
-
-        left = remaining()
-        by_deadline = left <= own
+        start = self._begin_join(timeout, return_exceptions)
+        own, grace, left, by_deadline = start.own, start.grace, start.left, start.by_deadline
         if self._entry is not None:
-            self._entry.deadline = now() + min(own, left)
+            self._entry.deadline = now() + start.limit
         cancelling = task.cancelling() if task is not None else 0
         cancel: asyncio.CancelledError | None = None
         loop = asyncio.get_running_loop()
@@ -833,8 +801,7 @@ class TaskGroup(GroupBase):
 
     async def __aenter__(self) -> TaskGroup:
         self._body_task = asyncio.current_task()
-        if self._return_exceptions is None:
-            self._decide_mode(False)
+        self._enter_mode()
         if self._tracer is not None and self._span is None:
             self._start_span()
         if self._entry is None:
@@ -911,7 +878,7 @@ class TaskGroup(GroupBase):
         try:
             await self.join()
         except BaseException:
-            if self._state is _State.OPEN:
+            if self._state is GroupState.OPEN:
                 # join refused to start (a bad setting): its tasks must not run on unowned.
                 later = await self._shutdown(
                     CANCEL_PARENT, f"{self.name} join failed", grace_or_default(), timed_out=False

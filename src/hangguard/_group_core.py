@@ -2,27 +2,29 @@
 
 :class:`~hangguard.TaskGroup`, :class:`~hangguard.ThreadGroup` and the Ray ``RemoteGroup``
 share one set of semantics, held here so that a fix is made once and holds for all three:
-the constructor's checks (:class:`GroupSettings`), how ``join`` resolves its timeout, grace
-and results mode, why a join that ran out of time stopped (:func:`timeout_cut`), the
-:class:`JoinTimeout` it raises (:func:`join_timeout`), the group span's start and end, and
-the group's in-flight entry. Each backend keeps only what starts, cancels, waits for and
-abandons its own unit of work.
+the constructor's checks (:class:`GroupSettings`), the group's life (:class:`GroupState`)
+and results mode (fail fast or collect), how ``join`` opens (:class:`JoinStart`: its
+timeout, grace and mode, read before anything changes), why a join that ran out of time
+stopped (:func:`timeout_cut`), the :class:`JoinTimeout` it raises (:func:`join_timeout`),
+the group span's start and end, and the group's in-flight entry. Each backend keeps only
+what starts, cancels, waits for and abandons its own unit of work.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 
 from . import _config, _inflight, _metrics, _semconv, _spans
-from ._deadline import Deadline, check_timeout, current_deadline
+from ._deadline import Deadline, check_timeout, current_deadline, remaining
 from ._exceptions import ConfigError, DeadlineExceeded, JoinTimeout
 from ._semconv import (
     ATTR_GROUP_ABANDONED,
@@ -34,6 +36,7 @@ from ._semconv import (
     ATTR_GROUP_SERIAL,
     ATTR_GROUP_SIZE,
     ATTR_GROUP_TIMED_OUT,
+    ATTR_TIMEOUT_S,
     CANCEL_DEADLINE,
     CANCEL_TIMEOUT,
     SPAN_GROUP,
@@ -41,7 +44,10 @@ from ._semconv import (
 from ._validate import check_whole
 
 __all__ = [
+    "GroupBase",
     "GroupSettings",
+    "GroupState",
+    "JoinStart",
     "TimeoutCut",
     "budget_text",
     "child_state",
@@ -59,6 +65,41 @@ logger = logging.getLogger("hangguard")
 
 #: How many pending task names a JoinTimeout's message lists before "...".
 SHOWN_PENDING = 5
+
+
+class GroupState(enum.Enum):
+    """Where a group is in its life; it only moves forward."""
+
+    OPEN = "open"  # taking submits, not joined
+    JOINING = "joining"  # join (or the block's exit) is waiting for the work
+    SHUTTING_DOWN = "shutting down"  # work cancelled, the grace running
+    DONE = "done"  # outcomes counted, span ended
+
+
+@dataclass(frozen=True, slots=True)
+class JoinStart:
+    """How a join opened: what :meth:`GroupBase._begin_join` read and decided, once.
+
+    ``own`` is the join's own timeout, ``left`` what the enclosing deadline left when it
+    began (its wait is the smaller, :attr:`limit`); ``fail_fast_now`` is true when this
+    join switched fail-fast on for a group that was collecting, so the backend cancels
+    for a failure that came before the join.
+    """
+
+    own: float
+    grace: float
+    left: float
+    fail_fast_now: bool
+
+    @property
+    def limit(self) -> float:
+        """How long the join waits: its own timeout, capped by the enclosing deadline."""
+        return min(self.own, self.left)
+
+    @property
+    def by_deadline(self) -> bool:
+        """Whether the enclosing deadline, not the join's own timeout, bounds the wait."""
+        return self.left <= self.own
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,10 +298,18 @@ def grace_or_default() -> float:
 
 
 class GroupBase:
-    """What every group holds from its construction: name, checked settings, tracer, span.
+    """What every group holds and decides, whatever runs its work.
 
-    The backends subclass it and keep only their own unit of work's bookkeeping.
+    Its name, checked settings, tracer and span; its life (:class:`GroupState`); its
+    results mode, by one rule for every backend: an explicit ``return_exceptions=False``
+    fails fast from the start, a ``with`` block fails fast unless told otherwise, and
+    ``join``'s own argument decides from then on (``True`` collects even in a group made
+    to fail fast; what was cancelled already stays cancelled). The backends subclass it
+    and keep only their own unit of work's bookkeeping.
     """
+
+    #: How errors name the group ("task group 'fetch' was already joined").
+    _kind: ClassVar[str] = "group"
 
     def __init__(
         self,
@@ -279,6 +328,48 @@ class GroupBase:
         self._span: Span | None = None
         self._span_ctx: otel_context.Context | None = None
         self._entry: _inflight.Entry | None = None  # in the in-flight registry, once started
+        self._state = GroupState.OPEN
+        # Fail fast: cancel the rest on the first failure (else collect every outcome).
+        self._fail_fast = return_exceptions is False
+        self._grace = math.inf  # the join's cancel grace, once it has begun
+
+    # -- the group's life and results mode ----------------------------------------------
+
+    def _already_joined(self) -> RuntimeError:
+        """The error of a submit or a second join once a join has begun."""
+        return RuntimeError(f"{self._kind} {self.name!r} was already joined")
+
+    def _enter_mode(self) -> None:
+        """Entering ``with``/``async with``: fail fast unless the group was told otherwise."""
+        if self._return_exceptions is None:
+            self._fail_fast = True
+
+    def _begin_join(self, timeout: float | None, return_exceptions: bool | None) -> JoinStart:
+        """Open the join: check, read the budget and mode, then move the group on.
+
+        Every argument and env value is read before anything changes, so a bad one
+        raises here and leaves the group joinable (and its work running, for its owner
+        to cancel).
+        """
+        if self._state is not GroupState.OPEN:
+            raise self._already_joined()
+        own, grace = self._settings.join_budget(timeout)
+        fail_fast = not self._settings.collects(return_exceptions)
+        left = remaining()
+        self._state = GroupState.JOINING
+        self._grace = grace
+        fail_fast_now = fail_fast and not self._fail_fast
+        self._fail_fast = fail_fast
+        if self._span is not None and not math.isinf(own):
+            self._span.set_attribute(ATTR_TIMEOUT_S, own)
+        return JoinStart(own, grace, left, fail_fast_now)
+
+    def _mark_done(self) -> bool:
+        """Move the group to its end; false if it was there already (finish once)."""
+        if self._state is GroupState.DONE:
+            return False
+        self._state = GroupState.DONE
+        return True
 
     # -- the in-flight registry: one entry per group, its tasks listed only when read --
 

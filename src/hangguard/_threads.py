@@ -46,6 +46,7 @@ from ._deadline import Deadline, current_deadline, now, remaining
 from ._exceptions import DeadlineExceeded, JoinTimeout, ThreadCancelled
 from ._group_core import (
     GroupBase,
+    GroupState,
     budget_text,
     child_state,
     end_group_span,
@@ -59,7 +60,6 @@ from ._semconv import (
     ATTR_TASK_STACK,
     ATTR_THREAD_ID,
     ATTR_THREAD_NAME,
-    ATTR_TIMEOUT_S,
     CANCEL_DEADLINE,
     CANCEL_NO_FREE_WORKER,
     CANCEL_PARENT,
@@ -334,6 +334,8 @@ class ThreadGroup(GroupBase):
     runs them one at a time in submit order and logs each start and outcome.
     """
 
+    _kind = "thread group"
+
     def __init__(
         self,
         name: str = "group",
@@ -353,16 +355,12 @@ class ThreadGroup(GroupBase):
         self._running = 0  # handed to the executor and not finished (for the limit)
         self._pending = 0
         self._failures: list[_Slot] = []
-        self._fail_fast = return_exceptions is False
-        self._joined = False
-        self._finished = False
         self._abandoned = 0
         self._wake_any = False
         self._checked_fn: object = _NOTHING
         self._named_fn: object = _NOTHING
         self._fn_label = ""
         self._cancelled_at: float | None = None  # monotonic time of the first cancel
-        self._grace = math.inf  # the join's cancel grace, once it has begun
 
     # -- submitting -------------------------------------------------------------------
 
@@ -381,8 +379,8 @@ class ThreadGroup(GroupBase):
         self._submit(name, fn, args, kwargs)
 
     def _submit(self, name: str | None, fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
-        if self._joined:
-            raise RuntimeError(f"thread group {self.name!r} was already joined")
+        if self._state is not GroupState.OPEN:
+            raise self._already_joined()
         if fn is not self._checked_fn:
             if not callable(fn):
                 raise TypeError(f"submit() takes a function, got {fn!r} (group {self.name!r})")
@@ -630,7 +628,7 @@ class ThreadGroup(GroupBase):
         return True
 
     def _joined_giving_up(self) -> bool:
-        return self._finished or (self._fail_fast and bool(self._failures))
+        return self._state is GroupState.DONE or (self._fail_fast and bool(self._failures))
 
     def _log_late(self, slot: _Slot, outcome: Any, failed: bool) -> None:
         """An abandoned thread's call returned at last: say how it ended, once."""
@@ -766,26 +764,12 @@ class ThreadGroup(GroupBase):
                 f"thread group {self.name!r} cannot be joined from one of its own threads "
                 "(it would wait for itself)"
             )
-        if self._joined:
-            raise RuntimeError(f"thread group {self.name!r} was already joined")
-        own, grace = self._settings.join_budget(timeout)
-        self._joined = True
-        self._grace = grace
-        mode = self._settings.collects(return_exceptions)
-        # join's own argument decides, as for TaskGroup: True collects every outcome even
-        # in a group made with return_exceptions=False (what it cancelled stays cancelled).
-        if not mode and not self._fail_fast:
-            self._fail_fast = True
-            if self._failures:
-                first = self._failures[0]
-                self._cancel_rest(CANCEL_SIBLING_FAILED, self.task_name(first.index))
-        elif mode:
-            self._fail_fast = False
-        if self._span is not None and not math.isinf(own):
-            self._span.set_attribute(ATTR_TIMEOUT_S, own)
-        left = remaining()
-        by_deadline = left <= own
-        limit = min(own, left)
+        start = self._begin_join(timeout, return_exceptions)
+        own, grace, left, by_deadline = start.own, start.grace, start.left, start.by_deadline
+        if start.fail_fast_now and self._failures:
+            first = self._failures[0]
+            self._cancel_rest(CANCEL_SIBLING_FAILED, self.task_name(first.index))
+        limit = start.limit
         end = time.monotonic() + limit
         try:
             with self._cond:
@@ -883,15 +867,14 @@ class ThreadGroup(GroupBase):
             pending=pending,
             deadline_name=deadline_name,
             budget=budget,
-            kind="thread group",
+            kind=self._kind,
             detail=detail,
         )
 
     def _finish(self, *, timed_out: bool) -> None:
         """Count the outcomes and end the group span (once)."""
-        if self._finished:
+        if not self._mark_done():
             return
-        self._finished = True
         self._unregister()
         counts: collections.Counter[str] = collections.Counter()
         for s in self._slots:
@@ -917,8 +900,7 @@ class ThreadGroup(GroupBase):
     # -- with -------------------------------------------------------------------------
 
     def __enter__(self) -> ThreadGroup:
-        if self._return_exceptions is None:
-            self._fail_fast = True
+        self._enter_mode()
         if self._entry is None:
             self._register()
         return self
@@ -951,7 +933,7 @@ class ThreadGroup(GroupBase):
             self.join()
             return
         # The body failed: nothing more should run, and the join must not hide its error.
-        self._joined = True
+        self._state = GroupState.SHUTTING_DOWN
         running = self._cancel_rest(CANCEL_PARENT, f"{self.name} body raised {type(exc).__name__}")
         self._abandon(running, CANCEL_PARENT, f"{self.name} body raised {type(exc).__name__}")
         self._finish(timed_out=False)

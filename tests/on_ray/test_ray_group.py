@@ -288,6 +288,30 @@ def test_bad_arguments_are_refused_at_the_call() -> None:
         group.submit(ray_tasks.square, 1)
 
 
+def test_a_join_with_a_bad_timeout_leaves_the_group_joinable() -> None:
+    group = RemoteGroup("joinable")
+    group.submit(ray_tasks.square, 3)
+    with pytest.raises(ValueError, match="timeout"):
+        group.join(timeout=-1)
+    assert group.join() == [9]
+    with pytest.raises(RuntimeError, match="remote group 'joinable' was already joined"):
+        group.join()
+
+
+@pytest.mark.parametrize(("group_arg", "join_arg"), [(False, True), (None, None), (True, None)])
+def test_a_remote_group_decides_its_mode_by_the_one_rule(
+    group_arg: bool | None, join_arg: bool | None
+) -> None:
+    group = RemoteGroup("mode", return_exceptions=group_arg)
+    group.submit(ray_tasks.boom, "boom")
+    collects = join_arg if join_arg is not None else bool(group_arg)
+    if collects:
+        assert "boom" in str(group.join(return_exceptions=join_arg)[0])
+    else:
+        with pytest.raises(Exception, match="boom"):
+            group.join(return_exceptions=join_arg)
+
+
 def test_import_without_ray_names_the_extra() -> None:
     code = textwrap.dedent(
         """

@@ -42,6 +42,8 @@ from .._deadline import current_deadline, remaining
 from .._exceptions import JoinTimeout
 from .._group_core import (
     GroupBase,
+    GroupState,
+    JoinStart,
     end_group_span,
     grace_or_default,
     join_timeout,
@@ -55,7 +57,6 @@ from .._semconv import (
     ATTR_RETRY_ATTEMPT,
     ATTR_RETRY_REMAINING_S,
     ATTR_TASK_NAME,
-    ATTR_TIMEOUT_S,
     CANCEL_DEADLINE,
     CANCEL_PARENT,
     CANCEL_SIBLING_FAILED,
@@ -253,6 +254,8 @@ class RemoteGroup(GroupBase):
     ``HANGGUARD_SERIAL=1`` runs them one at a time, logging each.
     """
 
+    _kind = "remote group"
+
     def __init__(
         self,
         name: str = "ray",
@@ -273,8 +276,6 @@ class RemoteGroup(GroupBase):
         self._stopping = False  # cancelling: nothing new is started
         self._cutoff = math.inf  # the join's end on time.monotonic, once joining
         self._node = ""
-        self._joined = False
-        self._finished = False
 
     # -- submitting -------------------------------------------------------------------
 
@@ -302,8 +303,8 @@ class RemoteGroup(GroupBase):
         name: str | None,
         options: dict[str, Any],
     ) -> Any:
-        if self._joined:
-            raise RuntimeError(f"remote group {self.name!r} was already joined")
+        if self._state is not GroupState.OPEN:
+            raise self._already_joined()
         if self._queued:  # start what ``limit`` held back, now that others may be done
             self._collect(_ended(list(self._live), 0.0))
         remote, own = _remote_for(fn)
@@ -338,7 +339,7 @@ class RemoteGroup(GroupBase):
     def _budget(self) -> float:
         """What a task started now may use: the join's cut-off, else the known limits."""
         left = remaining()
-        if self._joined:
+        if self._state is not GroupState.OPEN:
             return min(left, max(0.0, self._cutoff - time.monotonic()))
         return left if self._settings.timeout is None else min(left, self._settings.timeout)
 
@@ -489,7 +490,7 @@ class RemoteGroup(GroupBase):
         while self._queued and (
             self._settings.limit is None or self._running < self._settings.limit
         ):
-            if self._joined and self._cutoff <= time.monotonic():
+            if self._state is not GroupState.OPEN and self._cutoff <= time.monotonic():
                 return
             self._start(self._queued.popleft(), self._budget())
 
@@ -615,19 +616,12 @@ class RemoteGroup(GroupBase):
 
     # -- joining ----------------------------------------------------------------------
 
-    def _begin(
-        self, timeout: float | None, return_exceptions: bool | None
-    ) -> tuple[float, float, bool, bool]:
-        if self._joined:
-            raise RuntimeError(f"remote group {self.name!r} was already joined")
-        own, grace = self._settings.join_budget(timeout)
-        mode = self._settings.collects(return_exceptions)
-        left = remaining()
-        self._joined = True
-        self._cutoff = time.monotonic() + min(own, left)
-        if self._span is not None and not math.isinf(own):
-            self._span.set_attribute(ATTR_TIMEOUT_S, own)
-        return own, grace, mode, left <= own
+    def _begin(self, timeout: float | None, return_exceptions: bool | None) -> JoinStart:
+        # No failure is seen before the join (nothing watches the refs until it runs), so
+        # fail-fast acts from the join on, with the mode the core decided.
+        start = self._begin_join(timeout, return_exceptions)
+        self._cutoff = time.monotonic() + start.limit
+        return start
 
     def _settled(self, fail_fast: bool) -> bool:
         return self._pending == 0 or (fail_fast and bool(self._failures))
@@ -642,8 +636,9 @@ class RemoteGroup(GroupBase):
         grace. Raises the first failure (``return_exceptions=False``, the default) or
         :class:`~hangguard.JoinTimeout` with the partial results.
         """
-        own, grace, mode, by_deadline = self._begin(timeout, return_exceptions)
-        fail_fast = not mode
+        start = self._begin(timeout, return_exceptions)
+        own, grace, by_deadline = start.own, start.grace, start.by_deadline
+        fail_fast = self._fail_fast
         try:
             while True:
                 if self._settled(fail_fast) or (now := time.monotonic()) >= self._cutoff:
@@ -668,8 +663,9 @@ class RemoteGroup(GroupBase):
         If the awaiting task is cancelled, the remote tasks are cancelled too (forced after
         the grace) and the cancellation goes on.
         """
-        own, grace, mode, by_deadline = self._begin(timeout, return_exceptions)
-        fail_fast = not mode
+        start = self._begin(timeout, return_exceptions)
+        own, grace, by_deadline = start.own, start.grace, start.by_deadline
+        fail_fast = self._fail_fast
         try:
             while True:
                 if self._settled(fail_fast) or (now := time.monotonic()) >= self._cutoff:
@@ -737,9 +733,9 @@ class RemoteGroup(GroupBase):
 
     def _abort(self, grace: float = 0.0) -> None:
         """The join or the ``with`` body failed: stop every task, waiting at most ``grace``."""
-        if self._finished:
+        if self._state is GroupState.DONE:
             return
-        self._joined = True
+        self._state = GroupState.SHUTTING_DOWN
         self._cancel_all(CANCEL_PARENT, self.name)
         self._wait_grace_sync(grace)
         self._force_stuck(grace)
@@ -780,9 +776,8 @@ class RemoteGroup(GroupBase):
 
     def _finish(self, *, timed_out: bool) -> None:
         """Count the outcomes, end every span, and let go of every object ref."""
-        if self._finished:
+        if not self._mark_done():
             return
-        self._finished = True
         self._live.clear()
         self._unregister()
         counts: collections.Counter[str] = collections.Counter()
@@ -820,6 +815,7 @@ class RemoteGroup(GroupBase):
     # -- with / async with ---------------------------------------------------------------
 
     def __enter__(self) -> RemoteGroup:
+        self._enter_mode()
         return self
 
     def __exit__(
@@ -834,6 +830,7 @@ class RemoteGroup(GroupBase):
         self._abort(grace_or_default())
 
     async def __aenter__(self) -> RemoteGroup:
+        self._enter_mode()
         return self
 
     async def __aexit__(
