@@ -214,6 +214,32 @@ async def test_a_task_group_join_with_a_bad_timeout_leaves_it_joinable() -> None
         group.submit(_ok)
 
 
+async def test_a_traced_group_s_entry_carries_its_own_span_from_the_first_submit(
+    spans: Any,
+) -> None:
+    """The entry is made after the group span: a reader shows the group's own ids, and a
+    termination record can end that span (before, a task group's entry had none)."""
+    from hangguard import _inflight
+
+    release = threading.Event()
+    threads = ThreadGroup("threads")
+    threads.submit(release.wait)
+    tasks = TaskGroup("tasks")
+    gate = asyncio.Event()
+    tasks.submit(gate.wait)
+    try:
+        records = {r.name: r for r in _inflight.snapshot(stacks=False) if r.kind == "group"}
+        for group in (tasks, threads):
+            record = records[group.name]
+            span_id = group._span.get_span_context().span_id  # type: ignore[union-attr]
+            assert record.span_id == f"{span_id:016x}", group.name
+    finally:
+        release.set()
+        gate.set()
+        threads.join()
+        await tasks.join()
+
+
 # --- a failure is never lost ----------------------------------------------------------------
 
 

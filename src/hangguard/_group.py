@@ -232,16 +232,14 @@ class TaskGroup(GroupBase):
             )
         self._checked_fn = fn
         index = len(self._tasks)
-        if self._entry is None:
-            self._register()
         loop = asyncio.get_running_loop()
         # The call is made here on every path, so a call with bad arguments raises at
         # submit whether the group is traced or not (telemetry never changes an outcome).
         work: Coroutine[Any, Any, T] = fn(*args, **kwargs)  # type: ignore[assignment]
+        if self._entry is None:
+            self._start()
         coro = work
         if self._tracer is not None or self._limiter is not None:
-            if self._tracer is not None and self._span is None:
-                self._start_span()
             coro = self._run(index, work)
         # Recorded before create_task: with an eager task factory (3.12+) the task's first
         # step runs inside create_task, and its span is named from these. A call that
@@ -801,11 +799,7 @@ class TaskGroup(GroupBase):
 
     async def __aenter__(self) -> TaskGroup:
         self._body_task = asyncio.current_task()
-        self._enter_mode()
-        if self._tracer is not None and self._span is None:
-            self._start_span()
-        if self._entry is None:
-            self._register()
+        self._enter_block()
         return self
 
     # -- the in-flight registry ---------------------------------------------------------

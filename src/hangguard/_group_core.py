@@ -344,6 +344,22 @@ class GroupBase:
         if self._return_exceptions is None:
             self._fail_fast = True
 
+    def _start(self) -> None:
+        """The group starts (first submit, or entering its block): span, then entry, once.
+
+        The span comes first so the entry carries it: a reader shows the group's own ids,
+        and a termination record can end the group span.
+        """
+        if self._tracer is not None and self._span is None:
+            self._start_span()
+        if self._entry is None:
+            self._register()
+
+    def _enter_block(self) -> None:
+        """Entering ``with``/``async with``: the mode rule, and the group starts."""
+        self._enter_mode()
+        self._start()
+
     def _begin_join(self, timeout: float | None, return_exceptions: bool | None) -> JoinStart:
         """Open the join: check, read the budget and mode, then move the group on.
 

@@ -900,9 +900,7 @@ class ThreadGroup(GroupBase):
     # -- with -------------------------------------------------------------------------
 
     def __enter__(self) -> ThreadGroup:
-        self._enter_mode()
-        if self._entry is None:
-            self._register()
+        self._enter_block()
         return self
 
     # -- the in-flight registry ---------------------------------------------------------

@@ -319,10 +319,7 @@ class RemoteGroup(GroupBase):
         slot = _Slot(index, task_name, remote, args, kwargs, ray_options, max_retries, retry_on)
         self._slots.append(slot)
         self._pending += 1
-        if self._tracer is not None and self._span is None:
-            self._start_span()
-        if self._entry is None:
-            self._register()
+        self._start()
         if self._settings.limit is not None and self._running >= self._settings.limit:
             self._queued.append(slot)
             return None
@@ -815,7 +812,7 @@ class RemoteGroup(GroupBase):
     # -- with / async with ---------------------------------------------------------------
 
     def __enter__(self) -> RemoteGroup:
-        self._enter_mode()
+        self._enter_block()
         return self
 
     def __exit__(
@@ -830,7 +827,7 @@ class RemoteGroup(GroupBase):
         self._abort(grace_or_default())
 
     async def __aenter__(self) -> RemoteGroup:
-        self._enter_mode()
+        self._enter_block()
         return self
 
     async def __aexit__(
