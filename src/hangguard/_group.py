@@ -74,7 +74,6 @@ from ._semconv import (
     CANCEL_SIBLING_FAILED,
     CANCEL_TIMEOUT,
     EVENT_CANCEL_IGNORED,
-    SPAN_TASK,
 )
 from ._task_info import fn_name, is_coroutine_function, outcome_of, stack_of
 
@@ -96,6 +95,7 @@ _NOT_CHECKED: Final = object()
 
 # The shared telemetry guard, bound once: the task wrapper enters it twice per task.
 _CONTAINED: Final = _spans.contained()
+_start_task_span: Final = _spans.start_task_span
 
 
 class _State(enum.Enum):
@@ -341,13 +341,7 @@ class TaskGroup(GroupBase):
         tracer = self._tracer
         if tracer is not None and task is not None:
             with _CONTAINED:
-                # _task_span, inlined: this runs once per task of every traced group.
-                name = self.task_name(index)
-                span = tracer.start_span(
-                    SPAN_TASK.format(name),
-                    context=self._span_ctx,
-                    attributes={ATTR_TASK_NAME: name},
-                )
+                span = _start_task_span(tracer, self.task_name(index), self._span_ctx)
                 self._task_spans[task] = span
                 token = otel_context.attach(trace.set_span_in_context(span))
         try:
@@ -386,13 +380,7 @@ class TaskGroup(GroupBase):
 
     def _task_span(self, index: int, extra: dict[str, str] | None = None) -> Span:
         assert self._tracer is not None
-        name = self.task_name(index)
-        attributes = {ATTR_TASK_NAME: name}
-        if extra is not None:
-            attributes.update(extra)
-        return self._tracer.start_span(
-            SPAN_TASK.format(name), context=self._span_ctx, attributes=attributes
-        )
+        return _start_task_span(self._tracer, self.task_name(index), self._span_ctx, extra)
 
     async def _run_logged(self, index: int, work: Coroutine[Any, Any, T]) -> T:
         name = self.task_name(index)

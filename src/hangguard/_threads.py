@@ -65,7 +65,6 @@ from ._semconv import (
     CANCEL_PARENT,
     CANCEL_SIBLING_FAILED,
     CANCEL_TIMEOUT,
-    SPAN_TASK,
 )
 from ._task_info import fn_name, is_coroutine_function, thread_stacks
 
@@ -451,10 +450,7 @@ class ThreadGroup(GroupBase):
 
     def _task_span(self, slot: _Slot) -> Span:
         assert self._tracer is not None
-        name = self.task_name(slot.index)
-        return self._tracer.start_span(
-            SPAN_TASK.format(name), context=self._span_ctx, attributes={ATTR_TASK_NAME: name}
-        )
+        return _spans.start_task_span(self._tracer, self.task_name(slot.index), self._span_ctx)
 
     # -- in the worker thread ---------------------------------------------------------
 
