@@ -46,6 +46,7 @@ __all__ = [
     "safe_str",
     "start_op_span",
     "start_task_span",
+    "telemetry_failed",
 ]
 
 logger = logging.getLogger("hangguard")
@@ -197,10 +198,19 @@ class _Contained:
     ) -> bool:
         if exc is None or not isinstance(exc, Exception):
             return False
-        logger.warning(
-            "hangguard telemetry failed; the outcome of the work is unaffected", exc_info=exc
-        )
+        telemetry_failed(exc)
         return True
+
+
+def telemetry_failed(exc: Exception) -> None:
+    """Log, once with its traceback, a telemetry failure that was swallowed.
+
+    What ``with contained():`` does with it; hot paths write ``try``/``except Exception``
+    around their telemetry and call this, which costs nothing when nothing fails.
+    """
+    logger.warning(
+        "hangguard telemetry failed; the outcome of the work is unaffected", exc_info=exc
+    )
 
 
 _CONTAINED: Final = _Contained()
