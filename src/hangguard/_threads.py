@@ -474,8 +474,11 @@ class ThreadGroup(GroupBase):
             raise exc
         span: Span | None = None
         token: object = None
-        if self._tracer is not None:
-            span = slot.span = self._task_span(slot)
+        tracer = self._tracer
+        if tracer is not None:
+            # _task_span, inlined: this runs once per call of every traced group.
+            name = self.task_name(slot.index)
+            span = slot.span = _spans.start_task_span(tracer, name, self._span_ctx)
             token = otel_context.attach(trace.set_span_in_context(span))
         try:
             if slot.held and slot.cancel is not None:
