@@ -72,7 +72,6 @@ from ._semconv import (
     CANCEL_SIBLING_FAILED,
     CANCEL_TIMEOUT,
     EVENT_CANCEL_IGNORED,
-    SPAN_TASK,
 )
 from ._task_info import fn_name, is_coroutine_function, outcome_of, stack_of
 
@@ -94,6 +93,8 @@ _NOT_CHECKED: Final = object()
 
 # The shared telemetry guard, bound once: the task wrapper enters it twice per task.
 _CONTAINED: Final = _spans.contained()
+_start_task_span: Final = _spans.start_task_span
+_telemetry_failed: Final = _spans.telemetry_failed
 
 
 class TaskGroup(GroupBase):
@@ -316,16 +317,14 @@ class TaskGroup(GroupBase):
         self._unstarted.pop(task, None)  # type: ignore[arg-type]
         tracer = self._tracer
         if tracer is not None and task is not None:
-            with _CONTAINED:
-                # _task_span, inlined: this runs once per task of every traced group.
-                name = self.task_name(index)
-                span = tracer.start_span(
-                    SPAN_TASK.format(name),
-                    context=self._span_ctx,
-                    attributes={ATTR_TASK_NAME: name},
-                )
+            # try/except rather than `with _CONTAINED:` (same effect): this runs once per
+            # task of every traced group, and the with-statement is two calls more.
+            try:
+                span = _start_task_span(tracer, self.task_name(index), self._span_ctx)
                 self._task_spans[task] = span
                 token = otel_context.attach(trace.set_span_in_context(span))
+            except Exception as exc:
+                _telemetry_failed(exc)
         try:
             if self._limiter is None:
                 return await work
@@ -355,20 +354,16 @@ class TaskGroup(GroupBase):
             raise
         finally:
             if span is not None:
-                with _CONTAINED:
+                try:
                     otel_context.detach(token)  # type: ignore[arg-type]
                     del self._task_spans[task]  # type: ignore[arg-type]
                     span.end()
+                except Exception as exc:
+                    _telemetry_failed(exc)
 
     def _task_span(self, index: int, extra: dict[str, str] | None = None) -> Span:
         assert self._tracer is not None
-        name = self.task_name(index)
-        attributes = {ATTR_TASK_NAME: name}
-        if extra is not None:
-            attributes.update(extra)
-        return self._tracer.start_span(
-            SPAN_TASK.format(name), context=self._span_ctx, attributes=attributes
-        )
+        return _start_task_span(self._tracer, self.task_name(index), self._span_ctx, extra)
 
     async def _run_logged(self, index: int, work: Coroutine[Any, Any, T]) -> T:
         name = self.task_name(index)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import traceback
 from types import TracebackType
 from typing import Final
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
@@ -25,9 +27,11 @@ from ._semconv import (
     ATTR_ERROR_TYPE,
     ATTR_OP_NAME,
     ATTR_OWN_TIMEOUT_S,
+    ATTR_TASK_NAME,
     ATTR_TIMEOUT_S,
     EVENT_DEADLINE_EXCEEDED,
     SPAN_OP,
+    SPAN_TASK,
     TRACER_NAME,
 )
 from ._version import __version__
@@ -41,6 +45,8 @@ __all__ = [
     "record_failure",
     "safe_str",
     "start_op_span",
+    "start_task_span",
+    "telemetry_failed",
 ]
 
 logger = logging.getLogger("hangguard")
@@ -59,6 +65,67 @@ def get_tracer() -> Tracer | None:
     tracer = provider.get_tracer(TRACER_NAME, __version__)
     _tracers[id(provider)] = (provider, tracer)
     return tracer
+
+
+# The SDK's own samplers, which decide on the trace id and the parent alone: with these
+# the attributes given at a span's start change no decision. Told apart by their public
+# ``get_description()`` (a ParentBased names its delegates there) and their module.
+_SDK_SAMPLERS: Final = "opentelemetry.sdk.trace.sampling"
+_BLIND_DELEGATE: Final = re.compile(r"AlwaysOnSampler|AlwaysOffSampler|TraceIdRatioBased\{[^{}]*\}")
+_BLIND_DESCRIPTIONS: Final = frozenset(
+    {
+        "",  # AlwaysOn, AlwaysOff, TraceIdRatioBased alone
+        "ParentBased{root:,remoteParentSampled:,remoteParentNotSampled:,"
+        "localParentSampled:,localParentNotSampled:}",
+    }
+)
+_blind: dict[int, tuple[Tracer, bool]] = {}
+
+
+def _sampler_ignores_attributes(tracer: Tracer) -> bool:
+    """Whether ``tracer``'s sampler is one of the SDK's own, which never read attributes.
+
+    Anything else (another SDK, a sampler of the user's, one that cannot be told) is taken
+    to read them, so it gets them at start.
+    """
+    sampler = getattr(tracer, "sampler", None)  # the SDK Tracer's public attribute
+    if sampler is None or type(sampler).__module__ != _SDK_SAMPLERS:
+        return False
+    try:
+        description = sampler.get_description()
+    except Exception:
+        return False
+    if not isinstance(description, str):
+        return False
+    return _BLIND_DELEGATE.sub("", description) in _BLIND_DESCRIPTIONS
+
+
+def start_task_span(
+    tracer: Tracer,
+    name: str,
+    context: otel_context.Context | None,
+    extra: dict[str, str] | None = None,
+) -> Span:
+    """The span ``task {name}`` of one task of a group, carrying ``hangguard.task.name``.
+
+    The name is given at start, where a sampler sees it, unless the sampler is one of the
+    SDK's own, which decide on the parent and trace id alone: then it is set right after
+    the start, which costs the SDK less (a single value instead of a mapping checked,
+    copied for the sampling result and checked again). The span is the same either way.
+    See docs/trace-schema.md.
+    """
+    cached = _blind.get(id(tracer))
+    if cached is None or cached[0] is not tracer:
+        cached = (tracer, _sampler_ignores_attributes(tracer))
+        _blind[id(tracer)] = cached
+    if cached[1] and extra is None:
+        span = tracer.start_span(SPAN_TASK.format(name), context=context)
+        span.set_attribute(ATTR_TASK_NAME, name)
+        return span
+    attributes = {ATTR_TASK_NAME: name}
+    if extra is not None:
+        attributes.update(extra)
+    return tracer.start_span(SPAN_TASK.format(name), context=context, attributes=attributes)
 
 
 #: How much less than its own budget an op may be left and still count as on its own.
@@ -131,10 +198,19 @@ class _Contained:
     ) -> bool:
         if exc is None or not isinstance(exc, Exception):
             return False
-        logger.warning(
-            "hangguard telemetry failed; the outcome of the work is unaffected", exc_info=exc
-        )
+        telemetry_failed(exc)
         return True
+
+
+def telemetry_failed(exc: Exception) -> None:
+    """Log, once with its traceback, a telemetry failure that was swallowed.
+
+    What ``with contained():`` does with it; hot paths write ``try``/``except Exception``
+    around their telemetry and call this, which costs nothing when nothing fails.
+    """
+    logger.warning(
+        "hangguard telemetry failed; the outcome of the work is unaffected", exc_info=exc
+    )
 
 
 _CONTAINED: Final = _Contained()

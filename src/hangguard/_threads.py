@@ -65,7 +65,6 @@ from ._semconv import (
     CANCEL_PARENT,
     CANCEL_SIBLING_FAILED,
     CANCEL_TIMEOUT,
-    SPAN_TASK,
 )
 from ._task_info import fn_name, is_coroutine_function, thread_stacks
 
@@ -449,10 +448,7 @@ class ThreadGroup(GroupBase):
 
     def _task_span(self, slot: _Slot) -> Span:
         assert self._tracer is not None
-        name = self.task_name(slot.index)
-        return self._tracer.start_span(
-            SPAN_TASK.format(name), context=self._span_ctx, attributes={ATTR_TASK_NAME: name}
-        )
+        return _spans.start_task_span(self._tracer, self.task_name(slot.index), self._span_ctx)
 
     # -- in the worker thread ---------------------------------------------------------
 
@@ -476,8 +472,11 @@ class ThreadGroup(GroupBase):
             raise exc
         span: Span | None = None
         token: object = None
-        if self._tracer is not None:
-            span = slot.span = self._task_span(slot)
+        tracer = self._tracer
+        if tracer is not None:
+            # _task_span, inlined: this runs once per call of every traced group.
+            name = self.task_name(slot.index)
+            span = slot.span = _spans.start_task_span(tracer, name, self._span_ctx)
             token = otel_context.attach(trace.set_span_in_context(span))
         try:
             if slot.held and slot.cancel is not None:
