@@ -238,7 +238,7 @@ class TaskGroup(GroupBase):
         # submit whether the group is traced or not (telemetry never changes an outcome).
         work: Coroutine[Any, Any, T] = fn(*args, **kwargs)  # type: ignore[assignment]
         if self._entry is None:
-            self._start()
+            self._start_group()
         coro = work
         if self._tracer is not None or self._limiter is not None:
             coro = self._run(index, work)

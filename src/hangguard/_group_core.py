@@ -344,7 +344,7 @@ class GroupBase:
         if self._return_exceptions is None:
             self._fail_fast = True
 
-    def _start(self) -> None:
+    def _start_group(self) -> None:
         """The group starts (first submit, or entering its block): span, then entry, once.
 
         The span comes first so the entry carries it: a reader shows the group's own ids,
@@ -358,7 +358,7 @@ class GroupBase:
     def _enter_block(self) -> None:
         """Entering ``with``/``async with``: the mode rule, and the group starts."""
         self._enter_mode()
-        self._start()
+        self._start_group()
 
     def _begin_join(self, timeout: float | None, return_exceptions: bool | None) -> JoinStart:
         """Open the join: check, read the budget and mode, then move the group on.

@@ -392,10 +392,7 @@ class ThreadGroup(GroupBase):
         slot = _Slot(len(self._slots), fn, args, kwargs)
         if name is not None:
             self._names[slot.index] = name
-        if self._tracer is not None and self._span is None:
-            self._start_span()
-        if self._entry is None:
-            self._register()
+        self._start_group()
         with self._lock:
             self._slots.append(slot)
             self._pending += 1

@@ -319,7 +319,7 @@ class RemoteGroup(GroupBase):
         slot = _Slot(index, task_name, remote, args, kwargs, ray_options, max_retries, retry_on)
         self._slots.append(slot)
         self._pending += 1
-        self._start()
+        self._start_group()
         if self._settings.limit is not None and self._running >= self._settings.limit:
             self._queued.append(slot)
             return None
