@@ -91,8 +91,6 @@ _abandoned: set[asyncio.Task[Any]] = set()
 
 _NOT_CHECKED: Final = object()
 
-# The shared telemetry guard, bound once: the task wrapper enters it twice per task.
-_CONTAINED: Final = _spans.contained()
 _start_task_span: Final = _spans.start_task_span
 _telemetry_failed: Final = _spans.telemetry_failed
 
@@ -317,8 +315,8 @@ class TaskGroup(GroupBase):
         self._unstarted.pop(task, None)  # type: ignore[arg-type]
         tracer = self._tracer
         if tracer is not None and task is not None:
-            # try/except rather than `with _CONTAINED:` (same effect): this runs once per
-            # task of every traced group, and the with-statement is two calls more.
+            # try/except rather than `with _spans.contained():` (same effect): this runs
+            # once per task of every traced group, and the with-statement is two calls more.
             try:
                 span = _start_task_span(tracer, self.task_name(index), self._span_ctx)
                 self._task_spans[task] = span

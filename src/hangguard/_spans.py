@@ -79,7 +79,9 @@ _BLIND_DESCRIPTIONS: Final = frozenset(
         "localParentSampled:,localParentNotSampled:}",
     }
 )
-_blind: dict[int, tuple[Tracer, bool]] = {}
+# The last tracer asked about and its answer: one slot, since a process traces through
+# one tracer as a rule, and a cache keyed by tracer would keep every one ever seen alive.
+_blind: tuple[Tracer | None, bool] = (None, False)
 
 
 def _sampler_ignores_attributes(tracer: Tracer) -> bool:
@@ -114,10 +116,10 @@ def start_task_span(
     copied for the sampling result and checked again). The span is the same either way.
     See docs/trace-schema.md.
     """
-    cached = _blind.get(id(tracer))
-    if cached is None or cached[0] is not tracer:
-        cached = (tracer, _sampler_ignores_attributes(tracer))
-        _blind[id(tracer)] = cached
+    global _blind
+    cached = _blind
+    if cached[0] is not tracer:
+        cached = _blind = (tracer, _sampler_ignores_attributes(tracer))
     if cached[1] and extra is None:
         span = tracer.start_span(SPAN_TASK.format(name), context=context)
         span.set_attribute(ATTR_TASK_NAME, name)
