@@ -507,6 +507,75 @@ async def test_bound_methods_name_tasks_after_the_object_class_not_the_defining_
     ]
 
 
+async def test_tasks_are_named_after_their_own_function_when_the_functions_alternate() -> None:
+    # submit records a function only when it differs from the last one (a run): each
+    # index must still find its own.
+    g = TaskGroup("runs")
+    for fn in (value, value, _Search().fetch, value, _Search().fetch, _Search().fetch):
+        if fn is value:
+            g.submit(value, 0)
+        else:
+            g.submit(fn)
+    g.submit_named("named", value, 0)
+    g.submit(value, 0)
+    await g.join()
+    assert [g.task_name(i) for i in range(len(g))] == [
+        "value[0]",
+        "value[1]",
+        "_Search.fetch[2]",
+        "value[3]",
+        "_Search.fetch[4]",
+        "_Search.fetch[5]",
+        "named",
+        "value[7]",
+    ]
+
+
+async def test_a_submit_whose_task_cannot_be_created_leaves_no_name_behind() -> None:
+    loop = asyncio.get_running_loop()
+    refused = RuntimeError("no task for you")
+    refusing = False
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        if refusing:  # the coroutine may be the group's traced wrapper: refuse by turn
+            coro.close()
+            raise refused
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    g = TaskGroup("refused")
+    g.submit(value, 1)
+    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    try:
+        refusing = True
+        with pytest.raises(RuntimeError) as caught:
+            g.submit(_Search().fetch)
+        assert caught.value is refused
+        refusing = False
+        g.submit(value, 2)
+    finally:
+        loop.set_task_factory(None)
+    g.submit(_Search().fetch)
+    assert await g.join() == [1, 2, "fetched"]
+    assert [g.task_name(i) for i in range(len(g))] == ["value[0]", "value[1]", "_Search.fetch[2]"]
+
+
+async def test_membership_and_a_join_from_inside_the_group() -> None:
+    g = TaskGroup("self")
+    entered = asyncio.Event()
+
+    async def joins_its_own_group() -> None:
+        entered.set()
+        await g.join()
+
+    first = g.submit(value, 1)
+    inner = g.submit_named("inner", joins_its_own_group)
+    await entered.wait()
+    assert first in g and inner in g and asyncio.current_task() not in g
+    assert object() not in g
+    with pytest.raises(RuntimeError, match=r"joined from one of its own tasks \('inner'\)"):
+        await g.join()
+
+
 # -- results after ``async with`` ------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ Untraced use (no SDK installed) adds one done-callback per task to a raw
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import functools
 import inspect
@@ -52,8 +53,10 @@ from ._deadline import (
 )
 from ._exceptions import DeadlineExceeded, JoinTimeout
 from ._group_core import (
+    DONE,
+    OPEN,
+    SHUTTING_DOWN,
     GroupBase,
-    GroupState,
     child_state,
     end_group_span,
     grace_or_default,
@@ -149,14 +152,22 @@ class TaskGroup(GroupBase):
         _watchdog.maybe_watch()
 
         self._tasks: list[asyncio.Task[Any]] = []
-        self._fns: list[object] = []
-        # The last function that passed submit's check: a fan-out submits one function
-        # many times, and the check is a good part of submit's own cost.
+        # The submitted functions as runs: the index where each run starts, and its
+        # function. A fan-out submits one function many times, so submit records (and
+        # checks) a function only when it differs from the last one.
+        self._run_starts: list[int] = []
+        self._run_fns: list[object] = []
+        # The last function that passed submit's check (the last run's function).
         self._checked_fn: object = _NOT_CHECKED
         self._named_fn: object = _NOT_CHECKED
         self._fn_label = ""
         self._names: dict[int, str] = {}  # explicit names by index; defaults are derived
+        # Task -> index, built only when asked (a failure, a cancel, a reader): filling it
+        # at every submit cost a dict store per task.
         self._index: dict[asyncio.Task[Any], int] = {}
+        # Bound once: a bound method made at every submit costs an allocation per task.
+        # _finish drops it, so a joined group holds no cycle through it.
+        self._done_cb: Callable[[asyncio.Task[Any]], None] | None = self._on_done
         self._pending = 0
         self._failures: list[asyncio.Task[Any]] = []  # in the order they failed
         # Tasks seen cancelled by _on_done: with none (and no failure) every outcome is
@@ -216,9 +227,46 @@ class TaskGroup(GroupBase):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> asyncio.Task[T]:
-        if self._state is not GroupState.OPEN:
+        if self._state is not OPEN:
             raise self._already_joined()
-        if fn is not self._checked_fn and not is_coroutine_function(fn):
+        index = len(self._tasks)
+        if fn is not self._checked_fn:
+            self._check_fn(fn, index)
+        loop = asyncio.get_running_loop()
+        # The call is made here on every path, so a call with bad arguments raises at
+        # submit whether the group is traced or not (telemetry never changes an outcome).
+        work: Coroutine[Any, Any, T] = fn(*args, **kwargs)  # type: ignore[assignment]
+        if self._entry is None:
+            self._start_group()
+        coro = work
+        if self._tracer is not None or self._limiter is not None:
+            coro = self._run(index, work)
+        # Recorded before create_task (the function's run in _check_fn too): with an
+        # eager task factory (3.12+) the task's first step runs inside create_task, and
+        # its span is named from these. A call that raises takes the name back; a run it
+        # started is harmless, as the next submit at this index either is that function
+        # or starts a later run there, which task_name's search finds first.
+        if name is not None:
+            self._names[index] = name
+        try:
+            task = loop.create_task(coro, name=name)
+        except BaseException:
+            self._names.pop(index, None)
+            _close(work)
+            if coro is not work:
+                _close(coro)
+            raise
+        if coro is not work:
+            # Closed by _on_done if the task is cancelled before _run ever awaits it.
+            self._unstarted[task] = work
+        self._tasks.append(task)
+        self._pending += 1
+        task.add_done_callback(self._done_cb or self._on_done)
+        return task
+
+    def _check_fn(self, fn: object, index: int) -> None:
+        """Check a function submit has not seen last, and start its run at ``index``."""
+        if not is_coroutine_function(fn):
             if inspect.iscoroutine(fn):
                 fn.close()  # it will never run: close it so Python does not warn later
                 raise TypeError(
@@ -230,46 +278,27 @@ class TaskGroup(GroupBase):
                 f"(group {self.name!r}); wrap blocking code with asyncio.to_thread"
             )
         self._checked_fn = fn
-        index = len(self._tasks)
-        loop = asyncio.get_running_loop()
-        # The call is made here on every path, so a call with bad arguments raises at
-        # submit whether the group is traced or not (telemetry never changes an outcome).
-        work: Coroutine[Any, Any, T] = fn(*args, **kwargs)  # type: ignore[assignment]
-        if self._entry is None:
-            self._start_group()
-        coro = work
-        if self._tracer is not None or self._limiter is not None:
-            coro = self._run(index, work)
-        # Recorded before create_task: with an eager task factory (3.12+) the task's first
-        # step runs inside create_task, and its span is named from these. A call that
-        # raises takes them back, so nothing is left for the next task at this index.
-        self._fns.append(fn)
-        if name is not None:
-            self._names[index] = name
-        try:
-            task = loop.create_task(coro, name=name)
-        except BaseException:
-            self._fns.pop()
-            self._names.pop(index, None)
-            _close(work)
-            if coro is not work:
-                _close(coro)
-            raise
-        if coro is not work:
-            # Closed by _on_done if the task is cancelled before _run ever awaits it.
-            self._unstarted[task] = work
-        self._tasks.append(task)
-        self._index[task] = index
-        self._pending += 1
-        task.add_done_callback(self._on_done)
-        return task
+        self._run_starts.append(index)
+        self._run_fns.append(fn)
+
+    def _index_of(self, task: asyncio.Task[Any]) -> int:
+        """The submit index of one of the group's tasks (the map is filled up lazily)."""
+        return self._indices()[task]
+
+    def _indices(self) -> dict[asyncio.Task[Any], int]:
+        index, tasks = self._index, self._tasks
+        for i in range(len(index), len(tasks)):
+            index[tasks[i]] = i
+        return index
 
     def task_name(self, index: int) -> str:
         """The name of the task submitted at ``index`` (explicit, else ``fn[index]``)."""
         name = self._names.get(index)
         if name is not None:
             return name
-        fn = self._fns[index]
+        starts, fns = self._run_starts, self._run_fns
+        # Most tasks belong to the last run (a fan-out has one): no search for them.
+        fn = fns[-1] if index >= starts[-1] else fns[bisect.bisect_right(starts, index) - 1]
         if fn is not self._named_fn:  # one function submitted many times: name it once
             self._named_fn, self._fn_label = fn, fn_name(fn)
         return f"{self._fn_label}[{index}]"
@@ -285,7 +314,7 @@ class TaskGroup(GroupBase):
         """
         if self._results is not None:
             return list(self._results)
-        if self._state is not GroupState.DONE:
+        if self._state is not DONE:
             raise RuntimeError(
                 f"task group {self.name!r} is not done yet ({self._state.value}): its results "
                 "are there once join() has returned, or after the `async with` block"
@@ -298,14 +327,14 @@ class TaskGroup(GroupBase):
 
     def never_joined(self) -> bool:
         """Whether no join (nor ``async with`` exit) has begun: its tasks are nobody's yet."""
-        return self._state is GroupState.OPEN
+        return self._state is OPEN
 
     def __len__(self) -> int:
         return len(self._tasks)
 
     def __contains__(self, task: object) -> bool:
         """Whether ``task`` is one of this group's tasks."""
-        return task in self._index
+        return task in self._indices()
 
     @_watchdog.holds_span
     async def _run(self, index: int, work: Coroutine[Any, Any, T]) -> T:
@@ -401,7 +430,7 @@ class TaskGroup(GroupBase):
             if exc is not None:
                 failed = True
                 self._failures.append(task)
-                if not self._joiner_logs or self._state is GroupState.DONE:
+                if not self._joiner_logs or self._state is DONE:
                     self._log_failure(task, exc)
                 if self._fail_fast and len(self._failures) == 1:
                     self._cancel_for_failure()
@@ -412,7 +441,7 @@ class TaskGroup(GroupBase):
             and (self._pending == 0 or (failed and self._fail_fast))
         ):
             waiter.set_result(None)
-        if self._state is GroupState.DONE:
+        if self._state is DONE:
             # Outcomes are counted once per group when join ends; a task that outlived
             # the join (it ignored its cancellation) is counted when it ends.
             _metrics.record_task_outcome(self._outcome(task, failed))
@@ -421,7 +450,7 @@ class TaskGroup(GroupBase):
         """The one ERROR, with its traceback, of a task that failed."""
         logger.error(
             "task %r of group %r failed with %s",
-            self.task_name(self._index[task]),
+            self.task_name(self._index_of(task)),
             self.name,
             type(exc).__name__,
             exc_info=exc,
@@ -429,7 +458,7 @@ class TaskGroup(GroupBase):
 
     def _cancel_for_failure(self) -> None:
         """The first failure in fail-fast mode: cancel the siblings and the body, once."""
-        self._cancel_all(CANCEL_SIBLING_FAILED, self.task_name(self._index[self._failures[0]]))
+        self._cancel_all(CANCEL_SIBLING_FAILED, self.task_name(self._index_of(self._failures[0])))
         body = self._body_task
         if body is not None and not body.done() and not self._body_cancelled:
             # Like asyncio.TaskGroup: stop the body of ``async with`` too.
@@ -503,7 +532,7 @@ class TaskGroup(GroupBase):
             if span is None:
                 # Cancelled before its first step: its coroutine will never run, so its
                 # span is made (and ended) here, to carry the record.
-                span = self._task_span(self._index[task], record.attrs())
+                span = self._task_span(self._index_of(task), record.attrs())
                 record.write(span, cap=cap, on_span=False)
                 span.end()
                 continue
@@ -543,7 +572,7 @@ class TaskGroup(GroupBase):
         cancellation of the calling task meanwhile does not cut the wait short: it is
         returned, for the caller to re-raise once the books are closed.
         """
-        self._state = GroupState.SHUTTING_DOWN
+        self._state = SHUTTING_DOWN
         caught: asyncio.CancelledError | None = None
         try:
             self._cancel_all(reason, cause)
@@ -567,7 +596,7 @@ class TaskGroup(GroupBase):
     def _report_stuck(self, grace: float) -> None:
         """Name the tasks that ignored their cancellation, and let them go (see _detach)."""
         stuck = [t for t in self._tasks if not t.done()]
-        names = [self.task_name(self._index[t]) for t in stuck]
+        names = [self.task_name(self._index_of(t)) for t in stuck]
         logger.warning(
             "group %r: %d task(s) ignored cancellation for %gs and are left running, "
             "detached from the event loop so that it can close: %s",
@@ -592,6 +621,7 @@ class TaskGroup(GroupBase):
         """Count the outcomes (one metric update per outcome) and end the group span."""
         if not self._mark_done():
             return
+        self._done_cb = None
         self._unregister()
         all_ok = self._all_ok()
         total = len(self._tasks)
@@ -670,13 +700,15 @@ class TaskGroup(GroupBase):
         ``timeout`` (seconds) defaults to the group's, then ``HANGGUARD_JOIN_TIMEOUT``;
         the enclosing deadline caps it. See the class docstring for the semantics.
         """
-        if self._state is not GroupState.OPEN:
+        if self._state is not OPEN:
             raise self._already_joined()
         task = asyncio.current_task()
-        if task is not None and task in self._index:
+        # A scan, not the task map: building the map here would cost what submit saves.
+        # Only a task not done yet can be running this join.
+        if task is not None and self._pending and task in self._tasks:
             raise RuntimeError(
                 f"task group {self.name!r} joined from one of its own tasks "
-                f"({self.task_name(self._index[task])!r}): it would wait for itself"
+                f"({self.task_name(self._index_of(task))!r}): it would wait for itself"
             )
         start = self._begin_join(timeout, return_exceptions)
         own, grace, left, by_deadline = start.own, start.grace, start.left, start.by_deadline
@@ -731,7 +763,7 @@ class TaskGroup(GroupBase):
             record = CancelRecord.of_joiner(cancel, self.name)
             return record.reason, record.cause, None
         if self._fail_fast and self._failures:
-            return CANCEL_SIBLING_FAILED, self.task_name(self._index[self._failures[0]]), None
+            return CANCEL_SIBLING_FAILED, self.task_name(self._index_of(self._failures[0])), None
         cut = timeout_cut(self.name, own, left, by_deadline)
         return cut.reason, cut.cause, (cut.deadline_name, cut.budget)
 
@@ -865,7 +897,7 @@ class TaskGroup(GroupBase):
         try:
             await self.join()
         except BaseException:
-            if self._state is GroupState.OPEN:
+            if self._state is OPEN:
                 # join refused to start (a bad setting): its tasks must not run on unowned.
                 later = await self._shutdown(
                     CANCEL_PARENT, f"{self.name} join failed", grace_or_default(), timed_out=False

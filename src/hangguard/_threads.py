@@ -45,8 +45,10 @@ from ._cancel_record import CancelRecord
 from ._deadline import Deadline, current_deadline, now, remaining
 from ._exceptions import DeadlineExceeded, JoinTimeout, ThreadCancelled
 from ._group_core import (
+    DONE,
+    OPEN,
+    SHUTTING_DOWN,
     GroupBase,
-    GroupState,
     budget_text,
     child_state,
     end_group_span,
@@ -378,7 +380,7 @@ class ThreadGroup(GroupBase):
         self._submit(name, fn, args, kwargs)
 
     def _submit(self, name: str | None, fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
-        if self._state is not GroupState.OPEN:
+        if self._state is not OPEN:
             raise self._already_joined()
         if fn is not self._checked_fn:
             if not callable(fn):
@@ -624,7 +626,7 @@ class ThreadGroup(GroupBase):
         return True
 
     def _joined_giving_up(self) -> bool:
-        return self._state is GroupState.DONE or (self._fail_fast and bool(self._failures))
+        return self._state is DONE or (self._fail_fast and bool(self._failures))
 
     def _log_late(self, slot: _Slot, outcome: Any, failed: bool) -> None:
         """An abandoned thread's call returned at last: say how it ended, once."""
@@ -927,7 +929,7 @@ class ThreadGroup(GroupBase):
             self.join()
             return
         # The body failed: nothing more should run, and the join must not hide its error.
-        self._state = GroupState.SHUTTING_DOWN
+        self._state = SHUTTING_DOWN
         running = self._cancel_rest(CANCEL_PARENT, f"{self.name} body raised {type(exc).__name__}")
         self._abandon(running, CANCEL_PARENT, f"{self.name} body raised {type(exc).__name__}")
         self._finish(timed_out=False)

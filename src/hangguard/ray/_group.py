@@ -41,8 +41,10 @@ from .._cancel_record import CancelRecord
 from .._deadline import current_deadline, remaining
 from .._exceptions import JoinTimeout
 from .._group_core import (
+    DONE,
+    OPEN,
+    SHUTTING_DOWN,
     GroupBase,
-    GroupState,
     JoinStart,
     end_group_span,
     grace_or_default,
@@ -303,7 +305,7 @@ class RemoteGroup(GroupBase):
         name: str | None,
         options: dict[str, Any],
     ) -> Any:
-        if self._state is not GroupState.OPEN:
+        if self._state is not OPEN:
             raise self._already_joined()
         if self._queued:  # start what ``limit`` held back, now that others may be done
             self._collect(_ended(list(self._live), 0.0))
@@ -336,7 +338,7 @@ class RemoteGroup(GroupBase):
     def _budget(self) -> float:
         """What a task started now may use: the join's cut-off, else the known limits."""
         left = remaining()
-        if self._state is not GroupState.OPEN:
+        if self._state is not OPEN:
             return min(left, max(0.0, self._cutoff - time.monotonic()))
         return left if self._settings.timeout is None else min(left, self._settings.timeout)
 
@@ -487,7 +489,7 @@ class RemoteGroup(GroupBase):
         while self._queued and (
             self._settings.limit is None or self._running < self._settings.limit
         ):
-            if self._state is not GroupState.OPEN and self._cutoff <= time.monotonic():
+            if self._state is not OPEN and self._cutoff <= time.monotonic():
                 return
             self._start(self._queued.popleft(), self._budget())
 
@@ -730,9 +732,9 @@ class RemoteGroup(GroupBase):
 
     def _abort(self, grace: float = 0.0) -> None:
         """The join or the ``with`` body failed: stop every task, waiting at most ``grace``."""
-        if self._state is GroupState.DONE:
+        if self._state is DONE:
             return
-        self._state = GroupState.SHUTTING_DOWN
+        self._state = SHUTTING_DOWN
         self._cancel_all(CANCEL_PARENT, self.name)
         self._wait_grace_sync(grace)
         self._force_stuck(grace)
