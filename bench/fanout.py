@@ -14,6 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from opentelemetry import trace
+
 from ._harness import Config, Row, Target, run_worker
 
 __all__ = ["measure", "run"]
@@ -96,9 +98,16 @@ def measure(params: dict[str, Any]) -> dict[str, list[float]]:
     rounds: int = params["rounds"]
     names: list[str] = params["variants"]
 
+    # With the SDK, each variant's spans are exported inside its own timing: the batch
+    # processor's thread otherwise exports one variant's leftover spans while the next
+    # variant is being timed, so each pays an unknown part of the other's export.
+    flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+
     async def main() -> dict[str, list[float]]:
         for name in names:  # warm-up: imports, tracer lookups, allocator arenas
             await _VARIANTS[name](min(n, 1000))
+        if flush is not None:
+            flush()
         samples: dict[str, list[float]] = {name: [] for name in names}
         for r in range(rounds):
             # Rotating the order spreads any drift within a round over every variant.
@@ -106,6 +115,8 @@ def measure(params: dict[str, Any]) -> dict[str, list[float]]:
                 gc.collect()
                 started = time.process_time()
                 await _VARIANTS[name](n)
+                if flush is not None:
+                    flush()
                 samples[name].append((time.process_time() - started) / n)
         return samples
 
