@@ -138,3 +138,26 @@ def test_exceptions_are_exported_under_the_package_name() -> None:
     ):
         assert getattr(hangguard, cls.__name__) is cls
         assert cls.__module__ == "hangguard"
+
+
+@pytest.mark.parametrize(("name", "budget"), [("join fetch", 0.5), (None, math.inf)])
+def test_an_unfinished_task_s_exception_is_the_one_the_constructor_makes(
+    name: str | None, budget: float
+) -> None:
+    import pickle
+
+    from hangguard._exceptions import unfinished_task
+
+    quick = unfinished_task("task 'f[3]' did not finish", name, budget)
+    made = DeadlineExceeded("task 'f[3]' did not finish", deadline_name=name, budget=budget)
+    assert type(quick) is DeadlineExceeded
+    for exc in (quick, made):
+        assert exc.args == ("task 'f[3]' did not finish",)
+        assert (exc.deadline_name, exc.budget) == (name, budget)
+        assert (exc.errno, exc.strerror, exc.filename) == (None, None, None)
+    assert (str(quick), repr(quick)) == (str(made), repr(made))
+    assert vars(quick) == vars(made)
+    again = pickle.loads(pickle.dumps(quick))
+    assert (str(again), again.deadline_name, again.budget) == (str(made), name, budget)
+    with pytest.raises(TimeoutError, match=r"f\[3\]"):
+        raise quick

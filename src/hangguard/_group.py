@@ -35,7 +35,7 @@ import math
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from types import TracebackType
+from types import MethodType, TracebackType
 from typing import Any, Final, TypeVar
 
 from opentelemetry import context as otel_context
@@ -51,7 +51,7 @@ from ._deadline import (
     deadline_cancel_of,
     now,
 )
-from ._exceptions import DeadlineExceeded, JoinTimeout
+from ._exceptions import JoinTimeout, unfinished_task
 from ._group_core import (
     DONE,
     OPEN,
@@ -230,7 +230,10 @@ class TaskGroup(GroupBase):
         if self._state is not OPEN:
             raise self._already_joined()
         index = len(self._tasks)
-        if fn is not self._checked_fn:
+        checked = self._checked_fn
+        # ``obj.method`` is a new bound method at each access, equal to the last one: a
+        # fan-out over one object's method is one run too (the equality never raises).
+        if fn is not checked and (type(fn) is not MethodType or fn != checked):
             self._check_fn(fn, index)
         loop = asyncio.get_running_loop()
         # The call is made here on every path, so a call with bad arguments raises at
@@ -804,9 +807,7 @@ class TaskGroup(GroupBase):
                     results.append(not_finished(f"task {name!r} {why}", deadline_name, budget))
                 else:
                     results.append(
-                        DeadlineExceeded(
-                            f"task {name!r}{unfinished}", deadline_name=deadline_name, budget=budget
-                        )
+                        unfinished_task(f"task {name!r}{unfinished}", deadline_name, budget)
                     )
             else:
                 results.append(outcome_of(t))

@@ -25,7 +25,7 @@ from opentelemetry.trace import Span, Tracer
 
 from . import _config, _inflight, _metrics, _semconv, _spans
 from ._deadline import Deadline, check_timeout, current_deadline, remaining
-from ._exceptions import ConfigError, DeadlineExceeded, JoinTimeout
+from ._exceptions import ConfigError, DeadlineExceeded, JoinTimeout, unfinished_task
 from ._semconv import (
     ATTR_GROUP_ABANDONED,
     ATTR_GROUP_CANCEL_IGNORED,
@@ -203,7 +203,7 @@ def budget_text(budget: float) -> str:
 def not_finished(what: str, deadline_name: str | None, budget: float) -> DeadlineExceeded:
     """What stands in the place of a task the join gave up on: ``what`` says what became of it."""
     label = deadline_name or "(unnamed)"
-    return DeadlineExceeded(f"{what} {label!r}", deadline_name=deadline_name, budget=budget)
+    return unfinished_task(f"{what} {label!r}", deadline_name, budget)
 
 
 def join_timeout(
