@@ -656,8 +656,9 @@ def test_a_held_call_handed_on_as_the_join_gives_up_never_runs(
         group.submit_named("held", lambda: ran.append("held"))
         both_in.set()
         assert entered.wait(30), "the first call never handed the held one on"
-        with pytest.raises(hangguard.JoinTimeout):
+        with pytest.raises(hangguard.JoinTimeout) as info:
             group.join(timeout=0.1)
+        assert info.value.pending == ["held"]
         release.set()
         assert handed.wait(30)
     finally:
@@ -665,3 +666,57 @@ def test_a_held_call_handed_on_as_the_join_gives_up_never_runs(
         pool.shutdown(wait=True)
     assert ran == ["first"]
     assert group._pending == 0  # counted once
+
+
+def test_a_direct_submit_racing_a_sibling_failure_is_counted_once(
+    telemetry: Telemetry,
+) -> None:
+    # The second submit is held after it left the lock and before it reached the pool,
+    # while the first call fails and fail-fast cancels the rest. That cancel used to take
+    # it for a call that never started (one task span), and it then ran and was counted
+    # again (a second span, and _pending at -1). Now it is cancelled once, before its
+    # function runs.
+    import sys
+
+    fail_now, cancelled = threading.Event(), threading.Event()
+
+    def on_return(frame: Any, event: str, arg: object) -> Any:
+        if event == "return":
+            cancelled.set()
+        return on_return
+
+    def watch_the_cancel(frame: Any, event: str, arg: object) -> Any:
+        if event == "call" and frame.f_code.co_name == "_cancel_rest":
+            return on_return
+        return None
+
+    def hold_the_submit(frame: Any, event: str, arg: object) -> Any:
+        if event == "call" and frame.f_code.co_name == "_dispatch":
+            slot = frame.f_locals.get("slot")
+            if slot is not None and slot.index == 1:
+                fail_now.set()
+                assert cancelled.wait(30), "the sibling's failure never cancelled the rest"
+        return None
+
+    def first() -> None:
+        assert fail_now.wait(30)
+        raise ValueError("first failed")
+
+    ran: list[str] = []
+    pool = ThreadPoolExecutor(2, initializer=sys.settrace, initargs=(watch_the_cancel,))
+    try:
+        group = hangguard.ThreadGroup("race", return_exceptions=False, executor=pool)
+        group.submit_named("first", first)
+        sys.settrace(hold_the_submit)
+        try:
+            group.submit_named("second", lambda: ran.append("second"))
+        finally:
+            sys.settrace(None)
+        with pytest.raises(ValueError, match="first failed"):
+            group.join()
+    finally:
+        fail_now.set()
+        pool.shutdown(wait=True)
+    assert ran == []
+    assert group._pending == 0
+    assert len([s for s in telemetry.spans() if s.name == "task second"]) == 1

@@ -403,12 +403,14 @@ class ThreadGroup(GroupBase):
                 self._queued.append(slot)
                 return
             self._running += 1
+            # Marked under the lock, as a held call handed on is: a sibling's fail-fast
+            # cancel between here and the pool waits for it instead of counting it
+            # cancelled before it started (and counting it again when it runs).
+            slot.state = _SUBMITTED
         self._dispatch(slot, direct=True)
 
     def _dispatch(self, slot: _Slot, *, direct: bool) -> None:
-        slot.held = not direct
-        if direct:
-            slot.state = _SUBMITTED  # a held call was marked so under the lock
+        slot.held = not direct  # either way, marked _SUBMITTED under the lock
         slot.submitted_at = time.monotonic()
         executor = self._executor if self._executor is not None else _shared_pool()
         context, slot.context = slot.context or contextvars.copy_context(), None
@@ -478,10 +480,11 @@ class ThreadGroup(GroupBase):
             span = slot.span = _spans.start_task_span(tracer, name, self._span_ctx)
             token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            if slot.held and slot.cancel is not None:
-                # A held call cancelled while it was being handed on: it stops before its
-                # function runs, as it would at its first checkpoint. (A direct call the
-                # pool already took runs as before: cancelling it is asking, at checkpoints.)
+            if slot.cancel is not None:
+                # Cancelled while it was on its way to the pool (a held call being handed
+                # on, or a direct submit racing a sibling's failure): it stops before its
+                # function runs, as it would at its first checkpoint. Once the function
+                # runs, cancelling it is asking, at checkpoints.
                 stop = slot.acked = slot.cancel.exception()
                 raise stop
             result = (
