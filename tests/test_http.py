@@ -239,6 +239,25 @@ async def test_a_slow_body_is_cut_at_the_deadline_though_each_read_is_quick(
                 await client.get(f"{url}/drip")
 
 
+async def test_a_body_read_after_its_deadline_scope_ended_is_still_cut_at_the_deadline(
+    backend: tuple[Backend, str],
+) -> None:
+    # Inside the scope the scope's own timer bounds the read; read later (a streamed
+    # response handed out of the block), the body keeps a timer of its own.
+    _, url = backend
+    transport = AsyncDeadlineTransport(send_header=False)
+    async with httpx.AsyncClient(transport=transport) as client:
+        with within(BUDGET):
+            async with hangguard.deadline(BUDGET):
+                request = client.build_request("GET", f"{url}/drip")
+                response = await client.send(request, stream=True)
+            try:
+                with pytest.raises(hangguard.DeadlineExceeded, match="response body"):
+                    await response.aread()
+            finally:
+                await response.aclose()
+
+
 def test_sync_slow_body_is_cut_at_the_deadline(backend: tuple[Backend, str]) -> None:
     _, url = backend
     # No header: the server would cut the stream at the same budget (a race to see first).

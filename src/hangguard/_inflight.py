@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import inspect
 import itertools
 import linecache
@@ -75,7 +74,6 @@ __all__ = [
     "find",
     "open_entry",
     "registered",
-    "registered_method",
     "snapshot",
     "task_frames",
     "thread_frames",
@@ -332,16 +330,30 @@ def current() -> Entry | None:
     return _current.get()
 
 
-@contextmanager
-def entered(entry: Entry) -> Iterator[Entry]:
-    """Register ``entry`` and make it the parent of work started inside the block."""
-    _entries[entry.id] = entry
-    token = _current.set(entry)
-    try:
-        yield entry
-    finally:
-        _current.reset(token)
-        _entries.pop(entry.id, None)
+class entered:  # lower case: it reads as the function it replaced, ``with entered(e):``
+    """Register ``entry`` and make it the parent of work started inside the block.
+
+    A class, not a generator context manager: every guarded HTTP and MCP call enters one,
+    and this costs a third of what ``@contextmanager`` does. Example::
+
+        with entered(open_entry(HTTP, "GET http://127.0.0.1:8000")):
+            ...
+    """
+
+    __slots__ = ("entry", "token")
+
+    def __init__(self, entry: Entry) -> None:
+        self.entry = entry
+
+    def __enter__(self) -> Entry:
+        entry = self.entry
+        _entries[entry.id] = entry
+        self.token = _current.set(entry)
+        return entry
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self.token)
+        _entries.pop(self.entry.id, None)
 
 
 def entries() -> list[Entry]:
@@ -511,32 +523,3 @@ def adopt_span(span: Any) -> None:
         context = span.get_span_context()
         entry.trace_id, entry.span_id = context.trace_id, context.span_id
         entry.span = span if span.is_recording() else None
-
-
-def registered_method(
-    kind: str, name_of: Callable[[Any], str]
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate a method of one argument so that each call is registered while it runs.
-
-    ``name_of(argument)`` names the entry. Async methods stay async. The method may
-    :func:`adopt_span` the span it opens.
-    """
-
-    def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
-        if inspect.iscoroutinefunction(method):
-
-            @functools.wraps(method)
-            async def run_async(self: Any, arg: Any) -> Any:
-                with entered(open_entry(kind, name_of(arg))):
-                    return await method(self, arg)
-
-            return run_async
-
-        @functools.wraps(method)
-        def run(self: Any, arg: Any) -> Any:
-            with entered(open_entry(kind, name_of(arg))):
-                return method(self, arg)
-
-        return run
-
-    return decorate

@@ -39,7 +39,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from .. import _inflight
-from .._deadline import now, remaining
+from .._deadline import current_deadline, now, remaining
 from .._exceptions import DeadlineExceeded
 from .._retry import RetryPolicy, as_policy, run_retrying, run_retrying_sync
 from .._semconv import (
@@ -145,7 +145,8 @@ def _finished(span: Span | None, response: httpx.Response, sent: int) -> float:
         span.set_attribute(ATTR_HTTP_REQUEST_RESEND_COUNT, sent - 1)
     _end(span, response, None)
     left = remaining()
-    if not math.isinf(left):
+    # Only an error's wait is slept on by an SDK (openai retries 408/409/429/5xx alone).
+    if response.status_code >= 400 and not math.isinf(left):
         _cap_retry_after(response)
     return left
 
@@ -323,19 +324,38 @@ def _end(span: Span | None, response: httpx.Response | None, exc: BaseException 
 
 
 class _AsyncBoundedStream(httpx.AsyncByteStream):
-    """A response body whose reading ends at the deadline (httpx only bounds each read)."""
+    """A response body whose reading ends at the deadline (httpx only bounds each read).
+
+    A body read in the task whose deadline scope is armed to fire no later than ours needs
+    no timer of its own (that scope cancels the read on time and raises DeadlineExceeded),
+    just as a nested deadline scope needs none: ``client.get`` reads the body there, so
+    the usual request pays for no timer per chunk.
+    """
 
     def __init__(self, stream: httpx.AsyncByteStream, left: float, what: str) -> None:
         self._stream = stream
         self._until = asyncio.get_running_loop().time() + left
+        self._expires_at = now() + left
         self._what = what
+
+    def _covered(self) -> bool:
+        d = current_deadline()
+        return (
+            d is not None
+            and d.expires_at <= self._expires_at
+            and d.enforced_in is not None
+            and d.enforced_in is asyncio.current_task()
+        )
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         iterator = self._stream.__aiter__()
         while True:
             try:
-                async with asyncio.timeout_at(self._until):
+                if self._covered():
                     chunk = await iterator.__anext__()
+                else:
+                    async with asyncio.timeout_at(self._until):
+                        chunk = await iterator.__anext__()
             except StopAsyncIteration:
                 return
             except TimeoutError as exc:
@@ -397,55 +417,50 @@ class AsyncDeadlineTransport(httpx.AsyncBaseTransport):
         self._inner = _wrapped(transport, httpx.AsyncBaseTransport, httpx.AsyncHTTPTransport)
         self._rules = _Rules(self._inner, retry, send_header, span, max_retry_after)
 
-    @_inflight.registered_method(_inflight.HTTP, lambda request: _name(request))
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        rules = self._rules
-        left = rules.prepare(request)
         what = _name(request)
-        sdk = _sdk_retries(request)
-        span = rules.start_span(request, left)
-        attempts = 0
-        pending: list[_RetryableResponse] = []
+        # Registered by hand, not by a decorator: one coroutine frame less on every
+        # request, and the name is made once.
+        with _inflight.entered(_inflight.open_entry(_inflight.HTTP, what)):
+            rules = self._rules
+            left = rules.prepare(request)
+            sdk = _sdk_retries(request)
+            span = rules.start_span(request, left)
+            attempts = 0
+            pending: list[_RetryableResponse] = []
 
-        async def attempt() -> httpx.Response:
-            nonlocal attempts
-            if pending:
-                previous = pending.pop()
-                await previous.response.aclose()
-                if (wait := previous.wait_left()) > 0:
-                    await asyncio.sleep(wait)
-            if attempts:
-                rules.prepare(request)
-            attempts += 1
-            return rules.answered(
-                await self._inner.handle_async_request(request), request, sdk, pending
-            )
+            async def attempt() -> httpx.Response:
+                nonlocal attempts
+                if pending:
+                    previous = pending.pop()
+                    await previous.response.aclose()
+                    if (wait := previous.wait_left()) > 0:
+                        await asyncio.sleep(wait)
+                if attempts:
+                    rules.prepare(request)
+                attempts += 1
+                return rules.answered(
+                    await self._inner.handle_async_request(request), request, sdk, pending
+                )
 
-        policy = rules.policy_for(request, sdk)
-        response: httpx.Response | None = None
-        try:
-            with _in_span(span, request):
-                response = await _gave_up(run_retrying(attempt, policy, what, by_time=_never_sent))
-        except BaseException as exc:
-            _end(span, None, exc)
-            raise
-        left = _finished(span, response, attempts)
-        if not math.isinf(left):
-            assert isinstance(response.stream, httpx.AsyncByteStream)
-            response.stream = _AsyncBoundedStream(response.stream, left, what)
-        return response
+            policy = rules.policy_for(request, sdk)
+            try:
+                with _in_span(span, request):
+                    try:
+                        response = await run_retrying(attempt, policy, what, by_time=_never_sent)
+                    except _RetryableResponse as last:
+                        response = last.response  # the last attempt asked for another
+            except BaseException as exc:
+                _end(span, None, exc)
+                raise
+            left = _finished(span, response, attempts)
+            if not math.isinf(left):
+                assert isinstance(response.stream, httpx.AsyncByteStream)
+                response.stream = _AsyncBoundedStream(response.stream, left, what)
+            return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-
-async def _gave_up(call: Any) -> httpx.Response:
-    """Await the retried call; when the last attempt was a retryable response, return it."""
-    try:
-        response: httpx.Response = await call
-    except _RetryableResponse as last:
-        return last.response
-    return response
 
 
 class DeadlineTransport(httpx.BaseTransport):
@@ -471,24 +486,23 @@ class DeadlineTransport(httpx.BaseTransport):
         self._inner = _wrapped(transport, httpx.BaseTransport, httpx.HTTPTransport)
         self._rules = _Rules(self._inner, retry, send_header, span, max_retry_after)
 
-    @_inflight.registered_method(_inflight.HTTP, lambda request: _name(request))
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        rules = self._rules
-        left = rules.prepare(request)
         what = _name(request)
-        span = rules.start_span(request, left)
-        response: httpx.Response | None = None
-        try:
-            with _in_span(span, request):
-                response, sent = self._send(request, what)
-        except BaseException as exc:
-            _end(span, None, exc)
-            raise
-        left = _finished(span, response, sent)
-        if not math.isinf(left):
-            assert isinstance(response.stream, httpx.SyncByteStream)
-            response.stream = _BoundedStream(response.stream, left, what)
-        return response
+        with _inflight.entered(_inflight.open_entry(_inflight.HTTP, what)):
+            rules = self._rules
+            left = rules.prepare(request)
+            span = rules.start_span(request, left)
+            try:
+                with _in_span(span, request):
+                    response, sent = self._send(request, what)
+            except BaseException as exc:
+                _end(span, None, exc)
+                raise
+            left = _finished(span, response, sent)
+            if not math.isinf(left):
+                assert isinstance(response.stream, httpx.SyncByteStream)
+                response.stream = _BoundedStream(response.stream, left, what)
+            return response
 
     def close(self) -> None:
         """Close the wrapped transport: its pool's connections go with the client."""
