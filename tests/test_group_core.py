@@ -129,9 +129,22 @@ def _fails() -> None:
 
 
 def test_thread_group_join_return_exceptions_overrides_the_group() -> None:
+    # The second call is running before the first fails: threads start at submit, so a
+    # failure that came first would cancel it (the group fails fast until its join says
+    # otherwise), and the test would race the pool.
+    second_running = threading.Event()
+
+    def fails_once_the_second_runs() -> None:
+        assert second_running.wait(30)
+        _fails()
+
+    def second() -> int:
+        second_running.set()
+        return 2
+
     group = ThreadGroup("t", return_exceptions=False)
-    group.submit(_fails)
-    group.submit(lambda: 2)
+    group.submit(fails_once_the_second_runs)
+    group.submit(second)
     results = group.join(return_exceptions=True)
     assert isinstance(results[0], ValueError)
     assert results[1] == 2
