@@ -524,3 +524,34 @@ def test_an_abandoned_thread_stays_listed_until_it_ends(monkeypatch: pytest.Monk
         logging.getLogger("hangguard").removeHandler(handler)
         logging.getLogger("hangguard").setLevel(level)
     assert not [r for r in _read_registry() if r.name == "stuck"]
+
+
+def test_a_thread_groups_fail_fast_cancel_is_announced_once_as_a_task_groups_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The WARNING that names the failure and the count is one line in the group core;
+    # the thread group used to cancel its calls without it.
+    started, release = threading.Event(), threading.Event()
+
+    def waits() -> None:
+        started.set()
+        while not release.wait(0.01):
+            hangguard.checkpoint()  # raises ThreadCancelled once the group cancels it
+
+    def fails() -> None:
+        assert started.wait(30)
+        raise ValueError("boom")
+
+    group = ThreadGroup("t", return_exceptions=False)
+    with caplog.at_level(logging.WARNING, logger="hangguard"):
+        try:
+            group.submit_named("waits", waits)
+            group.submit_named("bad", fails)
+            with pytest.raises(ValueError, match="boom"):
+                group.join()
+        finally:
+            release.set()
+    announced = [r.getMessage() for r in caplog.records if "cancelling" in r.getMessage()]
+    assert announced == [
+        "thread group 't': task 'bad' failed with ValueError, cancelling 1 remaining task(s)"
+    ]

@@ -61,6 +61,7 @@ from ._group_core import (
     end_group_span,
     grace_or_default,
     join_timeout,
+    log_fail_fast,
     not_finished,
     record_outcomes,
     timeout_cut,
@@ -509,14 +510,7 @@ class TaskGroup(GroupBase):
         if count and self._cancelled_at is None:
             self._cancelled_at = asyncio.get_running_loop().time()
         if count and reason == CANCEL_SIBLING_FAILED:
-            exc = self._failures[0].exception()
-            logger.warning(
-                "group %r: task %r failed with %s, cancelling %d remaining task(s)",
-                self.name,
-                cause,
-                type(exc).__name__,
-                count,
-            )
+            log_fail_fast(self.name, cause, self._failures[0].exception(), count)
         return count
 
     def _record_cancels(self, tasks: list[asyncio.Task[Any]], record: CancelRecord) -> None:

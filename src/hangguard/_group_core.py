@@ -58,6 +58,7 @@ __all__ = [
     "end_group_span",
     "grace_or_default",
     "join_timeout",
+    "log_fail_fast",
     "not_finished",
     "record_outcomes",
     "register",
@@ -204,6 +205,25 @@ def not_finished(what: str, deadline_name: str | None, budget: float) -> Deadlin
     """What stands in the place of a task the join gave up on: ``what`` says what became of it."""
     label = deadline_name or "(unnamed)"
     return unfinished_task(f"{what} {label!r}", deadline_name, budget)
+
+
+def log_fail_fast(
+    group: str, first: str, exc: object, count: int, *, kind: str = "group", noun: str = "task"
+) -> None:
+    """The one WARNING of a fail-fast cancel, the same line for every kind of group.
+
+    ``first`` names the task that failed with ``exc``; ``count`` is how many of the rest
+    were cancelled (or, in threads, asked to stop). Logged once per group, by the group.
+    """
+    logger.warning(
+        "%s %r: %s %r failed with %s, cancelling %d remaining task(s)",
+        kind,
+        group,
+        noun,
+        first,
+        type(exc).__name__,
+        count,
+    )
 
 
 def join_timeout(

@@ -53,6 +53,7 @@ from ._group_core import (
     child_state,
     end_group_span,
     join_timeout,
+    log_fail_fast,
     not_finished,
     record_outcomes,
     timeout_cut,
@@ -662,6 +663,7 @@ class ThreadGroup(GroupBase):
         )
         running: list[_Slot] = []
         never_started: list[_Slot] = []
+        newly = 0  # told now, not by an earlier cancel
         if self._cancelled_at is None:
             self._cancelled_at = time.monotonic()
         with self._lock:
@@ -671,6 +673,7 @@ class ThreadGroup(GroupBase):
                     continue
                 if slot.cancel is None:
                     slot.cancel = cancel
+                    newly += 1
                 if slot.state == _QUEUED or (slot.future is not None and slot.future.cancel()):
                     slot.state = _CANCELLED
                     self._pending -= 1
@@ -679,6 +682,9 @@ class ThreadGroup(GroupBase):
                     running.append(slot)
             if self._pending == 0:
                 self._cond.notify_all()
+        if newly and reason == CANCEL_SIBLING_FAILED and self._failures:
+            # The first failure's cancel tells every call left; a later one finds none new.
+            log_fail_fast(self.name, cause, self._failures[0].outcome, newly, kind="thread group")
         if self._tracer is not None:
             record = CancelRecord(reason, cause)
             for slot in never_started[:STACK_CAPTURES]:

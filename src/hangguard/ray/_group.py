@@ -49,6 +49,7 @@ from .._group_core import (
     end_group_span,
     grace_or_default,
     join_timeout,
+    log_fail_fast,
     not_finished,
     record_outcomes,
     timeout_cut,
@@ -706,13 +707,7 @@ class RemoteGroup(GroupBase):
             first = self._failures[0]
             n = self._cancel_all(CANCEL_SIBLING_FAILED, first.name)
             if n:
-                logger.warning(
-                    "group %r: remote task %r failed with %s, cancelling %d remaining task(s)",
-                    self.name,
-                    first.name,
-                    type(first.outcome).__name__,
-                    n,
-                )
+                log_fail_fast(self.name, first.name, first.outcome, n, noun="remote task")
             return "failed"
         if self._pending == 0:
             self._finish(timed_out=False)
