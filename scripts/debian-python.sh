@@ -55,8 +55,18 @@ if [[ "$(id -u)" != 0 ]]; then
 	exit 2
 fi
 if ! command -v debootstrap >/dev/null 2>&1; then
-	say "debootstrap is missing: apt-get install debootstrap"
-	exit 2
+	# A fresh machine has no debootstrap: install it from Debian's archive (apt waits for
+	# the dpkg lock when the other suite's run installs it at the same time).
+	if command -v apt-get >/dev/null 2>&1; then
+		say "installing debootstrap (apt-get)"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get -o DPkg::Lock::Timeout=600 update -qq >&2 || true
+		apt-get -o DPkg::Lock::Timeout=600 install -y -qq debootstrap >&2 || true
+	fi
+	if ! command -v debootstrap >/dev/null 2>&1; then
+		say "debootstrap is missing and could not be installed: apt-get install debootstrap"
+		exit 2
+	fi
 fi
 
 ca_bundle=""
