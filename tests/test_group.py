@@ -209,6 +209,44 @@ async def test_swallowed_cancellation_cannot_hang_join(
     assert task not in _abandoned
 
 
+async def test_partial_results_are_those_of_the_moment_the_join_gave_up() -> None:
+    # The results are made when first read, from what the join saw when it gave up: a
+    # task that ignored its cancel and finished later still shows as unfinished, and a
+    # pickled copy taken before anything read them carries them too.
+    import pickle
+
+    released = asyncio.Event()
+    g = TaskGroup("g")
+    g.submit_named("quick", value, 1)
+    task = g.submit_named("stubborn", stubborn, released)
+    with pytest.raises(JoinTimeout) as info:
+        await g.join(timeout=0.05)
+    released.set()
+    assert await task == "late"  # it ended after the join had given up on it
+    exc = info.value
+    copy = pickle.loads(pickle.dumps(exc))
+    results = exc.results
+    assert results[0] == 1
+    assert isinstance(results[1], hangguard.DeadlineExceeded)
+    assert not isinstance(results[1], JoinTimeout)
+    assert "task 'stubborn' did not finish before" in str(results[1])
+    assert exc.results is results  # made once
+    assert copy.pending == ["stubborn"] and copy.results[0] == 1
+    assert str(copy.results[1]) == str(results[1])
+    exc.results = ["replaced"]
+    assert exc.results == ["replaced"]
+    # Read while the task still runs, too (its outcome does not exist yet).
+    still = asyncio.Event()
+    g2 = TaskGroup("g2")
+    running = g2.submit_named("stubborn", stubborn, still)
+    with pytest.raises(JoinTimeout) as info2:
+        await g2.join(timeout=0.05)
+    assert not running.done()
+    assert isinstance(info2.value.results[0], hangguard.DeadlineExceeded)
+    still.set()
+    assert await running == "late"
+
+
 async def test_limit_bounds_concurrency() -> None:
     running = 0
     peak = 0

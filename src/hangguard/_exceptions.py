@@ -21,7 +21,8 @@ on Python 3.11+, so code written as ``except asyncio.TimeoutError`` keeps workin
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 __all__ = [
     "ConfigError",
@@ -93,7 +94,11 @@ class JoinTimeout(DeadlineExceeded):
     task, in submit order: the value of a task that finished, the exception of one
     that failed, and a ``DeadlineExceeded`` for one that did not finish (so the
     usual ``[r for r in results if not isinstance(r, Exception)]`` keeps working).
-    ``pending`` names the tasks that did not finish.
+    ``pending`` names the tasks that did not finish. A task group's join makes
+    ``results`` when they are first read, from what it saw when it gave up::
+
+        except hangguard.JoinTimeout as exc:
+            done = [r for r in exc.results if not isinstance(r, Exception)]
     """
 
     def __init__(
@@ -105,9 +110,50 @@ class JoinTimeout(DeadlineExceeded):
         results: Sequence[object] = (),
         pending: Sequence[str] = (),
     ) -> None:
-        self.results = list(results)
+        self._results: list[object] | None = list(results)
+        self._make_results: Callable[[], list[object]] | None = None
         self.pending = list(pending)
         super().__init__(message, deadline_name=deadline_name, budget=budget)
+
+    @property
+    def results(self) -> list[object]:
+        """One entry per submitted task, in submit order (see the class docstring)."""
+        made = self._results
+        if made is None:
+            make, self._make_results = self._make_results, None
+            assert make is not None
+            made = self._results = make()
+        return made
+
+    @results.setter
+    def results(self, value: Sequence[object]) -> None:
+        self._results, self._make_results = list(value), None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The results as made (a pickled or copied JoinTimeout carries no way to make them).
+        state = dict(vars(self))
+        state["_results"], state["_make_results"] = self.results, None
+        return (type(self), self.args, state)
+
+
+def lazy_join_timeout(
+    message: str,
+    *,
+    deadline_name: str | None,
+    budget: float,
+    pending: list[str],
+    make_results: Callable[[], list[object]],
+) -> JoinTimeout:
+    """A :class:`JoinTimeout` whose ``results`` are made when first read.
+
+    A large group's join that gives up would otherwise make one ``DeadlineExceeded`` per
+    unfinished task (10,000 at once) before it returns; made inside that window, they
+    are enough to set off CPython's full garbage collection there. ``make_results`` must
+    work from a snapshot: it runs later, when the tasks may have moved on.
+    """
+    exc = JoinTimeout(message, deadline_name=deadline_name, budget=budget, pending=pending)
+    exc._results, exc._make_results = None, make_results
+    return exc
 
 
 class ThreadCancelled(HangguardError):

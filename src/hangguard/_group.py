@@ -783,32 +783,48 @@ class TaskGroup(GroupBase):
         self, deadline_name: str | None, budget: float, late: str = ""
     ) -> JoinTimeout:
         cancelled = self._cancel_info
+        tasks = self._tasks
         pending: list[str] = []
-        results: list[Any] = []
-        held, held_by = self._held, self._settings.held_text()
-        # The message's tail is the same for every task (a large group gives up on 100,000
-        # at once): formatted once, like not_finished's.
-        label = deadline_name or "(unnamed)"
-        unfinished = f" did not finish before {label!r}"
-        for i, t in enumerate(self._tasks):
+        # Which tasks did not finish, now: the results are made from this snapshot when
+        # first read (a task that ignores its cancel may still end later). Made here,
+        # 10,000 of them set off a full garbage collection inside the join's return.
+        unfinished_at: list[int] = []
+        held_back: set[int] = set()
+        held = self._held
+        for i, t in enumerate(tasks):
             # A task that was cancelled but still returned or raised within the grace did
             # finish: its own outcome stands in its place.
             if t in cancelled and (not t.done() or t.cancelled()):
-                name = self.task_name(i)
-                pending.append(name)
+                pending.append(self.task_name(i))
+                unfinished_at.append(i)
                 if held and t in held:
+                    held_back.add(i)
+        held_by = self._settings.held_text()
+
+        def make_results() -> list[Any]:
+            # The message's tail is the same for every task (a large group gives up on
+            # 100,000 at once): formatted once, like not_finished's.
+            label = deadline_name or "(unnamed)"
+            unfinished = f" did not finish before {label!r}"
+            results: list[Any] = []
+            names = dict(zip(unfinished_at, pending, strict=True))
+            for i, t in enumerate(tasks):
+                name = names.get(i)
+                if name is None:
+                    results.append(outcome_of(t))  # it had finished: its outcome is fixed
+                elif i in held_back:
                     why = f"was cancelled before it started (held back by {held_by}) at"
                     results.append(not_finished(f"task {name!r} {why}", deadline_name, budget))
                 else:
                     results.append(
                         unfinished_task(f"task {name!r}{unfinished}", deadline_name, budget)
                     )
-            else:
-                results.append(outcome_of(t))
+            return results
+
         return join_timeout(
             self.name,
-            total=len(self._tasks),
-            results=results,
+            total=len(tasks),
+            results=make_results,
             pending=pending,
             deadline_name=deadline_name,
             budget=budget,

@@ -25,7 +25,13 @@ from opentelemetry.trace import Span, Tracer
 
 from . import _config, _inflight, _metrics, _semconv, _spans
 from ._deadline import Deadline, check_timeout, current_deadline, remaining
-from ._exceptions import ConfigError, DeadlineExceeded, JoinTimeout, unfinished_task
+from ._exceptions import (
+    ConfigError,
+    DeadlineExceeded,
+    JoinTimeout,
+    lazy_join_timeout,
+    unfinished_task,
+)
 from ._semconv import (
     ATTR_GROUP_ABANDONED,
     ATTR_GROUP_CANCEL_IGNORED,
@@ -230,7 +236,7 @@ def join_timeout(
     group: str,
     *,
     total: int,
-    results: list[Any],
+    results: list[Any] | Callable[[], list[Any]],
     pending: Sequence[str],
     deadline_name: str | None,
     budget: float,
@@ -239,16 +245,27 @@ def join_timeout(
     detail: str = "",
     late: str = "",
 ) -> JoinTimeout:
-    """The :class:`JoinTimeout` a join raises, one message for every kind of group."""
+    """The :class:`JoinTimeout` a join raises, one message for every kind of group.
+
+    ``results`` is the list, or a function that makes it when the exception's
+    ``results`` are first read (see :func:`lazy_join_timeout`).
+    """
     label = deadline_name or "(unnamed)"
     shown = ", ".join(pending[:SHOWN_PENDING]) + (", ..." if len(pending) > SHOWN_PENDING else "")
-    return JoinTimeout(
+    message = (
         f"{kind} {group!r}: {len(pending)} of {total} {noun} did not finish before {label!r} "
-        f"({budget_text(budget)}){detail}: {shown}{late}",
-        deadline_name=deadline_name,
-        budget=budget,
-        results=results,
-        pending=list(pending),
+        f"({budget_text(budget)}){detail}: {shown}{late}"
+    )
+    if callable(results):
+        return lazy_join_timeout(
+            message,
+            deadline_name=deadline_name,
+            budget=budget,
+            pending=list(pending),
+            make_results=results,
+        )
+    return JoinTimeout(
+        message, deadline_name=deadline_name, budget=budget, results=results, pending=list(pending)
     )
 
 
