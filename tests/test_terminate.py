@@ -44,7 +44,10 @@ def run(
         if term:
             wait_in(proc.pid, hang_line)
             proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        # Longer than the app's own 60 s bound on reaching its hang, so that its message
+        # (in stderr, shown with a failure) says what went wrong.
+        out, err = proc.communicate(timeout=90)
+        print(err, file=sys.stderr)
     finally:
         if proc.poll() is None:
             proc.kill()
