@@ -784,21 +784,20 @@ class TaskGroup(GroupBase):
     ) -> JoinTimeout:
         cancelled = self._cancel_info
         tasks = self._tasks
-        pending: list[str] = []
         # Which tasks did not finish, now: the results are made from this snapshot when
         # first read (a task that ignores its cancel may still end later). Made here,
         # 10,000 of them set off a full garbage collection inside the join's return.
-        unfinished_at: list[int] = []
+        names: dict[int, str] = {}  # index -> name of each task that did not finish
         held_back: set[int] = set()
         held = self._held
         for i, t in enumerate(tasks):
             # A task that was cancelled but still returned or raised within the grace did
             # finish: its own outcome stands in its place.
             if t in cancelled and (not t.done() or t.cancelled()):
-                pending.append(self.task_name(i))
-                unfinished_at.append(i)
+                names[i] = self.task_name(i)
                 if held and t in held:
                     held_back.add(i)
+        pending = list(names.values())
         held_by = self._settings.held_text()
 
         def make_results() -> list[Any]:
@@ -807,7 +806,6 @@ class TaskGroup(GroupBase):
             label = deadline_name or "(unnamed)"
             unfinished = f" did not finish before {label!r}"
             results: list[Any] = []
-            names = dict(zip(unfinished_at, pending, strict=True))
             for i, t in enumerate(tasks):
                 name = names.get(i)
                 if name is None:
