@@ -31,27 +31,35 @@ def run(
 ) -> tuple[subprocess.Popen[str], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "HANGGUARD_"))}
     env["HANGGUARD_TRACE_FILE"] = str(trace_file)
-    proc = subprocess.Popen(
-        [sys.executable, str(HANG_APP), scenario],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    err_file = trace_file.with_suffix(".stderr")
+    with err_file.open("w") as err_out:
+        proc = subprocess.Popen(
+            [sys.executable, str(HANG_APP), scenario],
+            stdout=subprocess.PIPE,
+            stderr=err_out,
+            text=True,
+            env=env,
+        )
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "READY"
         if term:
             wait_in(proc.pid, hang_line)
             proc.send_signal(signal.SIGTERM)
-        # Longer than the app's own 60 s bound on reaching its hang, so that its message
-        # (in stderr, shown with a failure) says what went wrong.
-        out, err = proc.communicate(timeout=90)
-        print(err, file=sys.stderr)
+        # The rest is read through the same buffered stream as READY: communicate()
+        # reads the pipe itself and would miss a line that arrived with READY (the
+        # daemon-exit scenario prints its next line a moment after). The app writes a
+        # few lines only, so waiting before reading cannot fill the pipe. Longer than the
+        # app's own 60 s bound on reaching its hang, so that its message says why.
+        proc.wait(timeout=90)
+        out = proc.stdout.read()
+        print(err_file.read_text(), file=sys.stderr)  # shown with a failure
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
     return proc, out
 
 
